@@ -1,0 +1,62 @@
+"""simgen: simulation-based inference with deep generative models.
+
+Turn a simulator into an emulator of ``x ~ p(x | theta)``, a density ``log p(x | theta)`` and a
+posterior ``p(theta | x_obs)``. Attributes are imported on first use, so ``import simgen`` (and
+``simgen --help``) stays fast and changes no global state.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Simulator": "simgen.simulator",
+    "register": "simgen.simulator",
+    "simulators": "simgen.simulator",
+    "get_simulator": "simgen.simulator",
+    "simulate": "simgen.simulation",
+    "open_store": "simgen.store",
+    "Store": "simgen.store",
+    "SimgenError": "simgen.errors",
+    "UsageError": "simgen.errors",
+    "SimulatorError": "simgen.errors",
+    "StoreError": "simgen.errors",
+    "RunError": "simgen.errors",
+}
+
+__all__ = [
+    "RunError",
+    "SimgenError",
+    "Simulator",
+    "SimulatorError",
+    "Store",
+    "StoreError",
+    "UsageError",
+    "__version__",
+    "get_simulator",
+    "open_store",
+    "register",
+    "simulate",
+    "simulators",
+]
+
+if TYPE_CHECKING:
+    from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
+    from simgen.simulation import simulate
+    from simgen.simulator import Simulator, get_simulator, register, simulators
+    from simgen.store import Store, open_store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'simgen' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

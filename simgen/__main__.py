@@ -1,0 +1,5 @@
+"""``python -m simgen``: the command line."""
+
+from simgen.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""Crash-safe journal of finished simulation tasks, kept beside a data file while it grows.
+
+``simgen simulate`` never writes into a finished data file. Each finished task (a chunk of rows)
+is saved atomically (temporary name, then rename) as ``<data>.parts/chunk-<index>.npz``; the
+new HDF5 file is built inside the same folder and renamed over ``<data>`` only when complete.
+A stop at any moment (Ctrl-C, ``kill -9``, power loss) therefore leaves the old data file
+untouched and the journal holding whole tasks only; a task whose file is unreadable is simply
+simulated again, since every task is a deterministic function of (seed, index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simgen.errors import StoreError
+
+__all__ = ["ChunkResult", "Journal", "fsync_path"]
+
+
+@dataclass
+class ChunkResult:
+    """One simulation task: all ``chunk_size`` rows, successful or not.
+
+    Attributes:
+        theta: Parameters, ``(m, d_theta)`` float32.
+        x: Simulations, ``(m, *x_shape)`` float32; NaN where ``ok`` is False.
+        ok: Whether each row's simulation succeeded, ``(m,)`` bool.
+    """
+
+    theta: np.ndarray
+    x: np.ndarray
+    ok: np.ndarray
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or folder to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The folder ``<data>.parts`` of finished tasks of one run identity."""
+
+    def __init__(self, data_path: Path) -> None:
+        self.dir = Path(f"{data_path}.parts")
+        self.manifest = self.dir / "manifest.json"
+        self.building = self.dir / "building.h5"
+
+    def exists(self) -> bool:
+        """Whether an earlier run left a journal."""
+        return self.manifest.exists()
+
+    def identity(self) -> dict[str, Any] | None:
+        """The run identity recorded by the run that started the journal."""
+        try:
+            return json.loads(self.manifest.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def open(self, identity: dict[str, Any]) -> None:
+        """Start the journal, or check that an existing one belongs to the same run.
+
+        Raises:
+            StoreError: an unfinished run with another simulator, options, seed or chunk size.
+        """
+        self.dir.mkdir(exist_ok=True)
+        found = self.identity()
+        if found is not None and found != identity:
+            diff = ", ".join(
+                f"{k}={found.get(k)!r} (now {identity.get(k)!r})"
+                for k in identity
+                if found.get(k) != identity.get(k)
+            )
+            raise StoreError(
+                f"{self.dir} holds an unfinished run with {diff}: rerun with the same "
+                "arguments to finish it, or delete that folder to start over"
+            )
+        if found is None:
+            tmp = self.dir / "manifest.json.tmp"
+            tmp.write_text(json.dumps(identity, sort_keys=True))
+            os.replace(tmp, self.manifest)
+        for stale in self.dir.glob("*.tmp"):
+            stale.unlink()
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.dir / f"chunk-{index:09d}.npz"
+
+    def indices(self) -> set[int]:
+        """Indices of the tasks saved so far."""
+        return {int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz")}
+
+    def write(self, index: int, result: ChunkResult) -> None:
+        """Save one task atomically."""
+        tmp = self.dir / f"chunk-{index:09d}.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, theta=result.theta, x=result.x, ok=result.ok)
+        os.replace(tmp, self._chunk_path(index))
+
+    def read(self, index: int) -> ChunkResult | None:
+        """Load one task, or None when its file is missing or damaged."""
+        try:
+            with np.load(self._chunk_path(index), allow_pickle=False) as data:
+                return ChunkResult(data["theta"], data["x"], data["ok"])
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    def discard(self, keep_from: int) -> None:
+        """Delete saved tasks with index below ``keep_from`` (already in the data file)."""
+        for index in self.indices():
+            if index < keep_from:
+                self._chunk_path(index).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Delete the journal folder."""
+        shutil.rmtree(self.dir, ignore_errors=True)

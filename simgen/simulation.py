@@ -1,0 +1,373 @@
+"""``simulate()``: run a simulator into a data file, in parallel, resumably.
+
+Rows are simulated in tasks of ``chunk_size`` rows. Task ``i`` draws its parameters from the
+prior and its simulations from streams seeded by ``numpy.random.SeedSequence(seed,
+spawn_key=(i,))`` (the ``i``-th child of ``SeedSequence(seed).spawn``), so a data set is a
+function of (simulator, options, seed, chunk size, n) alone: not of the number of workers, the
+executor, or how often the run was interrupted. Tasks run on a thread (one worker, overlapping
+simulation with writing), a process pool, or a Dask cluster; one writer, this process, owns the
+file. See :mod:`simgen.journal` for how stops are survived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import h5py
+import numpy as np
+import torch
+
+import simgen
+from simgen.errors import RunError, SimulatorError, StoreError, UsageError
+from simgen.journal import ChunkResult, Journal, fsync_path
+from simgen.progress import progress_bar
+from simgen.simulator import Simulator, describe_prior, get_simulator
+from simgen.store import Store, append_rows, create, open_store
+
+__all__ = ["SimulationReport", "default_workers", "run_chunk", "simulate"]
+
+
+def default_workers() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@dataclass
+class SimulationReport:
+    """What a call to :func:`simulate` did.
+
+    Attributes:
+        rows_new: Rows attempted by this call.
+        failed_new: Of those, rows that raised or gave NaN/inf.
+        rows_total: Successful rows now in the file.
+        failed_total: Failed rows now in the file.
+        seconds: Wall-clock time of this call.
+        resumed_chunks: Tasks taken from the journal of an interrupted run.
+    """
+
+    rows_new: int
+    failed_new: int
+    rows_total: int
+    failed_total: int
+    seconds: float
+    resumed_chunks: int
+
+
+def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
+    r"""Simulate task ``index``: ``size`` rows with their own deterministic random streams.
+
+    The parameters are drawn from ``sim.prior()`` under a torch seed, and the simulations from a
+    numpy ``Generator``, both derived from ``SeedSequence(seed, spawn_key=(index,))``. When the
+    batched call raises, each row is retried alone with its own stream, so that only the rows
+    that raise are lost; rows that raise or contain NaN/inf are marked failed.
+
+    Raises:
+        SimulatorError: the output breaks the contract, or every row of the task raised (a bug
+            in the simulator rather than a failure of some parameters).
+    """
+    prior_seq, sim_seq = np.random.SeedSequence(seed, spawn_key=(index,)).spawn(2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(prior_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        theta_t = sim.prior().sample((size,))
+    theta = theta_t.detach().cpu().numpy().astype(np.float32).reshape(size, -1)
+    if theta.shape[1] != sim.d_theta:
+        raise SimulatorError(
+            f"simulator '{sim.name}': prior draws have {theta.shape[1]} components, but "
+            f"{sim.d_theta} parameters are named"
+        )
+    theta64 = theta.astype(np.float64)
+    try:
+        x = sim.simulate(theta64, np.random.default_rng(sim_seq))
+    except SimulatorError:
+        raise
+    except Exception:  # noqa: BLE001 (user code can raise anything)
+        x = _row_by_row(sim, theta64, sim_seq)
+    else:
+        x = sim.check_output(x, size)
+    x = np.array(x, dtype=np.float32)
+    ok = np.isfinite(x.reshape(size, -1)).all(axis=1)
+    x[~ok] = np.nan
+    return ChunkResult(theta, x, ok)
+
+
+def _row_by_row(sim: Simulator, theta: np.ndarray, seq: np.random.SeedSequence) -> np.ndarray:
+    x = np.full((theta.shape[0], *sim.x_shape), np.nan, dtype=np.float32)
+    errors = []
+    for j, row_seq in enumerate(seq.spawn(theta.shape[0])):
+        try:
+            out = sim.simulate(theta[j : j + 1], np.random.default_rng(row_seq))
+        except Exception as error:  # noqa: BLE001 (user code can raise anything)
+            errors.append(error)
+            continue
+        x[j] = sim.check_output(out, 1)[0]
+    if theta.shape[0] > 1 and len(errors) == theta.shape[0]:
+        error = errors[0]
+        raise SimulatorError(
+            f"simulator '{sim.name}' raised on every row of a task "
+            f"({type(error).__name__}: {error}); fix the simulator"
+        )
+    return x
+
+
+_WORKER_SIMULATORS: dict[bytes, Simulator] = {}
+
+
+def _run_pickled(payload: bytes, seed: int, index: int, size: int) -> ChunkResult:
+    """:func:`run_chunk` in a worker process, with the simulator sent once by value."""
+    key = hashlib.sha256(payload).digest()
+    if key not in _WORKER_SIMULATORS:
+        _WORKER_SIMULATORS.clear()
+        _WORKER_SIMULATORS[key] = cloudpickle.loads(payload)
+    return run_chunk(_WORKER_SIMULATORS[key], seed, index, size)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, int]]:
+    """The executor for the tasks and how many to keep in flight."""
+    if scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise UsageError(
+                "--scheduler needs Dask distributed: pip install 'simgen[dask]'"
+            ) from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as error:
+            raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        try:
+            slots = max(1, sum(client.nthreads().values()))
+            with client.get_executor(pure=False) as executor:
+                yield executor, 2 * slots
+        finally:
+            client.close()
+    elif workers == 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as executor:
+            yield executor, 2
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+        try:
+            yield executor, 2 * workers
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _identity(sim: Simulator, seed: int, chunk_size: int) -> dict[str, Any]:
+    return {
+        "simulator": sim.name,
+        "simulator_options": json.loads(json.dumps(sim.options)),
+        "seed": int(seed),
+        "chunk_size": int(chunk_size),
+    }
+
+
+def _check_identity(store: Store, identity: dict[str, Any]) -> None:
+    meta = store.metadata
+    found = {k: meta.get(k) for k in identity}
+    if found != identity:
+        diff = ", ".join(
+            f"{k}={found[k]!r} (you asked {identity[k]!r})"
+            for k in identity
+            if found[k] != identity[k]
+        )
+        raise StoreError(
+            f"{store.path} was made with {diff}; it is never overwritten: choose another -o "
+            "path, or the same arguments to add rows to it"
+        )
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name such as {path / 'data.h5'}")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def simulate(
+    simulator: Simulator | str,
+    n: int,
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    on_report: Callable[[SimulationReport], None] | None = None,
+) -> Store:
+    """Simulate ``n`` rows ``(theta ~ prior, x ~ simulator(theta))`` into the HDF5 file ``path``.
+
+    Resumable and extendable: rerunning after any stop finishes the same rows, and asking a
+    finished file for more rows appends them, in both cases giving exactly the file that one
+    uninterrupted run gives. A file made with another simulator, options, seed or chunk size is
+    refused, never overwritten.
+
+    Args:
+        simulator: A :class:`Simulator` or a registered name / import path (default options).
+        n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``).
+        path: The data file.
+        seed: Root seed of all random streams.
+        workers: Processes simulating in parallel (default: all cores); 1 runs in a thread.
+        chunk_size: Rows per task (default: the simulator's ``chunk_size``).
+        scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
+        progress: Show a progress bar on stderr (default: when stderr is a terminal).
+        on_report: Called with the :class:`SimulationReport` at the end.
+
+    Returns:
+        The data file, opened for reading.
+    """
+    started = time.perf_counter()
+    sim = get_simulator(simulator) if isinstance(simulator, str) else simulator
+    path = Path(path)
+    chunk_size = int(chunk_size or sim.chunk_size)
+    workers = default_workers() if workers is None else int(workers)
+    if n < 1 or chunk_size < 1 or workers < 1:
+        raise UsageError("n, chunk_size and workers must be positive integers")
+    _check_writable(path)
+    try:
+        identity = _identity(sim, seed, chunk_size)
+    except TypeError as error:
+        raise UsageError(
+            f"options of simulator '{sim.name}' must be JSON values: {error}"
+        ) from None
+
+    n_old, failed_old = 0, 0
+    if path.exists():
+        old = open_store(path)
+        _check_identity(old, identity)
+        n_old, failed_old = int(old.metadata["n_simulated"]), old.n_failed
+        old.close()
+        if n <= n_old:
+            report = SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0)
+            if on_report is not None:
+                on_report(report)
+            return open_store(path)
+
+    journal = Journal(path)
+    journal.open(identity)
+    first, last = n_old // chunk_size, math.ceil(n / chunk_size) - 1
+    journal.discard(keep_from=first)
+    saved = journal.indices()
+    metadata = {
+        **identity,
+        "simulator_path": f"{type(sim).__module__}:{type(sim).__qualname__}",
+        "parameters": list(sim.parameters),
+        "x_shape": list(sim.x_shape),
+        "prior": describe_prior(sim.prior()),
+        "n_requested": n,
+        "n_simulated": n_old,
+        "simgen_version": simgen.__version__,
+    }
+    journal.building.unlink(missing_ok=True)
+    if n_old:
+        shutil.copyfile(path, journal.building)
+        out = h5py.File(journal.building, "r+")
+        out.attrs["n_requested"] = n
+    else:
+        out = create(journal.building, metadata)
+
+    def rows_of(index: int) -> tuple[int, int]:
+        return max(n_old - index * chunk_size, 0), min(n - index * chunk_size, chunk_size)
+
+    failed_new = 0
+    resumed = len(saved & set(range(first, last + 1)))
+    with out, progress_bar(n - n_old, f"simulate {sim.name}", enabled=progress) as bar:
+        for index in sorted(saved & set(range(first, last + 1))):
+            lo, hi = rows_of(index)
+            bar.advance(hi - lo)
+        todo = iter(i for i in range(first, last + 1) if i not in saved)
+        pending: dict[Future, int] = {}
+        ready: dict[int, ChunkResult] = {}
+        try:
+            with _executor(workers, scheduler) as (executor, window):
+                # other processes get the simulator by value, so that classes defined in a
+                # notebook or script work there too
+                task, obj = (
+                    (run_chunk, sim)
+                    if workers == 1 and scheduler is None
+                    else (_run_pickled, cloudpickle.dumps(sim))
+                )
+
+                def fill() -> None:
+                    while len(pending) < window and (i := next(todo, None)) is not None:
+                        pending[executor.submit(task, obj, seed, i, chunk_size)] = i
+
+                fill()
+                for index in range(first, last + 1):
+                    result = ready.pop(index, None)
+                    if result is None and index in saved:
+                        result = journal.read(index)
+                        if result is None:  # damaged by a stop: simulate it again
+                            result = run_chunk(sim, seed, index, chunk_size)
+                            journal.write(index, result)
+                    while result is None:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            i = pending.pop(future)
+                            chunk = future.result()
+                            journal.write(i, chunk)
+                            lo, hi = rows_of(i)
+                            bar.advance(hi - lo)
+                            ready[i] = chunk
+                        fill()
+                        result = ready.pop(index, None)
+                    lo, hi = rows_of(index)
+                    sl = slice(lo, hi)
+                    append_rows(out, index, result.theta[sl], result.x[sl], result.ok[sl])
+                    failed_new += int((~result.ok[sl]).sum())
+        except KeyboardInterrupt:
+            raise RunError(
+                f"interrupted; {len(journal.indices())} tasks are saved in {journal.dir}: "
+                "rerun the same command to resume"
+            ) from None
+        except BrokenProcessPool as error:
+            raise RunError(
+                f"a worker process died ({error}); a script that starts simulate() with "
+                "workers > 1 must do so under `if __name__ == '__main__':`, or use workers=1"
+            ) from None
+        out.attrs["n_simulated"] = n
+        rows_total, failed_total = out["x"].shape[0], out["failed/theta"].shape[0]
+    fsync_path(journal.building)
+    os.replace(journal.building, path)
+    fsync_path(path.parent if str(path.parent) else Path("."))
+    journal.remove()
+    if on_report is not None:
+        on_report(
+            SimulationReport(
+                rows_new=n - n_old,
+                failed_new=failed_new,
+                rows_total=rows_total,
+                failed_total=failed_total,
+                seconds=time.perf_counter() - started,
+                resumed_chunks=resumed,
+            )
+        )
+    return open_store(path)
