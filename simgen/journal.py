@@ -1,11 +1,13 @@
 """Crash-safe journal of finished simulation tasks, kept beside a data file while it grows.
 
-``simgen simulate`` never writes into a finished data file. Each finished task (a chunk of rows)
-is saved atomically (temporary name, then rename) as ``<data>.parts/chunk-<index>.npz``; the
-new HDF5 file is built inside the same folder and renamed over ``<data>`` only when complete.
-A stop at any moment (Ctrl-C, ``kill -9``, power loss) therefore leaves the old data file
-untouched and the journal holding whole tasks only; a task whose file is unreadable is simply
-simulated again, since every task is a deterministic function of (seed, index).
+``simgen simulate`` never writes into a finished data file: the new HDF5 file is built inside
+the folder ``<data>.parts`` and renamed over ``<data>`` only when complete, so a stop at any
+moment (Ctrl-C, ``kill -9``, power loss) leaves the old file untouched. Every task (a chunk of
+rows) is a deterministic function of (seed, index), so what a stop loses can always be simulated
+again; the journal only saves time. A task is saved, atomically (temporary name, then rename),
+as ``<data>.parts/task-<index>.npy`` when simulating it again would cost more than saving it
+(:meth:`Journal.worth_saving`): slow simulators resume where they stopped, while fast ones are
+not slowed down by writing everything twice. A saved task that cannot be read is simulated again.
 """
 
 from __future__ import annotations
@@ -32,11 +34,18 @@ class ChunkResult:
         theta: Parameters, ``(m, d_theta)`` float32.
         x: Simulations, ``(m, *x_shape)`` float32; NaN where ``ok`` is False.
         ok: Whether each row's simulation succeeded, ``(m,)`` bool.
+        seconds: Time it took to simulate.
     """
 
     theta: np.ndarray
     x: np.ndarray
     ok: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the arrays in bytes."""
+        return self.theta.nbytes + self.x.nbytes + self.ok.nbytes
 
 
 def fsync_path(path: Path) -> None:
@@ -92,33 +101,43 @@ class Journal:
         for stale in self.dir.glob("*.tmp"):
             stale.unlink()
 
-    def _chunk_path(self, index: int) -> Path:
-        return self.dir / f"chunk-{index:09d}.npz"
+    def _task_path(self, index: int) -> Path:
+        return self.dir / f"task-{index:09d}.npy"
 
     def indices(self) -> set[int]:
         """Indices of the tasks saved so far."""
-        return {int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz")}
+        return {int(p.stem.split("-")[1]) for p in self.dir.glob("task-*.npy")}
+
+    @staticmethod
+    def worth_saving(result: ChunkResult, write_bytes_per_s: float = 2e8) -> bool:
+        """Whether simulating the task again would take longer than saving it (about 1 ms plus
+        the bytes at 200 MB/s)."""
+        return result.seconds > 1e-3 + result.nbytes / write_bytes_per_s
 
     def write(self, index: int, result: ChunkResult) -> None:
-        """Save one task atomically."""
-        tmp = self.dir / f"chunk-{index:09d}.npz.tmp"
+        """Save one task atomically: three consecutive ``.npy`` arrays in one file."""
+        tmp = self.dir / f"task-{index:09d}.npy.tmp"
         with open(tmp, "wb") as f:
-            np.savez(f, theta=result.theta, x=result.x, ok=result.ok)
-        os.replace(tmp, self._chunk_path(index))
+            for array in (result.theta, result.x, result.ok):
+                np.save(f, array, allow_pickle=False)
+        os.replace(tmp, self._task_path(index))
 
     def read(self, index: int) -> ChunkResult | None:
         """Load one task, or None when its file is missing or damaged."""
         try:
-            with np.load(self._chunk_path(index), allow_pickle=False) as data:
-                return ChunkResult(data["theta"], data["x"], data["ok"])
-        except (OSError, ValueError, KeyError, EOFError):
+            with open(self._task_path(index), "rb") as f:
+                theta, x, ok = (np.load(f, allow_pickle=False) for _ in range(3))
+        except (OSError, ValueError, EOFError):
             return None
+        if not (len(theta) == len(x) == len(ok)):
+            return None
+        return ChunkResult(theta, x, ok)
 
     def discard(self, keep_from: int) -> None:
         """Delete saved tasks with index below ``keep_from`` (already in the data file)."""
         for index in self.indices():
             if index < keep_from:
-                self._chunk_path(index).unlink(missing_ok=True)
+                self._task_path(index).unlink(missing_ok=True)
 
     def remove(self) -> None:
         """Delete the journal folder."""

@@ -4,9 +4,9 @@ Rows are simulated in tasks of ``chunk_size`` rows. Task ``i`` draws its paramet
 prior and its simulations from streams seeded by ``numpy.random.SeedSequence(seed,
 spawn_key=(i,))`` (the ``i``-th child of ``SeedSequence(seed).spawn``), so a data set is a
 function of (simulator, options, seed, chunk size, n) alone: not of the number of workers, the
-executor, or how often the run was interrupted. Tasks run on a thread (one worker, overlapping
-simulation with writing), a process pool, or a Dask cluster; one writer, this process, owns the
-file. See :mod:`simgen.journal` for how stops are survived.
+executor, or how often the run was interrupted. Tasks run in this process (one worker), a process
+pool, or a Dask cluster; one writer, this process, owns the file. See :mod:`simgen.journal` for
+how stops are survived.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -36,7 +37,7 @@ from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.journal import ChunkResult, Journal, fsync_path
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator, describe_prior, get_simulator
-from simgen.store import Store, append_rows, create, open_store
+from simgen.store import Appender, Store, create, open_store
 
 __all__ = ["SimulationReport", "default_workers", "run_chunk", "simulate"]
 
@@ -67,6 +68,11 @@ class SimulationReport:
     resumed_chunks: int
 
 
+# torch.distributions sample from torch's global generator: seeding it is only safe one thread
+# at a time, and fork_rng gives the caller's state back untouched.
+_TORCH_RNG_LOCK = threading.Lock()
+
+
 def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
     r"""Simulate task ``index``: ``size`` rows with their own deterministic random streams.
 
@@ -79,9 +85,11 @@ def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
         SimulatorError: the output breaks the contract, or every row of the task raised (a bug
             in the simulator rather than a failure of some parameters).
     """
+    started = time.perf_counter()
     prior_seq, sim_seq = np.random.SeedSequence(seed, spawn_key=(index,)).spawn(2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(prior_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        # the CPU generator alone: torch.manual_seed would also queue seeds for accelerators
+        torch.default_generator.manual_seed(int(prior_seq.generate_state(1, np.uint64)[0] >> 1))
         theta_t = sim.prior().sample((size,))
     theta = theta_t.detach().cpu().numpy().astype(np.float32).reshape(size, -1)
     if theta.shape[1] != sim.d_theta:
@@ -98,10 +106,12 @@ def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
         x = _row_by_row(sim, theta64, sim_seq)
     else:
         x = sim.check_output(x, size)
-    x = np.array(x, dtype=np.float32)
-    ok = np.isfinite(x.reshape(size, -1)).all(axis=1)
-    x[~ok] = np.nan
-    return ChunkResult(theta, x, ok)
+    if np.isfinite(x.sum(dtype=np.float64)):  # fast path: a NaN or inf makes the sum NaN/inf
+        ok = np.ones(size, dtype=bool)
+    else:
+        ok = np.isfinite(x.reshape(size, -1)).all(axis=1)
+        x = np.where(ok.reshape(-1, *[1] * len(sim.x_shape)), x, np.float32(np.nan))
+    return ChunkResult(theta, x, ok, seconds=time.perf_counter() - started)
 
 
 def _row_by_row(sim: Simulator, theta: np.ndarray, seq: np.random.SeedSequence) -> np.ndarray:
@@ -140,6 +150,18 @@ def _ignore_sigint() -> None:
     torch.set_num_threads(1)
 
 
+class _InlineExecutor(Executor):
+    """Runs each task in the calling thread when it is submitted (one worker, no overhead)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # noqa: BLE001 (handed to the caller via the future)
+            future.set_exception(error)
+        return future
+
+
 @contextmanager
 def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, int]]:
     """The executor for the tasks and how many to keep in flight."""
@@ -161,10 +183,7 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, i
         finally:
             client.close()
     elif workers == 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as executor:
-            yield executor, 2
+        yield _InlineExecutor(), 1
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -235,7 +254,7 @@ def simulate(
         n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``).
         path: The data file.
         seed: Root seed of all random streams.
-        workers: Processes simulating in parallel (default: all cores); 1 runs in a thread.
+        workers: Processes simulating in parallel (default: all cores); 1 runs in this process.
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
@@ -266,6 +285,8 @@ def simulate(
         n_old, failed_old = int(old.metadata["n_simulated"]), old.n_failed
         old.close()
         if n <= n_old:
+            if Journal(path).identity() == identity:  # a stop after the final rename
+                Journal(path).remove()
             report = SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0)
             if on_report is not None:
                 on_report(report)
@@ -304,6 +325,7 @@ def simulate(
             lo, hi = rows_of(index)
             bar.advance(hi - lo)
         todo = iter(i for i in range(first, last + 1) if i not in saved)
+        appender = Appender(out)
         pending: dict[Future, int] = {}
         ready: dict[int, ChunkResult] = {}
         try:
@@ -327,13 +349,13 @@ def simulate(
                         result = journal.read(index)
                         if result is None:  # damaged by a stop: simulate it again
                             result = run_chunk(sim, seed, index, chunk_size)
-                            journal.write(index, result)
                     while result is None:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for future in done:
                             i = pending.pop(future)
                             chunk = future.result()
-                            journal.write(i, chunk)
+                            if journal.worth_saving(chunk):
+                                journal.write(i, chunk)
                             lo, hi = rows_of(i)
                             bar.advance(hi - lo)
                             ready[i] = chunk
@@ -341,7 +363,7 @@ def simulate(
                         result = ready.pop(index, None)
                     lo, hi = rows_of(index)
                     sl = slice(lo, hi)
-                    append_rows(out, index, result.theta[sl], result.x[sl], result.ok[sl])
+                    appender.add(index, result.theta[sl], result.x[sl], result.ok[sl])
                     failed_new += int((~result.ok[sl]).sum())
         except KeyboardInterrupt:
             raise RunError(
@@ -353,6 +375,7 @@ def simulate(
                 f"a worker process died ({error}); a script that starts simulate() with "
                 "workers > 1 must do so under `if __name__ == '__main__':`, or use workers=1"
             ) from None
+        appender.flush()
         out.attrs["n_simulated"] = n
         rows_total, failed_total = out["x"].shape[0], out["failed/theta"].shape[0]
     fsync_path(journal.building)

@@ -12,9 +12,11 @@ ways, all through :func:`get_simulator`:
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -181,6 +183,12 @@ def register(cls: S) -> S:
 
 
 def _entry_points() -> dict[str, EntryPoint]:
+    return _scan_entry_points(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_entry_points(search_path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    """Entry points of the group, cached per ``sys.path`` (scanning reads every package)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

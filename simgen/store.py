@@ -27,9 +27,9 @@ from simgen.errors import StoreError
 __all__ = [
     "FORMAT",
     "REQUIRED_ATTRS",
+    "Appender",
     "Store",
     "StoreDataset",
-    "append_rows",
     "check_hdf5",
     "create",
     "open_store",
@@ -89,12 +89,13 @@ def check_hdf5(path: str | os.PathLike, kind: str = "data") -> Path:
 def create(path: str | os.PathLike, metadata: dict[str, Any]) -> h5py.File:
     """Create an empty data file with the schema above; ``metadata`` fills the attributes.
 
-    ``metadata`` needs ``parameters`` (names) and ``x_shape`` besides the provenance keys.
+    ``metadata`` needs ``parameters`` (names) and ``x_shape`` besides the provenance keys. HDF5
+    chunks hold about 1 MiB of x, and at most one simulation task's rows.
     """
     d_theta = len(metadata["parameters"])
     x_shape = tuple(int(s) for s in metadata["x_shape"])
     row_bytes = 4 * max(1, math.prod(x_shape))
-    block = int(min(65_536, max(1, BLOCK_BYTES // row_bytes)))
+    block = int(min(65_536, metadata.get("chunk_size", 65_536), max(1, BLOCK_BYTES // row_bytes)))
     f = h5py.File(path, "w")
     f.create_dataset(
         "theta", (0, d_theta), np.float32, maxshape=(None, d_theta), chunks=(block, d_theta)
@@ -114,29 +115,60 @@ def create(path: str | os.PathLike, metadata: dict[str, Any]) -> h5py.File:
     return f
 
 
-def _extend(dataset: h5py.Dataset, rows: np.ndarray) -> None:
+def _extend(dataset: h5py.Dataset, rows: list[np.ndarray]) -> None:
+    """Append the row blocks ``rows`` to ``dataset`` with one resize, no concatenation."""
+    total = sum(block.shape[0] for block in rows)
+    if total == 0:
+        return
     start = dataset.shape[0]
-    dataset.resize(start + rows.shape[0], axis=0)
-    dataset[start:] = rows
+    dataset.resize(start + total, axis=0)
+    for block in rows:
+        if block.shape[0]:
+            dataset[start : start + block.shape[0]] = block
+            start += block.shape[0]
 
 
-def append_rows(
-    f: h5py.File,
-    chunk: int,
-    theta: np.ndarray,
-    x: np.ndarray,
-    ok: np.ndarray,
-) -> None:
-    """Append one task's rows: successful rows to ``theta``/``x``, failed ones to
-    ``failed/theta``, and a line to ``chunks``."""
-    if ok.all():
-        _extend(f["theta"], theta)
-        _extend(f["x"], x)
-    else:
-        _extend(f["theta"], theta[ok])
-        _extend(f["x"], x[ok])
-        _extend(f["failed/theta"], theta[~ok])
-    _extend(f["chunks"], np.array([[chunk, ok.sum(), (~ok).sum()]], np.int64))
+class Appender:
+    """Appends simulation tasks to an open data file in few, large writes.
+
+    Successful rows go to ``theta`` and ``x``, failed ones to ``failed/theta``, and a line
+    ``(task index, rows kept, rows failed)`` to ``chunks``. Rows are buffered up to
+    ``buffer_bytes`` and written on :meth:`flush`.
+    """
+
+    def __init__(self, f: h5py.File, buffer_bytes: int = 16 << 20) -> None:
+        self.f, self.buffer_bytes = f, buffer_bytes
+        self._theta: list[np.ndarray] = []
+        self._x: list[np.ndarray] = []
+        self._failed: list[np.ndarray] = []
+        self._chunks: list[np.ndarray] = []
+        self._bytes = 0
+
+    def add(self, chunk: int, theta: np.ndarray, x: np.ndarray, ok: np.ndarray) -> None:
+        """Buffer one task's rows ``theta (m, d)``, ``x (m, *x_shape)``, ``ok (m,)``."""
+        if ok.all():
+            self._theta.append(theta)
+            self._x.append(x)
+        else:
+            self._theta.append(theta[ok])
+            self._x.append(x[ok])
+            self._failed.append(theta[~ok])
+        self._chunks.append(np.array([[chunk, ok.sum(), (~ok).sum()]], np.int64))
+        self._bytes += theta.nbytes + x.nbytes
+        if self._bytes >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+        for name, rows in (
+            ("theta", self._theta),
+            ("x", self._x),
+            ("failed/theta", self._failed),
+            ("chunks", self._chunks),
+        ):
+            _extend(self.f[name], rows)
+            rows.clear()
+        self._bytes = 0
 
 
 class Store:

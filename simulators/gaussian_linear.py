@@ -20,7 +20,7 @@ class GaussianLinear(simgen.Simulator):
     """Gaussian linear: ``dim`` parameters (default 10), ``dim``-d x, exact log-likelihood."""
 
     name = "gaussian_linear"
-    chunk_size = 10_000
+    chunk_size = 50_000
 
     def __init__(self, dim: int = 10, prior_var: float = 0.1, noise_var: float = 0.1) -> None:
         if dim < 1:

@@ -25,7 +25,7 @@ class GaussianMixture(simgen.Simulator):
     name = "gaussian_mixture"
     parameters = ("theta_1", "theta_2")
     x_shape = (2,)
-    chunk_size = 10_000
+    chunk_size = 100_000
 
     def prior(self) -> torch.distributions.Distribution:
         return box_uniform([-10.0, -10.0], [10.0, 10.0])

@@ -34,7 +34,7 @@ class SLCP(simgen.Simulator):
     name = "slcp"
     parameters = ("theta_1", "theta_2", "theta_3", "theta_4", "theta_5")
     x_shape = (2 * N_DRAWS,)
-    chunk_size = 10_000
+    chunk_size = 50_000
 
     def prior(self) -> torch.distributions.Distribution:
         return box_uniform([-3.0] * 5, [3.0] * 5)

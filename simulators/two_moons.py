@@ -28,7 +28,7 @@ class TwoMoons(simgen.Simulator):
     name = "two_moons"
     parameters = ("theta_1", "theta_2")
     x_shape = (2,)
-    chunk_size = 10_000
+    chunk_size = 100_000
 
     def prior(self) -> torch.distributions.Distribution:
         return box_uniform([-1.0, -1.0], [1.0, 1.0])

@@ -1,0 +1,1 @@
+"""simgen's benchmarks: one runnable module per question, ``python -m benchmarks.NAME``."""

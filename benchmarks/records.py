@@ -1,0 +1,85 @@
+"""Benchmark records (DESIGN.md): build, save as JSON, print as a markdown table."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESULTS", "machine", "markdown_table", "record", "save"]
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    """The CPU model and core count this run had, e.g. ``"AMD EPYC 7B13, 2 cores"``."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
+def record(
+    benchmark: str,
+    task: str,
+    method: str,
+    metric: str,
+    value: float,
+    unit: str,
+    budget: int | None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One result in the format every benchmark writes."""
+    return {
+        "benchmark": benchmark,
+        "task": task,
+        "method": method,
+        "metric": metric,
+        "value": float(value),
+        "unit": unit,
+        "budget": budget,
+        "seed": seed,
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def save(name: str, records: list[dict[str, Any]], out: Path | None = None) -> Path:
+    """Write ``records`` to ``<out>/<name>.json`` (default: ``benchmarks/results``)."""
+    folder = RESULTS if out is None else Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The records as a markdown table (machine and date once, below)."""
+    lines = [
+        "| benchmark | task | method | metric | value | unit | budget |",
+        "| --- | --- | --- | --- | ---: | --- | ---: |",
+    ]
+    for r in records:
+        budget = "" if r["budget"] is None else f"{r['budget']:,}"
+        lines.append(
+            f"| {r['benchmark']} | {r['task']} | {r['method']} | {r['metric']} | "
+            f"{_fmt(r['value'])} | {r['unit']} | {budget} |"
+        )
+    if records:
+        lines.append(f"\n_{records[0]['machine']}, {records[0]['date']}_")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""Shared fixtures: test simulators importable by path, in this process and in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HELPERS = Path(__file__).parent / "helpers"
+sys.path.insert(0, str(HELPERS))
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run ``python -m simgen ARGS`` in a fresh process with the helpers on the path."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(HELPERS), full_env.get("PYTHONPATH", "")) if p
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "simgen", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,76 @@
+"""Simulators that misbehave on purpose, importable by path (``sims_for_tests:Flaky``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import simgen
+from simgen.simulator import box_uniform
+
+
+class Flaky(simgen.Simulator):
+    """Raises for theta_1 > 0.8 (whole batch, then row by row), NaN for theta_1 < -0.8."""
+
+    name = "flaky"
+    parameters = ("theta_1", "theta_2")
+    x_shape = (3,)
+    chunk_size = 50
+
+    def prior(self) -> torch.distributions.Distribution:
+        return box_uniform([-1.0, -1.0], [1.0, 1.0])
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if (theta[:, 0] > 0.8).any():
+            raise RuntimeError("diverged")
+        x = np.concatenate([theta, rng.normal(size=(len(theta), 1))], axis=1)
+        x[theta[:, 0] < -0.8, 2] = np.nan
+        return x
+
+
+class Slow(simgen.Simulator):
+    """Sleeps ``delay`` seconds per call; Gaussian x around theta."""
+
+    name = "slow"
+    parameters = ("a", "b")
+    x_shape = (2,)
+    chunk_size = 20
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+
+    def prior(self) -> torch.distributions.Distribution:
+        return box_uniform([0.0, 0.0], [1.0, 1.0])
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        time.sleep(self.delay)
+        return theta + rng.normal(size=theta.shape)
+
+
+class BadShape(Slow):
+    """Returns one column too few."""
+
+    name = "bad_shape"
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return theta[:, :1]
+
+
+class BadDtype(Slow):
+    """Returns strings."""
+
+    name = "bad_dtype"
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.full((len(theta), 2), "x")
+
+
+class AlwaysRaises(Slow):
+    """A bug: raises on every call."""
+
+    name = "always_raises"
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise ZeroDivisionError("division by zero in user code")

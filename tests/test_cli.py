@@ -1,0 +1,277 @@
+"""The command line: commands, JSON output, exit statuses, one-line errors, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import HELPERS
+from typer.testing import CliRunner
+
+import simgen
+from simgen.cli import app
+from simgen.journal import Journal
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = (
+        "import sys, simgen.cli; assert 'torch' not in sys.modules and 'h5py' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "simgen", "--help"], check=False, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "simulate" in out.stdout
+
+
+def test_simulators_json():
+    result = invoke("simulators", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["gaussian_linear"]["x_shape"] == [10]
+    assert rows["gaussian_linear"]["options"]["dim"] == {"type": "int", "default": 10}
+    assert (
+        rows["two_moons"]["exact_log_likelihood"]
+        and not rows["lotka_volterra"]["exact_log_likelihood"]
+    )
+    table = invoke("simulators")
+    assert table.exit_code == 0 and "oscillator" in table.stdout
+
+
+def test_simulate_and_info(tmp_path):
+    path = tmp_path / "d.h5"
+    result = invoke(
+        "simulate",
+        "gaussian_linear",
+        "-n",
+        "300",
+        "-o",
+        str(path),
+        "--workers",
+        "1",
+        "--option",
+        "dim=3",
+        "--seed",
+        "7",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rows_new"] == 300 and summary["failed_new"] == 0
+    info = invoke("info", str(path), "--json")
+    assert info.exit_code == 0
+    described = json.loads(info.stdout)
+    assert described["rows"] == 300 and described["seed"] == 7 and described["x_shape"] == [3]
+    assert described["simulator_options"]["dim"] == 3 and described["complete"]
+    assert [row["name"] for row in described["theta_summary"]] == ["theta_1", "theta_2", "theta_3"]
+    human = invoke("info", str(path))
+    assert human.exit_code == 0 and "gaussian_linear" in human.stdout
+    again = invoke(
+        "simulate",
+        "gaussian_linear",
+        "-n",
+        "300",
+        "-o",
+        str(path),
+        "--option",
+        "dim=3",
+        "--seed",
+        "7",
+    )
+    assert again.exit_code == 0 and "nothing to do" in again.stderr
+
+
+def test_failed_rows_are_reported(tmp_path):
+    result = invoke(
+        "simulate",
+        "sims_for_tests:Flaky",
+        "-n",
+        "200",
+        "-o",
+        str(tmp_path / "f.h5"),
+        "--workers",
+        "1",
+    )
+    assert result.exit_code == 0
+    assert "rows failed" in result.stderr and "failed/theta" in result.stderr
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    line = one_line_error(
+        invoke("simulate", "two_moon", "-n", "5", "-o", str(tmp_path / "a.h5")), 2
+    )
+    assert "Did you mean 'two_moons'?" in line
+    line = one_line_error(
+        invoke(
+            "simulate", "two_moons", "-n", "5", "-o", str(tmp_path / "a.h5"), "--option", "size=64"
+        ),
+        2,
+    )
+    assert "has no option 'size'" in line
+    line = one_line_error(
+        invoke(
+            "simulate",
+            "gaussian_linear",
+            "-n",
+            "5",
+            "-o",
+            str(tmp_path / "a.h5"),
+            "--option",
+            "dim=ten",
+        ),
+        2,
+    )
+    assert "expects int, got 'ten'" in line
+    line = one_line_error(
+        invoke("simulate", "two_moons", "-n", "5", "-o", str(tmp_path / "no/a.h5")), 2
+    )
+    assert "does not exist" in line
+    (tmp_path / "text.h5").write_text("not hdf5")
+    assert "not an HDF5 file" in one_line_error(invoke("info", str(tmp_path / "text.h5")), 2)
+    assert "not an HDF5 file" in one_line_error(
+        invoke("simulate", "two_moons", "-n", "5", "-o", str(tmp_path / "text.h5")), 2
+    )
+    assert (tmp_path / "text.h5").read_text() == "not hdf5"
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["a"] = 1
+    assert "not a simgen data file" in one_line_error(
+        invoke("info", str(tmp_path / "other.h5")), 2
+    )
+    good = tmp_path / "good.h5"
+    simgen.simulate("two_moons", 50, good, workers=1, progress=False)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[:5000])
+    assert "is truncated" in one_line_error(invoke("info", str(cut)), 2)
+    line = one_line_error(
+        invoke("simulate", "two_moons", "-n", "100", "-o", str(good), "--seed", "3"), 2
+    )
+    assert "seed=0 (you asked 3)" in line
+    assert "no such file" in one_line_error(invoke("info", str(tmp_path / "none.h5")), 2)
+    usage = invoke("simulate", "two_moons", "-o", str(good))  # missing -n
+    assert usage.exit_code == 2
+
+
+def test_a_broken_simulator_exits_1_with_one_line(tmp_path):
+    line = one_line_error(
+        invoke(
+            "simulate",
+            "sims_for_tests:BadShape",
+            "-n",
+            "5",
+            "-o",
+            str(tmp_path / "a.h5"),
+            "--workers",
+            "1",
+        ),
+        1,
+    )
+    assert "'bad_shape' returned shape (5, 1)" in line or "returned shape" in line
+
+
+def test_demo(tmp_path):
+    result = invoke("demo", "-o", str(tmp_path / "demo"), "-n", "2000", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "data.png").stat().st_size > 10_000
+    assert len(simgen.open_store(tmp_path / "demo" / "data.h5")) == 2000
+
+
+ARGS = [
+    "simulate",
+    "sims_for_tests:Slow",
+    "-n",
+    "400",
+    "--chunk-size",
+    "10",
+    "--workers",
+    "1",
+    "--option",
+    "delay=0.02",
+    "--quiet",
+]
+
+
+def _start(path):
+    env = {**os.environ, "PYTHONPATH": str(HELPERS)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "simgen", *ARGS, "-o", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_after(proc, journal, parts):
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if journal.dir.exists() and len(list(journal.dir.glob("task-*.npy"))) >= parts:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    return simgen.simulate(
+        simgen.get_simulator("sims_for_tests:Slow", delay=0.0),
+        400,
+        path,
+        workers=1,
+        chunk_size=10,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("kills", [[1], [12, 25], [39]])
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, uninterrupted, kills):
+    path = tmp_path / "d.h5"
+    journal = Journal(path)
+    for parts in kills:
+        _kill_after(_start(path), journal, parts)
+    finished = _start(path)
+    assert finished.wait(timeout=120) == 0, finished.stderr.read()
+    store = simgen.open_store(path)
+    np.testing.assert_array_equal(store.theta, uninterrupted.theta)
+    np.testing.assert_array_equal(store.x[:], uninterrupted.x[:])
+    assert not journal.dir.exists()
+
+
+def test_sigkill_while_extending_leaves_the_old_file_intact(tmp_path, uninterrupted):
+    path = tmp_path / "d.h5"
+    simgen.simulate(
+        simgen.get_simulator("sims_for_tests:Slow", delay=0.02),
+        100,
+        path,
+        workers=1,
+        chunk_size=10,
+        progress=False,
+    )
+    before = path.read_bytes()
+    journal = Journal(path)
+    _kill_after(_start(path), journal, 20)  # extending to 400 rows
+    assert path.read_bytes() == before and journal.dir.exists()
+    assert len(simgen.open_store(path)) == 100
+    assert _start(path).wait(timeout=120) == 0
+    np.testing.assert_array_equal(simgen.open_store(path).x[:], uninterrupted.x[:])

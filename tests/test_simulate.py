@@ -1,0 +1,154 @@
+"""simulate(): determinism across workers and executors, resume, extension, failed rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import simgen
+from simgen.errors import SimulatorError, StoreError, UsageError
+from simgen.journal import Journal
+from simgen.simulation import run_chunk
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.theta, b.theta)
+    np.testing.assert_array_equal(a.x[:], b.x[:])
+    np.testing.assert_array_equal(a.failed_theta, b.failed_theta)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted single-thread run of 1,000 rows of slcp in tasks of 128."""
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    return simgen.simulate("slcp", 1000, path, workers=1, chunk_size=128, progress=False)
+
+
+def test_workers_do_not_change_the_data(reference, tmp_path):
+    two = simgen.simulate(
+        "slcp", 1000, tmp_path / "w2.h5", workers=2, chunk_size=128, progress=False
+    )
+    _same(reference, two)
+
+
+def test_dask_local_cluster_gives_the_same_data(reference, tmp_path):
+    distributed = pytest.importorskip("distributed")  # part of the [dev] extra, so always there
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        store = simgen.simulate(
+            "slcp",
+            1000,
+            tmp_path / "dask.h5",
+            chunk_size=128,
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
+    _same(reference, store)
+
+
+def test_extending_equals_one_run(reference, tmp_path):
+    path = tmp_path / "grow.h5"
+    for n in (100, 300, 300, 1000):  # 300 twice: nothing to do the second time
+        store = simgen.simulate("slcp", n, path, workers=1, chunk_size=128, progress=False)
+        assert len(store) == n
+    _same(reference, store)
+    assert store.metadata["n_requested"] == 1000
+    assert not Journal(path).dir.exists()
+
+
+def test_resume_from_journal_and_damaged_parts(reference, tmp_path):
+    """A journal as a stop leaves it (some tasks saved, one damaged, a stray temporary file, a
+    half-built HDF5) resumes to the reference."""
+    path = tmp_path / "resume.h5"
+    sim = simgen.get_simulator("slcp")
+    journal = Journal(path)
+    journal.open({"simulator": "slcp", "simulator_options": {}, "seed": 0, "chunk_size": 128})
+    for index in (0, 2, 5):
+        journal.write(index, run_chunk(sim, 0, index, 128))
+    (journal.dir / "task-000000002.npy").write_bytes(b"damaged")
+    (journal.dir / "task-000000003.npy.tmp").write_bytes(b"half")
+    journal.building.write_bytes(b"half an hdf5 file")
+    reports = []
+    store = simgen.simulate(
+        sim, 1000, path, workers=1, chunk_size=128, progress=False, on_report=reports.append
+    )
+    _same(reference, store)
+    assert reports[0].resumed_chunks == 3
+
+
+def test_a_different_run_is_refused_and_nothing_is_overwritten(reference, tmp_path):
+    path = tmp_path / "d.h5"
+    simgen.simulate("slcp", 200, path, workers=1, chunk_size=128, progress=False)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"seed=0 \(you asked 1\)"):
+        simgen.simulate("slcp", 400, path, seed=1, workers=1, chunk_size=128, progress=False)
+    with pytest.raises(StoreError, match="simulator='slcp' \\(you asked 'two_moons'\\)"):
+        simgen.simulate("two_moons", 400, path, workers=1, chunk_size=128, progress=False)
+    with pytest.raises(StoreError, match="chunk_size=128 \\(you asked 64\\)"):
+        simgen.simulate("slcp", 400, path, workers=1, chunk_size=64, progress=False)
+    sim = simgen.get_simulator("gaussian_linear", dim=3)
+    other = tmp_path / "g.h5"
+    simgen.simulate(sim, 10, other, workers=1, progress=False)
+    with pytest.raises(StoreError, match="simulator_options"):
+        simgen.simulate(
+            simgen.get_simulator("gaussian_linear", dim=4), 20, other, workers=1, progress=False
+        )
+    assert path.read_bytes() == before
+
+
+def test_unfinished_run_of_another_identity_is_refused(tmp_path):
+    path = tmp_path / "d.h5"
+    Journal(path).open(
+        {"simulator": "slcp", "simulator_options": {}, "seed": 5, "chunk_size": 128}
+    )
+    with pytest.raises(StoreError, match="unfinished run with seed=5 \\(now 0\\)"):
+        simgen.simulate("slcp", 100, path, workers=1, chunk_size=128, progress=False)
+
+
+def test_failed_rows_are_counted_and_kept_apart(tmp_path):
+    sim = simgen.get_simulator("sims_for_tests:Flaky")
+    reports = []
+    store = simgen.simulate(
+        sim, 1000, tmp_path / "f.h5", workers=1, progress=False, on_report=reports.append
+    )
+    theta_all = np.concatenate([store.theta, store.failed_theta])
+    bad = (theta_all[:, 0] > 0.8) | (theta_all[:, 0] < -0.8)
+    assert len(theta_all) == 1000
+    assert store.n_failed == bad.sum() > 150  # ~20% of a uniform prior on [-1, 1]
+    assert ((store.failed_theta[:, 0] > 0.8) | (store.failed_theta[:, 0] < -0.8)).all()
+    assert np.abs(store.theta[:, 0]).max() <= 0.8
+    assert np.isfinite(store.x[:]).all()
+    np.testing.assert_array_equal(store.x[:, :2], store.theta)
+    assert reports[0].failed_new == reports[0].failed_total == store.n_failed
+    assert store.file["chunks"][:, 1:].sum() == 1000
+    two = simgen.simulate(sim, 1000, tmp_path / "f2.h5", workers=2, progress=False)
+    _same(store, two)
+
+
+def test_contract_violations_stop_the_run(tmp_path):
+    with pytest.raises(SimulatorError, match="'bad_shape' returned shape"):
+        simgen.simulate(
+            "sims_for_tests:BadShape", 10, tmp_path / "a.h5", workers=1, progress=False
+        )
+    with pytest.raises(SimulatorError, match="raised on every row.*ZeroDivisionError"):
+        simgen.simulate(
+            "sims_for_tests:AlwaysRaises", 10, tmp_path / "b.h5", workers=1, progress=False
+        )
+    assert not (tmp_path / "a.h5").exists()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UsageError, match="positive"):
+        simgen.simulate("slcp", 0, tmp_path / "a.h5")
+    with pytest.raises(UsageError, match="does not exist"):
+        simgen.simulate("slcp", 10, tmp_path / "no" / "a.h5")
+    with pytest.raises(UsageError, match="is a folder"):
+        simgen.simulate("slcp", 10, tmp_path)
+
+
+def test_journal_saves_only_tasks_worth_saving():
+    fast = run_chunk(simgen.get_simulator("two_moons"), 0, 0, 1000)
+    assert fast.seconds < 0.01 and not Journal.worth_saving(fast)
+    slow = run_chunk(simgen.get_simulator("sims_for_tests:Slow", delay=0.05), 0, 0, 10)
+    assert Journal.worth_saving(slow)

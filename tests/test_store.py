@@ -1,0 +1,96 @@
+"""The HDF5 schema: writing, validation of bad files, lazy chunk-aligned reading."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import simgen
+from simgen.errors import StoreError
+from simgen.store import FORMAT, REQUIRED_ATTRS, open_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "data.h5"
+    return simgen.simulate(
+        "gaussian_linear", 2500, path, workers=1, chunk_size=700, progress=False
+    )
+
+
+def test_schema(store):
+    f = store.file
+    assert f.attrs["format"] == FORMAT
+    assert all(key in f.attrs for key in REQUIRED_ATTRS)
+    assert f["theta"].shape == (2500, 10) and f["x"].shape == (2500, 10)
+    assert f["theta"].dtype == np.float32 and f["x"].dtype == np.float32
+    assert f["x"].maxshape == (None, 10) and f["x"].chunks is not None
+    np.testing.assert_array_equal(f["chunks"][:, 0], [0, 1, 2, 3])
+    assert f["chunks"][:, 1].sum() == 2500
+    meta = store.metadata
+    assert meta["parameters"][0] == "theta_1" and meta["x_shape"] == [10]
+    assert meta["simulator_options"] == {"dim": 10, "prior_var": 0.1, "noise_var": 0.1}
+    assert meta["n_requested"] == meta["n_simulated"] == 2500
+    assert len(store) == 2500 and store.n_failed == 0 and store.x_shape == (10,)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batches_cover_every_row_once(store, shuffle):
+    batches = list(store.batches(300, shuffle=shuffle, seed=1))
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t, _ in batches)
+    assert [len(t) for t, _ in batches[:-1]] == [300] * (len(batches) - 1)
+    theta = torch.cat([t for t, _ in batches]).numpy()
+    x = torch.cat([x for _, x in batches]).numpy()
+    order = np.lexsort(theta.T)
+    np.testing.assert_array_equal(theta[order], store.theta[np.lexsort(store.theta.T)])
+    np.testing.assert_array_equal(x[order], store.x[:][np.lexsort(store.theta.T)])
+    if not shuffle:
+        np.testing.assert_array_equal(theta, store.theta)
+
+
+def test_batches_range_and_shards(store):
+    got = torch.cat([t for t, _ in store.batches(128, start=100, stop=1900)]).numpy()
+    np.testing.assert_array_equal(got, store.theta[100:1900])
+    parts = [torch.cat([t for t, _ in store.batches(64, shard=(k, 3))]).numpy() for k in range(3)]
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate(parts), axis=0), np.sort(store.theta, axis=0)
+    )
+
+
+def test_torch_dataset_with_dataloader(store):
+    loader = torch.utils.data.DataLoader(store.dataset(500, shuffle=True, seed=0), batch_size=None)
+    rows = sum(len(t) for t, _ in loader)
+    assert rows == 2500
+
+
+def test_store_pickles_by_path(store):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.path == store.path and len(clone) == len(store)
+
+
+def test_bad_files(tmp_path, store):
+    with pytest.raises(StoreError, match="no such file"):
+        open_store(tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(StoreError, match="is not an HDF5 file"):
+        open_store(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["a"] = [1, 2]
+    with pytest.raises(StoreError, match="not a simgen data file"):
+        open_store(tmp_path / "other.h5")
+    newer = tmp_path / "newer.h5"
+    newer.write_bytes(store.path.read_bytes())
+    with h5py.File(newer, "r+") as f:
+        f.attrs["format"] = "simgen-data/9"
+    with pytest.raises(StoreError, match="newer than this simgen reads"):
+        open_store(newer)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(store.path.read_bytes()[: store.path.stat().st_size // 2])
+    with pytest.raises(StoreError, match="is truncated"):
+        open_store(cut)
+    with pytest.raises(StoreError, match="is a folder"):
+        open_store(tmp_path)
