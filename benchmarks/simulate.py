@@ -4,7 +4,7 @@
   crash-safe journal, HDF5, one worker) divided by rows/s of the same simulator called in memory
   on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; best of 3 each.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
-  simulator (the oscillator's Runge-Kutta integration), process start-up included.
+  simulator (lotka_volterra's exact Gillespie simulation), process start-up included.
 
 Run: ``python -m benchmarks.simulate [--quick]``; writes ``benchmarks/results/simulate.json``.
 """
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     n_fast = 100_000 if args.quick else 1_000_000
-    n_slow = 2_000 if args.quick else 60_000
+    n_slow = 400 if args.quick else 10_000
     repeats = 1 if args.quick else 3
     records = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
@@ -95,12 +95,12 @@ def main() -> None:
         ]
         rates = {}
         for workers in sorted({1, 2, default_workers()}):
-            rates[workers] = pipeline_rate("oscillator", n_slow, workers, folder, chunk_size=500)
+            rates[workers] = pipeline_rate("lotka_volterra", n_slow, workers, folder)
             records.append(
                 record(
                     bench,
-                    "oscillator",
-                    f"simgen simulate, {workers} workers",
+                    "lotka_volterra",
+                    f"simgen simulate, {workers} worker{'s' if workers > 1 else ''}",
                     "rows_per_s",
                     rates[workers],
                     "rows/s",
@@ -110,10 +110,10 @@ def main() -> None:
         records.append(
             record(
                 bench,
-                "oscillator",
+                "lotka_volterra",
                 "simulator in memory",
                 "simulator_samples_per_s",
-                raw_rate("oscillator", n_slow // 4, 500),
+                raw_rate("lotka_volterra", n_slow // 4, 200),
                 "rows/s",
                 n_slow // 4,
             )
@@ -123,8 +123,8 @@ def main() -> None:
                 records.append(
                     record(
                         bench,
-                        "oscillator",
-                        f"simgen simulate, {workers} workers",
+                        "lotka_volterra",
+                        f"simgen simulate, {workers} worker{'s' if workers > 1 else ''}",
                         "worker_scaling",
                         rate / rates[1],
                         "x (vs 1 worker)",

@@ -230,6 +230,82 @@ def _check_writable(path: Path) -> None:
         raise UsageError(f"cannot write {path}: permission denied")
 
 
+def _tasks_in_order(
+    sim: Simulator,
+    seed: int,
+    chunk_size: int,
+    indices: range,
+    journal: Journal,
+    workers: int,
+    scheduler: str | None,
+    on_done: Callable[[int], None],
+) -> Iterator[tuple[int, ChunkResult]]:
+    """Yield ``(index, result)`` for every task in ``indices``, in order.
+
+    Tasks saved in the journal are read back (and simulated again if damaged); the others run on
+    the executor, at most a window of them at a time, are saved when
+    :meth:`Journal.worth_saving`, and are held until their turn. ``on_done(index)`` is called as
+    each task finishes or is found in the journal.
+    """
+    saved = journal.indices() & set(indices)
+    for index in sorted(saved):
+        on_done(index)
+    todo = iter(i for i in indices if i not in saved)
+    pending: dict[Future, int] = {}
+    ready: dict[int, ChunkResult] = {}
+    with _executor(workers, scheduler) as (executor, window):
+        # other processes get the simulator by value, so that classes defined in a notebook or
+        # a script work there too
+        local = workers == 1 and scheduler is None
+        task, payload = (run_chunk, sim) if local else (_run_pickled, cloudpickle.dumps(sim))
+
+        def fill() -> None:
+            while len(pending) < window and (i := next(todo, None)) is not None:
+                pending[executor.submit(task, payload, seed, i, chunk_size)] = i
+
+        fill()
+        for index in indices:
+            result = ready.pop(index, None)
+            if result is None and index in saved:
+                result = journal.read(index) or run_chunk(sim, seed, index, chunk_size)
+            while result is None:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    ready[i] = future.result()
+                    if journal.worth_saving(ready[i]):
+                        journal.write(i, ready[i])
+                    on_done(i)
+                fill()
+                result = ready.pop(index, None)
+            yield index, result
+
+
+def _metadata(sim: Simulator, identity: dict[str, Any], n: int) -> dict[str, Any]:
+    return {
+        **identity,
+        "simulator_path": f"{type(sim).__module__}:{type(sim).__qualname__}",
+        "parameters": list(sim.parameters),
+        "x_shape": list(sim.x_shape),
+        "prior": describe_prior(sim.prior()),
+        "n_requested": n,
+        "n_simulated": 0,
+        "simgen_version": simgen.__version__,
+    }
+
+
+def _rows_done(path: Path, identity: dict[str, Any]) -> tuple[int, int]:
+    """Rows attempted and rows failed in an existing file of the same run (0, 0 if none)."""
+    if not path.exists():
+        return 0, 0
+    old = open_store(path)
+    try:
+        _check_identity(old, identity)
+        return int(old.metadata["n_simulated"]), old.n_failed
+    finally:
+        old.close()
+
+
 def simulate(
     simulator: Simulator | str,
     n: int,
@@ -277,94 +353,49 @@ def simulate(
         raise UsageError(
             f"options of simulator '{sim.name}' must be JSON values: {error}"
         ) from None
-
-    n_old, failed_old = 0, 0
-    if path.exists():
-        old = open_store(path)
-        _check_identity(old, identity)
-        n_old, failed_old = int(old.metadata["n_simulated"]), old.n_failed
-        old.close()
-        if n <= n_old:
-            if Journal(path).identity() == identity:  # a stop after the final rename
-                Journal(path).remove()
-            report = SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0)
-            if on_report is not None:
-                on_report(report)
-            return open_store(path)
-
+    n_old, failed_old = _rows_done(path, identity)
     journal = Journal(path)
+    if n <= n_old:
+        if journal.identity() == identity:  # a stop between the final rename and the clean-up
+            journal.remove()
+        if on_report is not None:
+            on_report(SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0))
+        return open_store(path)
+
     journal.open(identity)
-    first, last = n_old // chunk_size, math.ceil(n / chunk_size) - 1
-    journal.discard(keep_from=first)
-    saved = journal.indices()
-    metadata = {
-        **identity,
-        "simulator_path": f"{type(sim).__module__}:{type(sim).__qualname__}",
-        "parameters": list(sim.parameters),
-        "x_shape": list(sim.x_shape),
-        "prior": describe_prior(sim.prior()),
-        "n_requested": n,
-        "n_simulated": n_old,
-        "simgen_version": simgen.__version__,
-    }
+    indices = range(n_old // chunk_size, math.ceil(n / chunk_size))
+    journal.discard(keep_from=indices.start)
+    resumed = len(journal.indices() & set(indices))
     journal.building.unlink(missing_ok=True)
     if n_old:
         shutil.copyfile(path, journal.building)
         out = h5py.File(journal.building, "r+")
-        out.attrs["n_requested"] = n
     else:
-        out = create(journal.building, metadata)
+        out = create(journal.building, _metadata(sim, identity, n))
 
-    def rows_of(index: int) -> tuple[int, int]:
-        return max(n_old - index * chunk_size, 0), min(n - index * chunk_size, chunk_size)
+    def rows_of(index: int) -> slice:
+        """The rows of task ``index`` that belong to rows ``[n_old, n)`` of the file."""
+        return slice(max(n_old - index * chunk_size, 0), min(n - index * chunk_size, chunk_size))
 
     failed_new = 0
-    resumed = len(saved & set(range(first, last + 1)))
     with out, progress_bar(n - n_old, f"simulate {sim.name}", enabled=progress) as bar:
-        for index in sorted(saved & set(range(first, last + 1))):
-            lo, hi = rows_of(index)
-            bar.advance(hi - lo)
-        todo = iter(i for i in range(first, last + 1) if i not in saved)
-        appender = Appender(out)
-        pending: dict[Future, int] = {}
-        ready: dict[int, ChunkResult] = {}
+        out.attrs["n_requested"] = n
         try:
-            with _executor(workers, scheduler) as (executor, window):
-                # other processes get the simulator by value, so that classes defined in a
-                # notebook or script work there too
-                task, obj = (
-                    (run_chunk, sim)
-                    if workers == 1 and scheduler is None
-                    else (_run_pickled, cloudpickle.dumps(sim))
+            with Appender(out) as appender:
+                tasks = _tasks_in_order(
+                    sim,
+                    seed,
+                    chunk_size,
+                    indices,
+                    journal,
+                    workers,
+                    scheduler,
+                    on_done=lambda i: bar.advance(rows_of(i).stop - rows_of(i).start),
                 )
-
-                def fill() -> None:
-                    while len(pending) < window and (i := next(todo, None)) is not None:
-                        pending[executor.submit(task, obj, seed, i, chunk_size)] = i
-
-                fill()
-                for index in range(first, last + 1):
-                    result = ready.pop(index, None)
-                    if result is None and index in saved:
-                        result = journal.read(index)
-                        if result is None:  # damaged by a stop: simulate it again
-                            result = run_chunk(sim, seed, index, chunk_size)
-                    while result is None:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            i = pending.pop(future)
-                            chunk = future.result()
-                            if journal.worth_saving(chunk):
-                                journal.write(i, chunk)
-                            lo, hi = rows_of(i)
-                            bar.advance(hi - lo)
-                            ready[i] = chunk
-                        fill()
-                        result = ready.pop(index, None)
-                    lo, hi = rows_of(index)
-                    sl = slice(lo, hi)
-                    appender.add(index, result.theta[sl], result.x[sl], result.ok[sl])
-                    failed_new += int((~result.ok[sl]).sum())
+                for index, result in tasks:
+                    rows = rows_of(index)
+                    appender.add(index, result.theta[rows], result.x[rows], result.ok[rows])
+                    failed_new += int((~result.ok[rows]).sum())
         except KeyboardInterrupt:
             raise RunError(
                 f"interrupted; {len(journal.indices())} tasks are saved in {journal.dir}: "
@@ -375,7 +406,6 @@ def simulate(
                 f"a worker process died ({error}); a script that starts simulate() with "
                 "workers > 1 must do so under `if __name__ == '__main__':`, or use workers=1"
             ) from None
-        appender.flush()
         out.attrs["n_simulated"] = n
         rows_total, failed_total = out["x"].shape[0], out["failed/theta"].shape[0]
     fsync_path(journal.building)
@@ -383,14 +413,8 @@ def simulate(
     fsync_path(path.parent if str(path.parent) else Path("."))
     journal.remove()
     if on_report is not None:
+        seconds = time.perf_counter() - started
         on_report(
-            SimulationReport(
-                rows_new=n - n_old,
-                failed_new=failed_new,
-                rows_total=rows_total,
-                failed_total=failed_total,
-                seconds=time.perf_counter() - started,
-                resumed_chunks=resumed,
-            )
+            SimulationReport(n - n_old, failed_new, rows_total, failed_total, seconds, resumed)
         )
     return open_store(path)

@@ -94,3 +94,24 @@ def test_bad_files(tmp_path, store):
         open_store(cut)
     with pytest.raises(StoreError, match="is a folder"):
         open_store(tmp_path)
+
+
+def test_appender_writes_in_order_and_reports_writer_errors(tmp_path, store):
+    from simgen.store import Appender, create
+
+    meta = {k: v for k, v in store.metadata.items() if k != "format"}
+    with create(tmp_path / "a.h5", meta) as f, Appender(f, buffer_bytes=1000) as appender:
+        for i in range(5):
+            ok = np.arange(10) % 3 != 0
+            appender.add(i, np.full((10, 10), i, np.float32), np.full((10, 10), i, np.float32), ok)
+    a = open_store(tmp_path / "a.h5")
+    assert len(a) == 5 * 6 and a.n_failed == 5 * 4
+    np.testing.assert_array_equal(a.theta[:, 0], np.repeat(np.arange(5), 6))
+    np.testing.assert_array_equal(a.file["chunks"][:], [[i, 6, 4] for i in range(5)])
+    with h5py.File(tmp_path / "a.h5", "r") as read_only:
+        appender = Appender(read_only)
+        appender.add(
+            0, np.zeros((1, 10), np.float32), np.zeros((1, 10), np.float32), np.ones(1, bool)
+        )
+        with pytest.raises(Exception, match="[Ww]rite|read-only|permission|[Ff]ile"):
+            appender.close()
