@@ -3,6 +3,8 @@
 * ``pipeline_efficiency``: rows/s of ``simgen.simulate`` (prior draws, simulation, validation,
   crash-safe journal, HDF5, one worker) divided by rows/s of the same simulator called in memory
   on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; best of 3 each.
+  Also on two_moons at 1e7 rows (fixed costs amortised) and on slower simulators (oscillator,
+  lotka_volterra), where writing is a smaller share of the work.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
   simulator (lotka_volterra's exact Gillespie simulation), process start-up included.
 
@@ -48,90 +50,54 @@ def pipeline_rate(
     return rate
 
 
+def efficiency(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
+    """Records of the in-memory rate, the one-worker pipeline rate and their ratio."""
+    chunk = simgen.get_simulator(name).chunk_size
+    raw = max(raw_rate(name, n, chunk) for _ in range(repeats))
+    piped = max(pipeline_rate(name, n, 1, folder) for _ in range(repeats))
+    one = "simgen simulate, 1 worker"
+    return [
+        record(BENCH, name, "simulator in memory", "simulator_samples_per_s", raw, "rows/s", n),
+        record(BENCH, name, one, "rows_per_s", piped, "rows/s", n),
+        record(BENCH, name, one, "pipeline_efficiency", piped / raw, "ratio", n),
+    ]
+
+
+def scaling(name: str, n: int, folder: Path) -> list[dict]:
+    """Records of rows/s with 1, 2, ... all cores worker processes, and the gains over one."""
+    records, rates = [], {}
+    for workers in sorted({1, 2, default_workers()}):
+        rates[workers] = pipeline_rate(name, n, workers, folder)
+        method = f"simgen simulate, {workers} worker{'s' if workers > 1 else ''}"
+        records.append(record(BENCH, name, method, "rows_per_s", rates[workers], "rows/s", n))
+        if workers > 1:
+            gain = rates[workers] / rates[1]
+            records.append(record(BENCH, name, method, "worker_scaling", gain, "x vs 1", n))
+    return records
+
+
+BENCH = "simulate"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args()
     torch.manual_seed(0)
-    n_fast = 100_000 if args.quick else 1_000_000
-    n_slow = 400 if args.quick else 10_000
-    repeats = 1 if args.quick else 3
+    quick = args.quick
     records = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp)
-        chunk = simgen.get_simulator("two_moons").chunk_size
-        raw = max(raw_rate("two_moons", n_fast, chunk) for _ in range(repeats))
-        piped = max(pipeline_rate("two_moons", n_fast, 1, folder) for _ in range(repeats))
-        bench = "simulate"
-        records += [
-            record(
-                bench,
-                "two_moons",
-                "simulator in memory",
-                "simulator_samples_per_s",
-                raw,
-                "rows/s",
-                n_fast,
-            ),
-            record(
-                bench,
-                "two_moons",
-                "simgen simulate, 1 worker",
-                "rows_per_s",
-                piped,
-                "rows/s",
-                n_fast,
-            ),
-            record(
-                bench,
-                "two_moons",
-                "simgen simulate, 1 worker",
-                "pipeline_efficiency",
-                piped / raw,
-                "ratio",
-                n_fast,
-            ),
-        ]
-        rates = {}
-        for workers in sorted({1, 2, default_workers()}):
-            rates[workers] = pipeline_rate("lotka_volterra", n_slow, workers, folder)
-            records.append(
-                record(
-                    bench,
-                    "lotka_volterra",
-                    f"simgen simulate, {workers} worker{'s' if workers > 1 else ''}",
-                    "rows_per_s",
-                    rates[workers],
-                    "rows/s",
-                    n_slow,
-                )
-            )
-        records.append(
-            record(
-                bench,
-                "lotka_volterra",
-                "simulator in memory",
-                "simulator_samples_per_s",
-                raw_rate("lotka_volterra", n_slow // 4, 200),
-                "rows/s",
-                n_slow // 4,
-            )
+        records += efficiency(
+            "two_moons", 100_000 if quick else 1_000_000, 1 if quick else 3, folder
         )
-        for workers, rate in rates.items():
-            if workers > 1:
-                records.append(
-                    record(
-                        bench,
-                        "lotka_volterra",
-                        f"simgen simulate, {workers} worker{'s' if workers > 1 else ''}",
-                        "worker_scaling",
-                        rate / rates[1],
-                        "x (vs 1 worker)",
-                        n_slow,
-                    )
-                )
-    path = save("simulate" if not args.quick else "simulate-quick", records, args.out)
+        if not quick:
+            records += efficiency("two_moons", 10_000_000, 2, folder)
+            records += efficiency("oscillator", 20_000, 2, folder)
+        records += efficiency("lotka_volterra", 200 if quick else 2_000, 1, folder)
+        records += scaling("lotka_volterra", 400 if quick else 10_000, folder)
+    path = save("simulate-quick" if quick else "simulate", records, args.out)
     print(markdown_table(records))
     print(f"\nwritten to {path}")
 

@@ -1,0 +1,54 @@
+"""Benchmarks run in --quick mode and write records in the format of DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+KEYS = {
+    "benchmark",
+    "task",
+    "method",
+    "metric",
+    "value",
+    "unit",
+    "budget",
+    "seed",
+    "machine",
+    "date",
+}
+
+
+def test_simulate_benchmark_quick(tmp_path):
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.simulate", "--quick", "--out", str(tmp_path)],
+        cwd=root,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    records = json.loads((tmp_path / "simulate-quick.json").read_text())
+    assert records and all(set(r) == KEYS for r in records)
+    metrics = {r["metric"] for r in records}
+    assert {"pipeline_efficiency", "worker_scaling", "simulator_samples_per_s"} <= metrics
+    assert all(r["value"] > 0 for r in records)
+    assert "| pipeline_efficiency |" in out.stdout
+
+
+def test_report_renders_results(tmp_path, monkeypatch):
+    from benchmarks import records, report
+
+    records.save("demo", [records.record("demo", "t", "m", "x", 1.5, "u", 10)], tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"head\n{report.START}\nold\n{report.END}\ntail\n")
+    monkeypatch.setattr(report, "README", readme)
+    report.main()
+    text = readme.read_text()
+    assert "old" not in text and "| demo | t | m | x | 1.5 | u | 10 |" in text
+    assert text.startswith("head\n") and text.endswith("tail\n")
