@@ -11,40 +11,33 @@ how stops are survived.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import h5py
 import numpy as np
 import torch
 
 import simgen
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
+from simgen.executors import default_workers, executor, task_and_payload
 from simgen.journal import ChunkResult, Journal, fsync_path
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator, describe_prior, get_simulator
-from simgen.store import Appender, Store, create, open_store
+from simgen.store import Store, create, open_store
+from simgen.writer import Appender
 
 __all__ = ["SimulationReport", "default_workers", "run_chunk", "simulate"]
-
-
-def default_workers() -> int:
-    """All cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @dataclass
@@ -133,69 +126,6 @@ def _row_by_row(sim: Simulator, theta: np.ndarray, seq: np.random.SeedSequence) 
     return x
 
 
-_WORKER_SIMULATORS: dict[bytes, Simulator] = {}
-
-
-def _run_pickled(payload: bytes, seed: int, index: int, size: int) -> ChunkResult:
-    """:func:`run_chunk` in a worker process, with the simulator sent once by value."""
-    key = hashlib.sha256(payload).digest()
-    if key not in _WORKER_SIMULATORS:
-        _WORKER_SIMULATORS.clear()
-        _WORKER_SIMULATORS[key] = cloudpickle.loads(payload)
-    return run_chunk(_WORKER_SIMULATORS[key], seed, index, size)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-
-
-class _InlineExecutor(Executor):
-    """Runs each task in the calling thread when it is submitted (one worker, no overhead)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # noqa: BLE001 (handed to the caller via the future)
-            future.set_exception(error)
-        return future
-
-
-@contextmanager
-def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, int]]:
-    """The executor for the tasks and how many to keep in flight."""
-    if scheduler is not None:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise UsageError(
-                "--scheduler needs Dask distributed: pip install 'simgen[dask]'"
-            ) from None
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as error:
-            raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
-        try:
-            slots = max(1, sum(client.nthreads().values()))
-            with client.get_executor(pure=False) as executor:
-                yield executor, 2 * slots
-        finally:
-            client.close()
-    elif workers == 1:
-        yield _InlineExecutor(), 1
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("spawn")
-        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
-        try:
-            yield executor, 2 * workers
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-
 def _identity(sim: Simulator, seed: int, chunk_size: int) -> dict[str, Any]:
     return {
         "simulator": sim.name,
@@ -253,15 +183,12 @@ def _tasks_in_order(
     todo = iter(i for i in indices if i not in saved)
     pending: dict[Future, int] = {}
     ready: dict[int, ChunkResult] = {}
-    with _executor(workers, scheduler) as (executor, window):
-        # other processes get the simulator by value, so that classes defined in a notebook or
-        # a script work there too
-        local = workers == 1 and scheduler is None
-        task, payload = (run_chunk, sim) if local else (_run_pickled, cloudpickle.dumps(sim))
+    with executor(workers, scheduler) as (pool, window):
+        task, payload = task_and_payload(run_chunk, sim, local=workers == 1 and scheduler is None)
 
         def fill() -> None:
             while len(pending) < window and (i := next(todo, None)) is not None:
-                pending[executor.submit(task, payload, seed, i, chunk_size)] = i
+                pending[pool.submit(task, payload, seed, i, chunk_size)] = i
 
         fill()
         for index in indices:

@@ -275,3 +275,23 @@ def test_sigkill_while_extending_leaves_the_old_file_intact(tmp_path, uninterrup
     assert len(simgen.open_store(path)) == 100
     assert _start(path).wait(timeout=120) == 0
     np.testing.assert_array_equal(simgen.open_store(path).x[:], uninterrupted.x[:])
+
+
+def test_two_moons_workers_2_equals_workers_1(tmp_path, cli):
+    """The issue's acceptance command, verbatim: 100,000 rows with 2 workers and with 1."""
+    for workers in ("2", "1"):
+        done = cli(
+            "simulate",
+            "two_moons",
+            "-n",
+            "100000",
+            "-o",
+            str(tmp_path / f"{workers}.h5"),
+            "--workers",
+            workers,
+        )
+        assert done.returncode == 0, done.stderr
+    one, two = simgen.open_store(tmp_path / "1.h5"), simgen.open_store(tmp_path / "2.h5")
+    assert len(one) == 100_000
+    np.testing.assert_array_equal(one.theta, two.theta)
+    np.testing.assert_array_equal(one.x[:], two.x[:])

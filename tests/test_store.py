@@ -97,7 +97,8 @@ def test_bad_files(tmp_path, store):
 
 
 def test_appender_writes_in_order_and_reports_writer_errors(tmp_path, store):
-    from simgen.store import Appender, create
+    from simgen.store import create
+    from simgen.writer import Appender
 
     meta = {k: v for k, v in store.metadata.items() if k != "format"}
     with create(tmp_path / "a.h5", meta) as f, Appender(f, buffer_bytes=1000) as appender:
