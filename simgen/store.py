@@ -50,7 +50,18 @@ REQUIRED_ATTRS = (
     "n_simulated",
     "simgen_version",
 )
-BLOCK_BYTES = 1 << 20  # target size of one HDF5 chunk of x
+BLOCK_BYTES = 4 << 20  # largest HDF5 chunk of x
+
+
+def _block_rows(task_rows: int, row_bytes: int) -> int:
+    """Rows per HDF5 chunk: the largest divisor of the task size whose chunk of x fits in
+    :data:`BLOCK_BYTES`, so that each task's rows fill whole HDF5 chunks (a write covering part
+    of a chunk makes HDF5 read and rewrite it), unless that divisor is small."""
+    limit = max(1, BLOCK_BYTES // row_bytes)
+    if task_rows <= limit:
+        return task_rows
+    divisor = max(d for d in range(1, limit + 1) if task_rows % d == 0)
+    return divisor if divisor >= limit // 4 else limit  # an awkward task size: don't align
 
 
 def check_hdf5(path: str | os.PathLike, kind: str = "data") -> Path:
@@ -88,13 +99,13 @@ def check_hdf5(path: str | os.PathLike, kind: str = "data") -> Path:
 def create(path: str | os.PathLike, metadata: dict[str, Any]) -> h5py.File:
     """Create an empty data file with the schema above; ``metadata`` fills the attributes.
 
-    ``metadata`` needs ``parameters`` (names) and ``x_shape`` besides the provenance keys. HDF5
-    chunks hold about 1 MiB of x, and at most one simulation task's rows.
+    ``metadata`` needs ``parameters`` (names) and ``x_shape`` besides the provenance keys; its
+    ``chunk_size`` (rows per task) sets the HDF5 chunking (:func:`_block_rows`).
     """
     d_theta = len(metadata["parameters"])
     x_shape = tuple(int(s) for s in metadata["x_shape"])
     row_bytes = 4 * max(1, math.prod(x_shape))
-    block = int(min(65_536, metadata.get("chunk_size", 65_536), max(1, BLOCK_BYTES // row_bytes)))
+    block = _block_rows(int(metadata.get("chunk_size", 65_536)), row_bytes)
     f = h5py.File(path, "w")
     f.create_dataset(
         "theta", (0, d_theta), np.float32, maxshape=(None, d_theta), chunks=(block, d_theta)
