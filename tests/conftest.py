@@ -10,6 +10,14 @@ from pathlib import Path
 import pytest
 
 HELPERS = Path(__file__).parent / "helpers"
+BUILTINS = (
+    "two_moons",
+    "slcp",
+    "gaussian_linear",
+    "gaussian_mixture",
+    "oscillator",
+    "lotka_volterra",
+)
 sys.path.insert(0, str(HELPERS))
 
 

@@ -10,27 +10,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import BUILTINS
 
 import simgen
 from simgen.errors import SimulatorError, UsageError
 from simgen.simulator import describe_prior, option_spec, parse_option, simulator_class
-
-BUILTINS = {
-    "two_moons",
-    "slcp",
-    "gaussian_linear",
-    "gaussian_mixture",
-    "oscillator",
-    "lotka_volterra",
-}
 
 
 def test_builtins_come_through_entry_points():
     from importlib.metadata import entry_points
 
     names = {ep.name for ep in entry_points(group="simgen.simulators")}
-    assert BUILTINS <= names
-    assert BUILTINS <= set(simgen.simulators())
+    assert set(BUILTINS) <= names
+    assert set(BUILTINS) <= set(simgen.simulators())
 
 
 def test_register_decorator_and_options():
@@ -155,7 +147,7 @@ def test_installed_plugin_by_entry_point(installed_plugin):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = simgen.simulators(load=True)
-    assert "random_walk" in loaded and BUILTINS <= set(loaded)
+    assert "random_walk" in loaded and set(BUILTINS) <= set(loaded)
     assert "broken_plugin" not in loaded
     assert any(
         "broken_plugin" in str(w.message) and "broken on purpose" in str(w.message) for w in caught
@@ -169,7 +161,7 @@ def test_installed_plugin_from_the_command_line(installed_plugin, cli, tmp_path)
     listed = cli("simulators", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     names = {row["name"] for row in json.loads(listed.stdout)}
-    assert "random_walk" in names and BUILTINS <= names
+    assert "random_walk" in names and set(BUILTINS) <= names
     assert "broken_plugin" in listed.stderr
     made = cli(
         "simulate",

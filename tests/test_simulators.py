@@ -7,19 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import BUILTINS
 from scipy import stats
 
 import simgen
 from simgen.simulation import run_chunk
-
-BUILTINS = [
-    "two_moons",
-    "slcp",
-    "gaussian_linear",
-    "gaussian_mixture",
-    "oscillator",
-    "lotka_volterra",
-]
 
 
 @pytest.mark.parametrize("name", BUILTINS)
