@@ -2,7 +2,8 @@
 
 * ``pipeline_efficiency``: rows/s of ``simgen.simulate`` (prior draws, simulation, validation,
   crash-safe journal, HDF5, one worker) divided by rows/s of the same simulator called in memory
-  on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; best of 3 each.
+  on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; after a warm-up,
+  best of 7 interleaved runs each.
   Also on two_moons at 1e7 rows (fixed costs amortised) and on slower simulators (oscillator,
   lotka_volterra), where writing is a smaller share of the work.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
@@ -53,8 +54,13 @@ def pipeline_rate(
 def efficiency(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
     """Records of the in-memory rate, the one-worker pipeline rate and their ratio."""
     chunk = simgen.get_simulator(name).chunk_size
-    raw = max(raw_rate(name, n, chunk) for _ in range(repeats))
-    piped = max(pipeline_rate(name, n, 1, folder) for _ in range(repeats))
+    raw_rate(name, min(n, chunk), chunk)  # warm-up: imports, allocator, caches
+    pipeline_rate(name, min(n, chunk), 1, folder)
+    raws, pipes = [], []
+    for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits both
+        raws.append(raw_rate(name, n, chunk))
+        pipes.append(pipeline_rate(name, n, 1, folder))
+    raw, piped = max(raws), max(pipes)
     one = "simgen simulate, 1 worker"
     return [
         record(BENCH, name, "simulator in memory", "simulator_samples_per_s", raw, "rows/s", n),
