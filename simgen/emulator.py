@@ -1,0 +1,233 @@
+r"""``Emulator``: a trained conditional model of :math:`p(x \mid \theta)` with its normalisation
+and provenance; ``emulator(theta)`` is a ``torch.distributions.Distribution`` over x.
+
+The families work in standardised coordinates :math:`u = (x - \mu_x) / s_x`,
+:math:`v = (\theta - \mu_\theta) / s_\theta`; the emulator maps back, so
+:math:`\log p(x \mid \theta) = \log p_u(u \mid v) - \sum \log s_x`.
+
+Model files are written atomically and hold only tensors and plain data: ``load`` uses
+``torch.load(..., weights_only=True)``, so opening a model never runs code from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import AffineTransform, ComposeTransform, Distribution
+from torch.distributions.transforms import ReshapeTransform
+from zuko.distributions import NormalizingFlow
+
+import simgen
+from simgen.errors import StoreError, UsageError
+
+__all__ = ["FAMILIES", "MODEL_FORMAT", "Emulator", "build_family", "load"]
+
+MODEL_FORMAT = "simgen-model/1"
+
+
+def _families() -> dict[str, tuple[type, type]]:
+    from simgen.diffusion import Diffusion, DiffusionConfig
+    from simgen.flow import Flow, FlowConfig
+    from simgen.vae import VAE, VAEConfig
+
+    return {
+        "flow": (FlowConfig, Flow),
+        "vae": (VAEConfig, VAE),
+        "diffusion": (DiffusionConfig, Diffusion),
+    }
+
+
+FAMILIES = ("flow", "vae", "diffusion")
+
+
+def build_family(family: str, d_x: int, d_theta: int, config: dict[str, Any]) -> nn.Module:
+    """Instantiate family ``family`` from a plain configuration dict (unknown keys refused)."""
+    if family not in FAMILIES:
+        raise UsageError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
+    config_cls, model_cls = _families()[family]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(config) - names
+    if unknown:
+        raise UsageError(
+            f"unknown {family} setting(s) {sorted(unknown)}; valid: {', '.join(sorted(names))}"
+        )
+    try:
+        cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"bad {family} setting: {error}") from None
+    return model_cls(d_x, d_theta, cfg)
+
+
+def _as_tensor(value: Any) -> Tensor:
+    return torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).float()
+
+
+class Emulator(nn.Module):
+    """A learned :math:`p(x \\mid \\theta)`: sample, evaluate, condition.
+
+    Args:
+        family: ``"flow"``, ``"vae"`` or ``"diffusion"``.
+        model: The family's module, in standardised coordinates.
+        normalization: ``theta_mean``, ``theta_std``, ``x_mean``, ``x_std`` (flat tensors).
+        info: Provenance: ``parameters``, ``x_shape``, ``simulator`` (name, path, options,
+            prior), ``model_config``, ``train_config``, ``metrics``, ``data``.
+    """
+
+    def __init__(
+        self, family: str, model: nn.Module, normalization: dict[str, Tensor], info: dict
+    ) -> None:
+        super().__init__()
+        self.family, self.model, self.info = family, model, info
+        for key, value in normalization.items():
+            self.register_buffer(key, _as_tensor(value))
+        self.x_shape = tuple(info["x_shape"])
+        self.parameters_names = tuple(info["parameters"])
+        self.d_theta = len(self.parameters_names)
+        self.identity = ""
+
+    # --- inputs -----------------------------------------------------------------------------
+    def _theta(self, theta: Any) -> Tensor:
+        theta = _as_tensor(theta).to(self.theta_mean.device)
+        if theta.ndim == 0 or theta.shape[-1] != self.d_theta:
+            raise UsageError(
+                f"theta has shape {tuple(theta.shape)}; expected (..., {self.d_theta}) for "
+                f"parameters {', '.join(self.parameters_names)}"
+            )
+        return theta
+
+    def _x(self, x: Any) -> Tensor:
+        x = _as_tensor(x).to(self.x_mean.device)
+        k = len(self.x_shape)
+        if tuple(x.shape[x.ndim - k :]) != self.x_shape or x.ndim < k:
+            raise UsageError(
+                f"x has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, self.x_shape))})"
+            )
+        return x
+
+    # --- the distribution -------------------------------------------------------------------
+    def _standardise(self) -> ComposeTransform:
+        d_x = math.prod(self.x_shape)
+        parts = []
+        if self.x_shape != (d_x,):
+            parts.append(ReshapeTransform(torch.Size(self.x_shape), torch.Size([d_x])))
+        parts.append(AffineTransform(-self.x_mean / self.x_std, 1 / self.x_std, event_dim=1))
+        return ComposeTransform(parts)
+
+    def forward(self, theta: Any) -> Distribution:
+        """:math:`p(x \\mid \\theta)` as a Distribution, batch shape ``theta.shape[:-1]``,
+        event shape ``x_shape``; differentiable in theta (except the VAE's IWAE sampling)."""
+        theta = self._theta(theta)
+        v = (theta - self.theta_mean) / self.theta_std
+        return NormalizingFlow(self._standardise(), self.model.dist(v))
+
+    def log_prob(self, x: Any, theta: Any) -> Tensor:
+        """:math:`\\log p(x \\mid \\theta)`, broadcasting the batch shapes of ``x`` ``(..., *x_shape)``
+        and ``theta`` ``(..., d_theta)`` like torch.distributions. Exact for ``flow``; the ODE
+        density for ``diffusion`` (exact divergence up to the solver's tolerance for small x);
+        the IWAE estimate for ``vae``."""
+        x, theta = self._x(x), self._theta(theta)
+        self._warn_outside_prior(theta)
+        return self(theta).log_prob(x)
+
+    @torch.no_grad()
+    def sample(self, theta: Any, n: int = 1, **kwargs: Any) -> Tensor:
+        """Draw ``x ~ p(x | theta)``: theta ``(d,)`` -> ``(n, *x_shape)``; ``(b, d)`` ->
+        ``(n, b, *x_shape)``. ``kwargs`` go to the family's sampler (diffusion: ``steps``,
+        ``sampler``)."""
+        theta = self._theta(theta)
+        self._warn_outside_prior(theta)
+        v = (theta - self.theta_mean) / self.theta_std
+        v = v.expand(n, *v.shape).reshape(-1, self.d_theta)
+        u = self.model.sample(v, **kwargs)
+        x = u * self.x_std + self.x_mean
+        return x.reshape(n, *theta.shape[:-1], *self.x_shape)
+
+    # --- prior ------------------------------------------------------------------------------
+    def prior(self) -> torch.distributions.Distribution:
+        """The prior of the simulator the emulator was trained on (rebuilt by name/path)."""
+        sim = self.info["simulator"]
+        from simgen.simulator import get_simulator
+
+        try:
+            return get_simulator(sim["name"], **sim["options"]).prior()
+        except UsageError:
+            return get_simulator(sim["path"], **sim["options"]).prior()
+
+    def _warn_outside_prior(self, theta: Tensor) -> None:
+        low, high = self.info.get("theta_min"), self.info.get("theta_max")
+        if low is None:
+            return
+        low = torch.as_tensor(low, device=theta.device)
+        high = torch.as_tensor(high, device=theta.device)
+        outside = int(((theta < low) | (theta > high)).any(-1).sum())
+        if outside:
+            warnings.warn(
+                f"{outside} of {theta[..., 0].numel()} theta lie outside the range of the "
+                "training data: the emulator extrapolates there",
+                stacklevel=3,
+            )
+
+    # --- files ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model file atomically (temporary file, then rename)."""
+        path = Path(path)
+        state = {
+            "format": MODEL_FORMAT,
+            "simgen_version": simgen.__version__,
+            "family": self.family,
+            "info": self.info,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family}, theta={self.parameters_names}, x_shape={self.x_shape}"
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Emulator:
+    """Load a model file written by :meth:`Emulator.save` without executing code from it.
+
+    Raises:
+        StoreError: a missing, truncated, non-simgen or newer-format file, in one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no such model file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise StoreError(f"{path} is not a simgen model file (not a torch zip archive)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (torch raises many kinds for a broken file)
+        raise StoreError(
+            f"{path} cannot be loaded safely ({type(error).__name__}); it is truncated, damaged "
+            "or holds code: refit or copy it again"
+        ) from None
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith("simgen-model/"):
+        raise StoreError(f"{path} is a torch file but not a simgen model")
+    if fmt != MODEL_FORMAT:
+        raise StoreError(
+            f"{path} has format '{fmt}', newer than this simgen reads: upgrade simgen"
+        )
+    info = state["info"]
+    family = state["family"]
+    d_x = math.prod(info["x_shape"])
+    model = build_family(family, d_x, len(info["parameters"]), info["model_config"])
+    sd = state["state_dict"]
+    normalization = {k: sd[k] for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
+    emulator = Emulator(family, model, normalization, info)
+    emulator.load_state_dict(sd)
+    emulator.identity = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return emulator.to(device).eval()

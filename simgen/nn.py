@@ -1,0 +1,64 @@
+"""Network blocks: an MLP and a sinusoidal time embedding.
+
+Conditioning is by concatenation: a block that needs ``theta`` (or ``t``) receives it as extra
+input features.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLP", "TimeEmbedding"]
+
+
+class MLP(nn.Sequential):
+    """A multi-layer perceptron ``in_features -> hidden... -> out_features`` with SiLU.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden: Sizes of the hidden layers.
+        zero_last: Initialise the last layer at zero (residual-style heads start at identity).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (128, 128),
+        zero_last: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        sizes = [in_features, *hidden]
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], out_features))
+        super().__init__(*layers)
+        if zero_last:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+
+
+class TimeEmbedding(nn.Module):
+    r"""Sinusoidal features of a time :math:`t \in [0, 1]` (Vaswani et al. 2017, arXiv:1706.03762):
+    :math:`(\sin(\omega_k t), \cos(\omega_k t))_k` with log-spaced :math:`\omega_k \in [1, 1000]`.
+
+    Args:
+        features: Output size (even).
+    """
+
+    def __init__(self, features: int = 32) -> None:
+        super().__init__()
+        half = features // 2
+        freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half))
+        self.register_buffer("freqs", freqs)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``t`` of shape ``(*,)`` -> features ``(*, features)``."""
+        angles = t[..., None] * self.freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
