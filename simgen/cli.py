@@ -173,7 +173,7 @@ def simulate_command(
 
 @app.command("info")
 def info_command(
-    file: Annotated[Path, typer.Argument(help="A simgen data file.")],
+    file: Annotated[Path, typer.Argument(help="A simgen data, model or samples file.")],
     as_json: JsonOut = False,
 ) -> None:
     """Describe what a simgen file holds."""
@@ -188,17 +188,218 @@ def info_command(
         from rich.table import Table
 
         console = Console()
-        head = Table(show_header=False, title=f"{file}  ({description['format']})")
+        head = Table(show_header=False, title=f"{file}  ({description.get('format', '')})")
         for key, value in description.items():
             if key != "theta_summary":
-                head.add_row(
-                    key, json.dumps(value) if isinstance(value, dict | list) else str(value)
-                )
+                text = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+                head.add_row(key, str(text))
         console.print(head)
-        stats = Table("parameter", "min", "mean", "max", title="theta")
-        for row in description.get("theta_summary", []):
-            stats.add_row(row["name"], *(f"{row[k]:.4g}" for k in ("min", "mean", "max")))
-        console.print(stats)
+        if "theta_summary" in description:
+            stats = Table("parameter", "min", "mean", "max", title="theta")
+            for row in description["theta_summary"]:
+                stats.add_row(row["name"], *(f"{row[k]:.4g}" for k in ("min", "mean", "max")))
+            console.print(stats)
+
+
+@app.command("fit")
+def fit_command(
+    data: Annotated[Path, typer.Argument(help="A simgen data file.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write.")],
+    model: Annotated[str, typer.Option(help="Family: flow, vae or diffusion.")] = "flow",
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per step.", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Training time limit.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with [train] and [model] tables.")
+    ] = None,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Fit an emulator of p(x | theta) to a data file; rerun to resume an interrupted fit."""
+    with _errors():
+        from simgen.train import fit, read_config
+
+        train, model_config = read_config(config) if config is not None else ({}, {})
+        flags = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "max_seconds": max_seconds,
+        }
+        train.update({k: v for k, v in flags.items() if v is not None})
+        _check_output(out)
+        emulator = fit(
+            data,
+            model,
+            out,
+            train=train,
+            config=model_config,
+            device=device,
+            progress=_progress(quiet, as_json),
+        )
+        metrics = {k: v for k, v in emulator.info["metrics"].items() if not isinstance(v, list)}
+        if as_json:
+            _print_json({"path": str(out), "family": model, **metrics})
+        elif not quiet:
+            typer.echo(
+                f"wrote {out}: {model}, best validation loss {metrics['best_val_loss']:.4f} at "
+                f"epoch {metrics['best_epoch']} of {metrics['epochs_run']} "
+                f"({metrics['train_samples_per_s']:,.0f} samples/s)",
+                err=True,
+            )
+
+
+def _check_output(path: Path) -> None:
+    from simgen.errors import UsageError
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: its folder is missing or not writable")
+
+
+def _thetas(
+    emulator: Any, theta: str | None, theta_file: Path | None, from_prior: int | None, seed: int
+) -> Any:
+    import numpy as np
+    import torch
+
+    from simgen.errors import UsageError
+
+    given = [x is not None for x in (theta, theta_file, from_prior)]
+    if sum(given) != 1:
+        raise UsageError("give exactly one of --theta, --theta-file or --from-prior")
+    if theta is not None:
+        try:
+            values = np.array([[float(v) for v in theta.split(",")]], np.float32)
+        except ValueError:
+            raise UsageError(f"--theta '{theta}' should be numbers separated by commas") from None
+    elif theta_file is not None:
+        if not theta_file.is_file():
+            raise UsageError(f"no such file: {theta_file}")
+        try:
+            if theta_file.suffix == ".npy":
+                values = np.load(theta_file, allow_pickle=False)
+            else:
+                values = np.loadtxt(theta_file, delimiter=",", ndmin=2)
+        except ValueError as error:
+            raise UsageError(f"cannot read thetas from {theta_file}: {error}") from None
+        values = np.atleast_2d(values).astype(np.float32)
+    else:
+        torch.manual_seed(seed)
+        values = emulator.prior().sample((from_prior,)).numpy().astype(np.float32)
+    if values.shape[-1] != emulator.d_theta or not np.isfinite(values).all():
+        raise UsageError(
+            f"theta should hold {emulator.d_theta} finite numbers per row "
+            f"({', '.join(emulator.parameters_names)}); got shape {values.shape}"
+        )
+    return values
+
+
+@app.command("sample")
+def sample_command(
+    model: Annotated[Path, typer.Argument(help="A simgen model file.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="HDF5 file of samples to write.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Samples per theta.", min=1)] = 1000,
+    theta: Annotated[str | None, typer.Option(help="One theta, comma-separated.")] = None,
+    theta_file: Annotated[
+        Path | None, typer.Option(help="Many thetas: .npy (m, d) or .csv rows.")
+    ] = None,
+    from_prior: Annotated[
+        int | None, typer.Option(help="Draw this many thetas from the prior.", min=1)
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Diffusion sampler steps.", min=1)] = None,
+    sampler: Annotated[str | None, typer.Option(help="Diffusion sampler: ode or sde.")] = None,
+    log_prob: Annotated[bool, typer.Option(help="Store log p(x|theta) of each sample.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Emulate: draw x ~ p(x | theta) from a model, with the log density of every sample."""
+    with _errors():
+        import torch
+
+        from simgen.emulation import emulate
+        from simgen.emulator import load
+        from simgen.errors import UsageError
+        from simgen.samples import write_samples
+
+        emulator = load(model)
+        thetas = _thetas(emulator, theta, theta_file, from_prior, seed)
+        _check_output(out)
+        kwargs = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
+        if kwargs and emulator.family != "diffusion":
+            raise UsageError("--steps and --sampler apply to diffusion models only")
+        if sampler not in (None, "ode", "sde"):
+            raise UsageError(f"--sampler must be ode or sde, not '{sampler}'")
+        torch.manual_seed(seed)
+        result = emulate(
+            emulator, thetas, n, log_prob=log_prob, progress=_progress(quiet, as_json), **kwargs
+        )
+        attrs = {
+            "kind": "emulation",
+            "model": emulator.identity,
+            "family": emulator.family,
+            "seed": seed,
+            "parameters": list(emulator.parameters_names),
+        }
+        write_samples(out, result, attrs)
+        summary = {"path": str(out), "thetas": len(thetas), "samples_per_theta": n}
+        if log_prob:
+            summary["mean_log_prob"] = float(result["log_prob"].mean())
+        if as_json:
+            _print_json(summary)
+        elif not quiet:
+            typer.echo(
+                f"wrote {n:,} samples for each of {len(thetas):,} thetas to {out}", err=True
+            )
+
+
+@app.command("log-prob")
+def log_prob_command(
+    model: Annotated[Path, typer.Argument(help="A simgen model file.")],
+    data: Annotated[Path, typer.Argument(help="A simgen data file.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="HDF5 file to write.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first rows.", min=1)] = None,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Evaluate log p(x | theta) of each (theta, x) row; compare with the exact likelihood."""
+    with _errors():
+        from simgen.emulation import evaluate
+        from simgen.emulator import load
+        from simgen.errors import UsageError
+        from simgen.samples import write_samples
+        from simgen.store import open_store
+
+        emulator = load(model)
+        store = open_store(data)
+        if store.x_shape != emulator.x_shape or len(store.parameters) != emulator.d_theta:
+            raise UsageError(
+                f"{data} holds x of shape {store.x_shape} and {len(store.parameters)} parameters; "
+                f"the model expects {emulator.x_shape} and {emulator.d_theta}"
+            )
+        if out is not None:
+            _check_output(out)
+        result = evaluate(emulator, store, limit=limit, progress=_progress(quiet, as_json))
+        lp = result["log_prob"]
+        summary = {"rows": len(lp), "mean_log_prob": float(lp.mean())}
+        if "exact_log_prob" in result:
+            summary["mean_abs_error_nats"] = float(abs(lp - result["exact_log_prob"]).mean())
+        if out is not None:
+            attrs = {"kind": "log_prob", "model": emulator.identity, "data": str(data)}
+            write_samples(out, result, attrs)
+            summary["path"] = str(out)
+        if as_json:
+            _print_json(summary)
+        elif not quiet:
+            line = f"mean log p(x|theta) = {summary['mean_log_prob']:.4f} over {len(lp):,} rows"
+            if "mean_abs_error_nats" in summary:
+                line += f"; mean |learned - exact| = {summary['mean_abs_error_nats']:.4f} nats"
+            typer.echo(line)
 
 
 @app.command("demo")
