@@ -9,10 +9,10 @@ Forward process, :math:`t \in [0, 1]`, :math:`\beta(t) = \beta_0 + t (\beta_1 - 
 
 A network of :math:`(x_t, t, \theta)` predicts the noise :math:`\epsilon`, the denoised
 :math:`x_0` or the score :math:`\nabla \log q(x_t) = -\epsilon / \sigma_t`
-(``parameterization``); the three are converted to one another exactly, and the loss is the
-noise-prediction error in every case, so they are comparable. Sampling integrates the reverse
+(``parameterization``); the three are converted to one another exactly for sampling and
+density, and each is trained with its own regression loss. Sampling integrates the reverse
 SDE or the probability-flow ODE
-:math:`\dot x = -\frac12 \beta(t) (x + \hat\epsilon / \sigma_t)` with a fixed number of steps.
+:math:`\dot x = -\frac12 \beta(t) (x - \hat\epsilon / \sigma_t)` with a fixed number of steps.
 The density follows the probability-flow ODE with an adaptive solver (``zuko``'s
 ``FreeFormJacobianTransform``): exact divergence for small x, Hutchinson's unbiased estimator
 for large x (then ``log_prob`` is stochastic, with spread that ``log_prob_spread`` reports).
@@ -86,6 +86,15 @@ def vp_alpha_sigma(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor,
     return log_alpha.exp(), (-torch.expm1(2 * log_alpha)).sqrt()
 
 
+class _BroadcastingFlow(NormalizingFlow):
+    """A flow whose ``log_prob`` first broadcasts x to the batch shape: the ODE's state must
+    carry one row per conditioning theta."""
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        shape = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
+        return super().log_prob(x.expand(*shape, x.shape[-1]))
+
+
 class Diffusion(nn.Module):
     """The conditional diffusion model over ``d_x`` features given ``d_theta`` parameters."""
 
@@ -99,13 +108,16 @@ class Diffusion(nn.Module):
         """:math:`(\\alpha_t, \\sigma_t)`."""
         return vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
 
+    def _output(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
+        t = t.expand(x_t.shape[:-1])
+        theta = theta.expand(*x_t.shape[:-1], theta.shape[-1])
+        return self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
+
     def epsilon(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         """The predicted noise :math:`\\hat\\epsilon(x_t, t, \\theta)`, whatever the network
         predicts. ``x_t`` ``(*, d_x)``, ``t`` broadcastable to ``(*,)``, ``theta`` ``(*, d)``."""
-        t = t.expand(x_t.shape[:-1])
-        theta = theta.expand(*x_t.shape[:-1], theta.shape[-1])
-        out = self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
-        alpha, sigma = (s[..., None] for s in self.schedule(t))
+        out = self._output(x_t, t, theta)
+        alpha, sigma = (s[..., None] for s in self.schedule(t.expand(x_t.shape[:-1])))
         if self.config.parameterization == "eps":
             return out
         if self.config.parameterization == "x0":
@@ -113,18 +125,29 @@ class Diffusion(nn.Module):
         return -sigma * out  # score
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
-        """Denoising score matching per sample: :math:`\\|\\hat\\epsilon - \\epsilon\\|^2 / d`."""
+        """Denoising loss per sample, in the parameterization's own terms (Ho et al. 2020;
+        Song et al. 2021): :math:`\\|\\hat\\epsilon - \\epsilon\\|^2` for ``eps``,
+        :math:`\\|\\hat x_0 - x_0\\|^2` for ``x0``, :math:`\\|\\sigma_t \\hat s + \\epsilon\\|^2` for
+        ``score`` (the score-matching loss with weight :math:`\\sigma_t^2`); means over features."""
         t_min = self.config.t_min
         t = t_min + (1 - t_min) * torch.rand(x.shape[:-1], device=x.device)
         eps = torch.randn_like(x)
         alpha, sigma = (s[..., None] for s in self.schedule(t))
-        return (self.epsilon(alpha * x + sigma * eps, t, theta) - eps).square().mean(-1)
+        out = self._output(alpha * x + sigma * eps, t, theta)
+        if self.config.parameterization == "eps":
+            error = out - eps
+        elif self.config.parameterization == "x0":
+            error = out - x
+        else:
+            error = sigma * out + eps
+        return error.square().mean(-1)
 
     def drift(self, x: Tensor, t: Tensor, theta: Tensor) -> Tensor:
-        """Probability-flow ODE :math:`\\dot x = -\\frac12 \\beta(t)(x + \\hat\\epsilon/\\sigma_t)`."""
+        """Probability-flow ODE :math:`\\dot x = -\\frac12 \\beta(t)(x - \\hat\\epsilon/\\sigma_t)`
+        (the score is :math:`-\\hat\\epsilon / \\sigma_t`)."""
         beta = vp_beta(t, self.config.beta_min, self.config.beta_max)
         _, sigma = self.schedule(t)
-        return -0.5 * beta * (x + self.epsilon(x, t, theta) / sigma)
+        return -0.5 * beta * (x - self.epsilon(x, t, theta) / sigma)
 
     def dist(self, theta: Tensor, exact: bool | None = None) -> Distribution:
         """:math:`p(x \\mid \\theta)` through the probability-flow ODE (adaptive solver)."""
@@ -134,14 +157,14 @@ class Diffusion(nn.Module):
             f=lambda t, x: self.drift(x, t, theta),
             t0=self.config.t_min,
             t1=1.0,
-            phi=tuple(self.parameters()),
+            phi=(*self.parameters(), theta),  # theta too: gradients flow through the adjoint
             atol=self.config.atol,
             rtol=self.config.rtol,
             exact=exact,
         )
         zeros = torch.zeros(*theta.shape[:-1], self.d_x, device=theta.device)
         base = Independent(Normal(zeros, torch.ones_like(zeros)), 1)
-        return NormalizingFlow(transform, base)
+        return _BroadcastingFlow(transform, base)
 
     @torch.no_grad()
     def sample(

@@ -1,0 +1,159 @@
+"""Emulators: every family's shapes, broadcasting, save/load, bad input, tiny end-to-end fits."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import simgen
+from simgen.emulator import load
+from simgen.errors import StoreError, UsageError
+from simgen.train import fit
+
+FAMILIES = ["flow", "vae", "diffusion"]
+TINY = {
+    "flow": {"transforms": 2, "hidden": [16, 16]},
+    "vae": {"latent": 2, "hidden": [16, 16], "iw_samples": 64},
+    "diffusion": {"hidden": [32, 32], "embedding": 8, "steps": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "slcp.h5"
+    return simgen.simulate("slcp", 1500, path, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def trained(request, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "model.pt"
+    emulator = fit(
+        data,
+        request.param,
+        out,
+        train={"epochs": 2, "batch_size": 128},
+        config=TINY[request.param],
+        progress=False,
+    )
+    return emulator, out
+
+
+def test_fit_writes_a_loadable_model(trained, data):
+    emulator, out = trained
+    assert out.exists() and not out.with_name(out.name + ".ckpt").exists()
+    metrics = emulator.info["metrics"]
+    assert metrics["epochs_run"] == 2 and len(metrics["val_loss"]) == 2
+    assert all(math.isfinite(v) for v in metrics["val_loss"])
+    assert emulator.info["simulator"]["name"] == "slcp" and emulator.x_shape == (8,)
+    torch.testing.assert_close(
+        emulator.theta_mean, torch.from_numpy(data.theta[:1350].mean(0)), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_shapes_and_broadcasting(trained):
+    emulator, _ = trained
+    theta = torch.tensor([[0.5, -1.0, 1.0, 1.5, 0.2], [1.0, 0.0, -1.2, 0.8, -0.3]])
+    assert emulator.sample(theta[0], 7).shape == (7, 8)
+    x = emulator.sample(theta, 5)
+    assert x.shape == (5, 2, 8)
+    with torch.no_grad():
+        assert emulator.log_prob(x, theta).shape == (5, 2)
+        assert emulator.log_prob(x[0, 0], theta).shape == (2,)  # one x, two thetas
+        assert emulator.log_prob(x[:, 0], theta[0]).shape == (5,)  # five x, one theta
+        assert emulator.log_prob(x.numpy(), theta.numpy()).shape == (5, 2)  # numpy in
+        dist = emulator(theta)
+        assert dist.batch_shape == (2,) and dist.event_shape == (8,)
+        assert dist.sample((3,)).shape == (3, 2, 8)
+        assert torch.isfinite(dist.log_prob(x)).all()
+
+
+def test_gradients_reach_every_parameter(trained, data):
+    emulator, _ = trained
+    net = emulator.model
+    net.train()
+    theta, x = next(data.batches(32))
+    loss = net.loss(theta, x.reshape(32, -1)).mean()
+    loss.backward()
+    frozen = {name for name, p in net.named_parameters() if not p.requires_grad}
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    net.zero_grad()
+    net.eval()
+    assert frozen == set() or emulator.family == "vae"
+
+
+def test_log_prob_is_differentiable_in_theta(trained):
+    emulator, _ = trained
+    theta = torch.tensor([0.5, -1.0, 1.0, 1.5, 0.2], requires_grad=True)
+    x = emulator.sample(theta.detach(), 3)
+    emulator.log_prob(x, theta).sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    emulator, out = trained
+    again = load(out)
+    assert again.family == emulator.family and again.identity
+    theta = torch.tensor([[0.5, -1.0, 1.0, 1.5, 0.2]])
+    torch.manual_seed(3)
+    a = emulator.sample(theta, 4)
+    torch.manual_seed(3)
+    b = again.sample(theta, 4)
+    torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        la = emulator.log_prob(a, theta)
+        torch.manual_seed(4)
+        lb = again.log_prob(a, theta)
+    torch.testing.assert_close(la, lb)
+    copy = tmp_path / "copy.pt"
+    again.save(copy)
+    assert load(copy).info == again.info
+
+
+def test_bad_inputs(trained):
+    emulator, _ = trained
+    with pytest.raises(UsageError, match=r"theta has shape \(3,\); expected \(\.\.\., 5\)"):
+        emulator.sample(torch.zeros(3))
+    with pytest.raises(UsageError, match=r"x has shape \(2, 7\); expected \(\.\.\., 8\)"):
+        emulator.log_prob(torch.zeros(2, 7), torch.zeros(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        emulator.sample(torch.tensor([[9.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0], [0, 0, 0, 0, -9.0]]))
+    assert any("2 of 3 theta lie outside" in str(w.message) for w in caught)
+
+
+def test_bad_model_files(tmp_path, trained):
+    _, out = trained
+    with pytest.raises(StoreError, match="no such model file"):
+        load(tmp_path / "none.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(StoreError, match="not a simgen model file"):
+        load(tmp_path / "text.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(out.read_bytes()[:-200])
+    with pytest.raises(StoreError, match="cannot be loaded safely|not a simgen model file"):
+        load(cut)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(StoreError, match="not a simgen model"):
+        load(tmp_path / "other.pt")
+    state = torch.load(out, weights_only=True)
+    state["format"] = "simgen-model/7"
+    torch.save(state, tmp_path / "newer.pt")
+    with pytest.raises(StoreError, match="newer than this simgen reads"):
+        load(tmp_path / "newer.pt")
+    torch.save({"format": "simgen-model/1", "payload": Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(StoreError, match="cannot be loaded safely"):
+        load(tmp_path / "evil.pt")
+    assert not EXPLOITED
+
+
+EXPLOITED: list[int] = []
+
+
+class Exploit:
+    def __reduce__(self):
+        return (EXPLOITED.append, (1,))

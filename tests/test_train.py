@@ -1,0 +1,207 @@
+"""fit(): resume after an interruption, NaN losses, configuration files, the CLI around it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import simgen
+import simgen.train as train_module
+from simgen.cli import app
+from simgen.emulator import load
+from simgen.errors import RunError, UsageError
+from simgen.train import fit, read_config
+
+FLOW = {"transforms": 2, "hidden": [16, 16]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "moons.h5"
+    return simgen.simulate("two_moons", 2000, path, workers=1, progress=False)
+
+
+def test_interrupted_fit_resumes_to_the_same_model(data, tmp_path, monkeypatch):
+    settings = {"epochs": 4, "batch_size": 256}
+    reference = fit(data, "flow", tmp_path / "ref.pt", train=settings, config=FLOW, progress=False)
+    calls = {"n": 0}
+    validate = train_module._validate
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    out = tmp_path / "model.pt"
+    monkeypatch.setattr(train_module, "_validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, "flow", out, train=settings, config=FLOW, progress=False)
+    assert not out.exists() and out.with_name("model.pt.ckpt").exists()
+    monkeypatch.setattr(train_module, "_validate", validate)
+    resumed = fit(data, "flow", out, train=settings, config=FLOW, progress=False)
+    assert resumed.info["metrics"]["val_loss"] == reference.info["metrics"]["val_loss"]
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not out.with_name("model.pt.ckpt").exists()
+
+
+def test_nan_loss_stops_without_writing_a_model(data, tmp_path, monkeypatch):
+    from simgen.flow import Flow
+
+    monkeypatch.setattr(Flow, "loss", lambda self, theta, x: torch.full(x.shape[:1], float("nan")))
+    out = tmp_path / "m.pt"
+    with pytest.raises(RunError, match="loss became nan at epoch 0; no model was written"):
+        fit(data, "flow", out, train={"epochs": 2}, config=FLOW, progress=False)
+    assert not out.exists()
+
+
+def test_streaming_equals_in_memory_statistics(data):
+    a = fit(data, "flow", None, train={"epochs": 1}, config=FLOW, progress=False)
+    b = fit(
+        data, "flow", None, train={"epochs": 1, "in_memory_bytes": 0}, config=FLOW, progress=False
+    )
+    torch.testing.assert_close(a.x_mean, b.x_mean)
+    assert np.isfinite(b.info["metrics"]["best_val_loss"])
+
+
+def test_settings_are_validated(data, tmp_path):
+    with pytest.raises(UsageError, match="unknown model family 'gan'"):
+        fit(data, "gan", None)
+    with pytest.raises(UsageError, match=r"unknown training setting\(s\) \['epoch'\]"):
+        fit(data, "flow", None, train={"epoch": 3})
+    with pytest.raises(UsageError, match=r"unknown flow setting\(s\) \['layers'\]"):
+        fit(data, "flow", None, config={"layers": 3})
+    with pytest.raises(UsageError, match="parameterization must be one of"):
+        fit(data, "diffusion", None, config={"parameterization": "v"})
+    toml = tmp_path / "fit.toml"
+    toml.write_text("[train]\nepochs = 2\n[model]\ntransforms = 1\nhidden = [8]\n")
+    assert read_config(toml) == ({"epochs": 2}, {"transforms": 1, "hidden": [8]})
+    toml.write_text("[trian]\nepochs = 2\n")
+    with pytest.raises(UsageError, match="unknown table"):
+        read_config(toml)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "score"])
+def test_diffusion_parameterizations_train(data, parameterization):
+    emulator = fit(
+        data,
+        "diffusion",
+        None,
+        train={"epochs": 2},
+        config={"hidden": [16], "embedding": 8, "parameterization": parameterization, "steps": 5},
+        progress=False,
+    )
+    losses = emulator.info["metrics"]["val_loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < 1.2  # eps-MSE starts at ~1
+
+
+runner = CliRunner()
+
+
+def test_cli_fit_sample_log_prob(data, tmp_path):
+    model = tmp_path / "m.pt"
+    toml = tmp_path / "fit.toml"
+    toml.write_text("[model]\ntransforms = 2\nhidden = [16, 16]\n")
+    done = runner.invoke(
+        app,
+        [
+            "fit",
+            str(data.path),
+            "-o",
+            str(model),
+            "--epochs",
+            "2",
+            "--config",
+            str(toml),
+            "--json",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["epochs_run"] == 2
+    assert load(model).info["model_config"]["transforms"] == 2
+    samples = tmp_path / "s.h5"
+    done = runner.invoke(
+        app,
+        ["sample", str(model), "--theta", "0.1,-0.3", "-n", "50", "-o", str(samples), "--json"],
+    )
+    assert done.exit_code == 0, done.output
+    import h5py
+
+    with h5py.File(samples) as f:
+        assert f["x"].shape == (1, 50, 2) and f["log_prob"].shape == (1, 50)
+        assert f.attrs["model"] == load(model).identity and f.attrs["kind"] == "emulation"
+    np.save(tmp_path / "thetas.npy", np.zeros((3, 2), np.float32))
+    done = runner.invoke(
+        app,
+        [
+            "sample",
+            str(model),
+            "--theta-file",
+            str(tmp_path / "thetas.npy"),
+            "-n",
+            "4",
+            "-o",
+            str(samples),
+            "--no-log-prob",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(
+        app, ["sample", str(model), "--from-prior", "2", "-n", "3", "-o", str(samples)]
+    )
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(
+        app, ["log-prob", str(model), str(data.path), "-o", str(tmp_path / "lp.h5"), "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == 2000 and summary["mean_abs_error_nats"] > 0
+    info = runner.invoke(app, ["info", str(model), "--json"])
+    assert json.loads(info.stdout)["family"] == "flow"
+
+
+def test_cli_bad_input(data, tmp_path):
+    model = tmp_path / "m.pt"
+    fit(data, "flow", model, train={"epochs": 1}, config=FLOW, progress=False)
+    cases = [
+        (
+            ["sample", str(model), "--theta", "1,2,3", "-o", str(tmp_path / "s.h5")],
+            "theta should hold 2 finite numbers",
+        ),
+        (
+            ["sample", str(model), "--theta", "a,b", "-o", str(tmp_path / "s.h5")],
+            "should be numbers separated by commas",
+        ),
+        (["sample", str(model), "-o", str(tmp_path / "s.h5")], "give exactly one of"),
+        (
+            ["sample", str(model), "--theta", "0,0", "--steps", "5", "-o", str(tmp_path / "s.h5")],
+            "apply to diffusion models only",
+        ),
+        (
+            ["sample", str(data.path), "--theta", "0,0", "-o", str(tmp_path / "s.h5")],
+            "not a simgen model file",
+        ),
+        (["fit", str(data.path), "-o", str(tmp_path / "no" / "m.pt")], "cannot write"),
+        (
+            ["fit", str(data.path), "-o", str(tmp_path / "m2.pt"), "--model", "gan"],
+            "unknown model family",
+        ),
+        (
+            ["fit", str(data.path), "-o", str(tmp_path / "m2.pt"), "--device", "cuda"],
+            "no CUDA GPU" if not torch.cuda.is_available() else "__skip__",
+        ),
+    ]
+    for args, message in cases:
+        if message == "__skip__":
+            continue
+        done = runner.invoke(app, args)
+        assert done.exit_code == 2, (args, done.output)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    other = simgen.simulate("slcp", 20, tmp_path / "slcp.h5", workers=1, progress=False)
+    done = runner.invoke(app, ["log-prob", str(model), str(other.path)])
+    assert done.exit_code == 2 and "the model expects (2,) and 2" in done.stderr
