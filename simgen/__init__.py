@@ -20,6 +20,9 @@ _EXPORTS = {
     "simulate": "simgen.simulation",
     "open_store": "simgen.store",
     "Store": "simgen.store",
+    "Emulator": "simgen.emulator",
+    "load": "simgen.emulator",
+    "fit": "simgen.train",
     "SimgenError": "simgen.errors",
     "UsageError": "simgen.errors",
     "SimulatorError": "simgen.errors",
@@ -28,6 +31,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Emulator",
     "RunError",
     "SimgenError",
     "Simulator",
@@ -36,7 +40,9 @@ __all__ = [
     "StoreError",
     "UsageError",
     "__version__",
+    "fit",
     "get_simulator",
+    "load",
     "open_store",
     "register",
     "simulate",
@@ -44,10 +50,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
     from simgen.simulation import simulate
     from simgen.simulator import Simulator, get_simulator, register, simulators
     from simgen.store import Store, open_store
+    from simgen.train import fit
 
 
 def __getattr__(name: str) -> Any:

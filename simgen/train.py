@@ -45,7 +45,8 @@ class TrainConfig:
     Attributes:
         epochs: Maximum passes over the training rows.
         batch_size: Rows per step.
-        lr: Peak learning rate of AdamW (cosine decay to 1% over ``epochs``).
+        lr: Peak learning rate of AdamW, decayed on a cosine to 1% over ``epochs`` or over
+            ``max_seconds``, whichever comes first.
         weight_decay: AdamW weight decay.
         clip: Gradient-norm clip.
         ema_decay: Decay of the exponential moving average of the weights.
@@ -227,9 +228,8 @@ def fit(
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(batches.n_train / tc.batch_size))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=tc.epochs * steps_per_epoch, eta_min=tc.lr * 0.01
-    )
+    total_steps = tc.epochs * steps_per_epoch
+    step, trained_seconds, stale = 0, 0.0, 0
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "seconds": []}
     best = {"val_loss": math.inf, "epoch": -1, "state": copy.deepcopy(ema.module.state_dict())}
     start_epoch = 0
@@ -246,10 +246,10 @@ def fit(
             net.load_state_dict(ckpt["net"])
             ema.load_state_dict(ckpt["ema"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            schedule.load_state_dict(ckpt["schedule"])
+            step, trained_seconds = ckpt["step"], ckpt["trained_seconds"]
+            stale = ckpt["epoch"] - best["epoch"]
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    started, stale = time.perf_counter(), 0
     with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=progress) as bar:
         bar.advance(start_epoch)
         for epoch in range(start_epoch, tc.epochs):
@@ -267,14 +267,21 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), tc.clip)
+                progress_done = step / total_steps
+                if tc.max_seconds:
+                    elapsed = trained_seconds + time.perf_counter() - t0
+                    progress_done = max(progress_done, elapsed / tc.max_seconds)
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(tc.lr, progress_done)
                 optimizer.step()
-                schedule.step()
+                step += 1
                 ema.update_parameters(net)
                 total, rows = total + loss.item() * len(v), rows + len(v)
             val = _validate(ema.module, batches, dev, seed=tc.seed)
             history["train_loss"].append(total / rows)
             history["val_loss"].append(val)
             history["seconds"].append(time.perf_counter() - t0)
+            trained_seconds += history["seconds"][-1]
             if val < best["val_loss"]:
                 best = {
                     "val_loss": val,
@@ -291,11 +298,17 @@ def fit(
             )
             if out_path is not None:
                 _save_checkpoint(
-                    out_path, identity, net, ema, optimizer, schedule, history, best, epoch
+                    out_path,
+                    identity,
+                    net,
+                    ema,
+                    optimizer,
+                    (step, trained_seconds),
+                    history,
+                    best,
+                    epoch,
                 )
-            over_time = (
-                tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
-            )
+            over_time = tc.max_seconds is not None and trained_seconds > tc.max_seconds
             if stale >= tc.patience or over_time:
                 break
     net.load_state_dict(best["state"])
@@ -329,13 +342,19 @@ def _validate(net: torch.nn.Module, batches: _Batches, dev: torch.device, seed: 
     return total / rows
 
 
+def cosine_lr(peak: float, progress: float) -> float:
+    """Cosine decay from ``peak`` to ``peak / 100`` as ``progress`` goes from 0 to 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _save_checkpoint(
     out: Path,
     identity: dict,
     net: torch.nn.Module,
     ema: AveragedModel,
     optimizer: torch.optim.Optimizer,
-    schedule: Any,
+    clock: tuple[int, float],
     history: dict,
     best: dict,
     epoch: int,
@@ -348,7 +367,8 @@ def _save_checkpoint(
             "net": net.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
+            "step": clock[0],
+            "trained_seconds": clock[1],
             "history": history,
             "best": best,
             "epoch": epoch,

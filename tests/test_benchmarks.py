@@ -52,3 +52,31 @@ def test_report_renders_results(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "old" not in text and "| demo | t | m | x | 1.5 | u | 10 |" in text
     assert text.startswith("head\n") and text.endswith("tail\n")
+
+
+def test_emulators_benchmark_quick(tmp_path):
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.emulators", "--quick", "--out", str(tmp_path)],
+        cwd=root,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    records = json.loads((tmp_path / "emulators-quick.json").read_text())
+    assert all(set(r) == KEYS for r in records)
+    found = {(r["method"], r["metric"]) for r in records}
+    for family in ("flow", "vae", "diffusion"):
+        for metric in (
+            "density_abs_error_nats",
+            "emulation_c2st",
+            "train_samples_per_s",
+            "emulate_samples_per_s",
+            "log_prob_per_s",
+        ):
+            assert (f"simgen {family}", metric) in found
+    assert ("simulator", "simulator_samples_per_s") in found
+    c2st = [r["value"] for r in records if r["metric"] == "emulation_c2st"]
+    assert all(0.0 <= v <= 1.0 for v in c2st)

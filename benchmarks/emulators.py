@@ -1,0 +1,159 @@
+"""How accurate and fast are simgen's emulators of p(x | theta), and sbi's NLE beside them?
+
+For each task, with ``n`` simulations and a fixed CPU training budget per family:
+
+* ``density_abs_error_nats``: mean |learned - exact| log p(x | theta) over 1,000 held-out pairs
+  (every task here has an exact likelihood); for gaussian_linear also sbi's NLE (if installed).
+* ``emulation_c2st``: C2ST (5-fold, MLP) between 1,000 emulated and 1,000 simulated x at each of
+  10 fixed thetas drawn from the prior, averaged.
+* speed: ``train_samples_per_s``, ``emulate_samples_per_s``, ``log_prob_per_s``, and the
+  simulator's own ``simulator_samples_per_s``.
+
+Run: ``python -m benchmarks.emulators [--quick]``; writes ``benchmarks/results/emulators.json``
+after each task, so a long run keeps what it has measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import simgen
+from benchmarks.records import RESULTS, markdown_table, record, save
+from simgen.diagnostics import c2st
+from simgen.simulation import run_chunk
+from simgen.train import fit
+
+BENCH = "emulators"
+TASKS = ("gaussian_linear", "two_moons", "slcp", "oscillator")
+FAMILIES = ("flow", "vae", "diffusion")
+DATA = Path(__file__).parent / ".data"
+
+
+def held_out(sim: simgen.Simulator, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` fresh (theta, x) pairs from streams no training row uses."""
+    result = run_chunk(sim, seed=seed, index=10**9, size=n)
+    return result.theta[result.ok], result.x[result.ok]
+
+
+def density_error(emulator: simgen.Emulator, sim: simgen.Simulator, pairs: tuple) -> float:
+    theta, x = pairs
+    exact = sim.log_likelihood(x.astype(np.float64), theta.astype(np.float64))
+    with torch.no_grad():
+        learned = emulator.log_prob(torch.from_numpy(x), torch.from_numpy(theta)).numpy()
+    return float(np.abs(learned - exact).mean())
+
+
+def emulation_c2st(
+    emulator: simgen.Emulator, sim: simgen.Simulator, thetas: np.ndarray, m: int, seed: int
+) -> float:
+    scores = []
+    for i, theta in enumerate(thetas):
+        rng = np.random.default_rng([seed, i])
+        simulated = sim.simulate(np.tile(theta.astype(np.float64), (m, 1)), rng)
+        torch.manual_seed(seed + i)
+        emulated = emulator.sample(torch.from_numpy(theta), m).numpy()
+        scores.append(c2st(simulated, emulated, seed=seed))
+    return float(np.mean(scores))
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def sbi_nle(store: simgen.Store, sim: simgen.Simulator, pairs: tuple, quick: bool) -> list[dict]:
+    """sbi's NLE (its default MAF) on the same data, with its own early stopping."""
+    try:
+        import sbi
+        from sbi.inference import NLE
+    except ImportError:
+        return []
+    theta, x = torch.from_numpy(store.theta), torch.from_numpy(store.x[:])
+    inference = NLE(prior=sim.prior(), show_progress_bars=False)
+    epochs = 2 if quick else 10**6
+    train = inference.append_simulations(theta, x).train
+    train_s, estimator = timed(train, max_num_epochs=epochs, training_batch_size=512)
+    th, xx = pairs
+    exact = sim.log_likelihood(xx.astype(np.float64), th.astype(np.float64))
+    with torch.no_grad():
+        learned = estimator.log_prob(torch.from_numpy(xx)[None], condition=torch.from_numpy(th))
+    error = float(np.abs(learned[0].numpy() - exact).mean())
+    method = f"sbi-{sbi.__version__} NLE"
+    n = len(store)
+    return [
+        record(BENCH, sim.name, method, "density_abs_error_nats", error, "nats", n),
+        record(BENCH, sim.name, method, "train_seconds", train_s, "s", n),
+    ]
+
+
+def run_task(name: str, n: int, budget: float, quick: bool, records: list) -> None:
+    sim = simgen.get_simulator(name)
+    DATA.mkdir(exist_ok=True)
+    store = simgen.simulate(sim, n, DATA / f"{name}-{n}.h5", seed=0, workers=1, progress=False)
+    pairs = held_out(sim, 100 if quick else 1000, seed=1)
+    thetas = sim.prior().sample((2 if quick else 10,)).numpy()
+    m = 200 if quick else 1000
+    raw_s, _ = timed(run_chunk, sim, 2, 0, 2000)
+    records.append(
+        record(BENCH, name, "simulator", "simulator_samples_per_s", 2000 / raw_s, "samples/s", n)
+    )
+    for family in FAMILIES:
+        train = {"max_seconds": budget, "epochs": 10_000, "batch_size": 512, "patience": 30}
+        fit_s, emulator = timed(fit, store, family, None, train=train, progress=False)
+        method = f"simgen {family}"
+        emulate_s, _ = timed(emulator.sample, torch.from_numpy(thetas[0]), 10 * m)
+        lp_s, error = timed(density_error, emulator, sim, pairs)
+        score = emulation_c2st(emulator, sim, thetas, m, seed=0)
+        metrics = emulator.info["metrics"]
+        records += [
+            record(BENCH, name, method, "density_abs_error_nats", error, "nats", n),
+            record(BENCH, name, method, "emulation_c2st", score, "accuracy", n),
+            record(
+                BENCH,
+                name,
+                method,
+                "train_samples_per_s",
+                metrics["train_samples_per_s"],
+                "samples/s",
+                n,
+            ),
+            record(BENCH, name, method, "train_seconds", fit_s, "s", n),
+            record(
+                BENCH, name, method, "emulate_samples_per_s", 10 * m / emulate_s, "samples/s", n
+            ),
+            record(BENCH, name, method, "log_prob_per_s", len(pairs[0]) / lp_s, "evals/s", n),
+        ]
+    if name == "gaussian_linear":
+        records += sbi_nle(store, sim, pairs, quick)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--n", type=int, default=100_000, help="simulations per task")
+    parser.add_argument("--budget", type=float, default=240.0, help="training seconds per fit")
+    args = parser.parse_args()
+    n, budget = (2000, 2.0) if args.quick else (args.n, args.budget)
+    tasks = ["gaussian_linear"] if args.quick else args.tasks
+    torch.manual_seed(0)
+    records: list = []
+    name = "emulators-quick" if args.quick else "emulators"
+    for task in tasks:
+        run_task(task, n, budget, args.quick, records)
+        path = save(name, records, args.out or RESULTS)
+    print(markdown_table(records))
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
