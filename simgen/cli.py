@@ -408,19 +408,29 @@ def demo_command(
         "simgen-demo"
     ),
     n: Annotated[int, typer.Option("-n", "--n", help="Rows to simulate.", min=100)] = 20_000,
+    seconds: Annotated[float, typer.Option(help="Training time budget.", min=1)] = 60.0,
     quiet: Quiet = False,
+    as_json: JsonOut = False,
 ) -> None:
-    """Run the pipeline end to end on the built-in two_moons simulator."""
+    """Run the pipeline end to end on two_moons: simulate, fit, emulate, evaluate."""
     with _errors():
-        from simgen.plots import plot_data
-        from simgen.simulation import simulate
+        from simgen.demo import run_demo
 
-        out.mkdir(parents=True, exist_ok=True)
-        typer.echo(f"1/2 simulating {n:,} rows of two_moons into {out / 'data.h5'}", err=True)
-        store = simulate("two_moons", n, out / "data.h5", progress=False if quiet else None)
-        plot_data(store, out / "data.png")
-        typer.echo(f"2/2 summary (picture: {out / 'data.png'})", err=True)
-        info_command(out / "data.h5", as_json=False)
+        def say(line: str) -> None:
+            if not quiet and not as_json:
+                typer.echo(line, err=True)
+
+        summary = run_demo(out, n=n, seconds=seconds, progress=_progress(quiet, as_json), say=say)
+        if as_json:
+            _print_json(summary)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_header=False, title="simgen demo: two_moons")
+        for key, value in summary.items():
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+        Console().print(table)
 
 
 def main() -> None:

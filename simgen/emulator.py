@@ -94,6 +94,7 @@ class Emulator(nn.Module):
         self.parameters_names = tuple(info["parameters"])
         self.d_theta = len(self.parameters_names)
         self.identity = ""
+        self._support: torch.distributions.constraints.Constraint | None = None
 
     # --- inputs -----------------------------------------------------------------------------
     def _theta(self, theta: Any) -> Tensor:
@@ -164,16 +165,17 @@ class Emulator(nn.Module):
             return get_simulator(sim["path"], **sim["options"]).prior()
 
     def _warn_outside_prior(self, theta: Tensor) -> None:
-        low, high = self.info.get("theta_min"), self.info.get("theta_max")
-        if low is None:
-            return
-        low = torch.as_tensor(low, device=theta.device)
-        high = torch.as_tensor(high, device=theta.device)
-        outside = int(((theta < low) | (theta > high)).any(-1).sum())
+        if self._support is None:
+            try:
+                self._support = self.prior().support
+            except Exception:  # noqa: BLE001 (no simulator to rebuild the prior from: no check)
+                self._support = torch.distributions.constraints.real_vector
+        inside = self._support.check(theta.detach().cpu())
+        outside = int((~inside).sum())
         if outside:
             warnings.warn(
-                f"{outside} of {theta[..., 0].numel()} theta lie outside the range of the "
-                "training data: the emulator extrapolates there",
+                f"{outside} of {inside.numel()} theta lie outside the prior's support: the "
+                "emulator extrapolates there",
                 stacklevel=3,
             )
 

@@ -206,7 +206,6 @@ def fit(
     n_val = max(1, round(tc.val_fraction * len(store)))
     norm = _moments(store, len(store) - n_val)
     batches = _Batches(store, norm, tc)
-    theta_all = store.theta[: batches.n_train]
     info = {
         "parameters": list(store.parameters),
         "x_shape": list(store.x_shape),
@@ -221,8 +220,6 @@ def fit(
         },
         "train_config": dataclasses.asdict(tc),
         "data": {"path": str(store.path), "rows": len(store), "seed": meta["seed"]},
-        "theta_min": theta_all.min(0).tolist(),
-        "theta_max": theta_all.max(0).tolist(),
     }
     emulator = Emulator(model, net, norm, info).to(dev)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))

@@ -189,10 +189,14 @@ def test_a_broken_simulator_exits_1_with_one_line(tmp_path):
 
 
 def test_demo(tmp_path):
-    result = invoke("demo", "-o", str(tmp_path / "demo"), "-n", "2000", "--quiet")
+    result = invoke("demo", "-o", str(tmp_path / "demo"), "-n", "2000", "--seconds", "3", "--json")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "data.png").stat().st_size > 10_000
+    summary = json.loads(result.stdout)
+    for picture in ("data.png", "emulation.png"):
+        assert (tmp_path / "demo" / picture).stat().st_size > 10_000
     assert len(simgen.open_store(tmp_path / "demo" / "data.h5")) == 2000
+    assert simgen.load(tmp_path / "demo" / "model.pt").family == "flow"
+    assert 0.4 <= summary["emulation_c2st"] <= 1.0 and summary["density_abs_error_nats"] >= 0
 
 
 ARGS = [

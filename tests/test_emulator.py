@@ -123,7 +123,7 @@ def test_bad_inputs(trained):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emulator.sample(torch.tensor([[9.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0], [0, 0, 0, 0, -9.0]]))
-    assert any("2 of 3 theta lie outside" in str(w.message) for w in caught)
+    assert any("2 of 3 theta lie outside the prior's support" in str(w.message) for w in caught)
 
 
 def test_bad_model_files(tmp_path, trained):
