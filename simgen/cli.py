@@ -312,13 +312,19 @@ def sample_command(
         int | None, typer.Option(help="Draw this many thetas from the prior.", min=1)
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Diffusion sampler steps.", min=1)] = None,
-    sampler: Annotated[str | None, typer.Option(help="Diffusion sampler: ode or sde.")] = None,
+    method: Annotated[str | None, typer.Option(help="Diffusion sampler: ode or sde.")] = None,
+    observed: Annotated[
+        Path | None, typer.Option(help="Observation(s) .npy: sample the posterior instead.")
+    ] = None,
+    sampler: Annotated[str, typer.Option(help="Posterior MCMC: slice or hmc.")] = "slice",
+    plot: Annotated[bool, typer.Option(help="Write a corner plot PNG beside -o.")] = False,
     log_prob: Annotated[bool, typer.Option(help="Store log p(x|theta) of each sample.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Emulate: draw x ~ p(x | theta) from a model, with the log density of every sample."""
+    """Emulate x ~ p(x | theta), or with --observed sample theta ~ p(theta | x_obs); both with
+    the log density of every sample."""
     with _errors():
         import torch
 
@@ -328,34 +334,109 @@ def sample_command(
         from simgen.samples import write_samples
 
         emulator = load(model)
-        thetas = _thetas(emulator, theta, theta_file, from_prior, seed)
         _check_output(out)
-        kwargs = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
-        if kwargs and emulator.family != "diffusion":
-            raise UsageError("--steps and --sampler apply to diffusion models only")
-        if sampler not in (None, "ode", "sde"):
-            raise UsageError(f"--sampler must be ode or sde, not '{sampler}'")
-        torch.manual_seed(seed)
-        result = emulate(
-            emulator, thetas, n, log_prob=log_prob, progress=_progress(quiet, as_json), **kwargs
-        )
-        attrs = {
-            "kind": "emulation",
+        if observed is not None:
+            if any(v is not None for v in (theta, theta_file, from_prior)):
+                raise UsageError("--observed samples the posterior: drop --theta/--from-prior")
+            summary = _posterior(emulator, observed, n, sampler, seed, out, plot, quiet, as_json)
+        else:
+            thetas = _thetas(emulator, theta, theta_file, from_prior, seed)
+            kwargs = {k: v for k, v in (("steps", steps), ("sampler", method)) if v is not None}
+            if kwargs and emulator.family != "diffusion":
+                raise UsageError("--steps and --method apply to diffusion models only")
+            if method not in (None, "ode", "sde"):
+                raise UsageError(f"--method must be ode or sde, not '{method}'")
+            torch.manual_seed(seed)
+            result = emulate(
+                emulator,
+                thetas,
+                n,
+                log_prob=log_prob,
+                progress=_progress(quiet, as_json),
+                **kwargs,
+            )
+            attrs = {
+                "kind": "emulation",
+                "model": emulator.identity,
+                "family": emulator.family,
+                "seed": seed,
+                "parameters": list(emulator.parameters_names),
+            }
+            write_samples(out, result, attrs)
+            summary = {"path": str(out), "thetas": len(thetas), "samples_per_theta": n}
+            if log_prob:
+                summary["mean_log_prob"] = float(result["log_prob"].mean())
+            if not quiet and not as_json:
+                typer.echo(
+                    f"wrote {n:,} samples for each of {len(thetas):,} thetas to {out}", err=True
+                )
+        if as_json:
+            _print_json(summary)
+
+
+def _posterior(
+    emulator: Any,
+    observed: Path,
+    n: int,
+    sampler: str,
+    seed: int,
+    out: Path,
+    plot: bool,
+    quiet: bool,
+    as_json: bool,
+) -> dict[str, Any]:
+    import numpy as np
+
+    from simgen.errors import UsageError
+    from simgen.posterior import Posterior
+    from simgen.samples import write_samples
+
+    if not observed.is_file():
+        raise UsageError(f"no such file: {observed}")
+    try:
+        x_obs = np.load(observed, allow_pickle=False)
+    except ValueError as error:
+        raise UsageError(f"cannot read {observed} as a .npy array: {error}") from None
+    result = Posterior(emulator).sample(
+        x_obs, n, sampler=sampler, seed=seed, progress=_progress(quiet, as_json)
+    )
+    diagnostics = result.diagnostics
+    write_samples(
+        out,
+        {
+            "theta": result.theta.numpy(),
+            "log_prob": result.log_prob.numpy(),
+            "observed": np.asarray(x_obs, np.float32),
+        },
+        {
+            "kind": "posterior",
             "model": emulator.identity,
             "family": emulator.family,
             "seed": seed,
             "parameters": list(emulator.parameters_names),
-        }
-        write_samples(out, result, attrs)
-        summary = {"path": str(out), "thetas": len(thetas), "samples_per_theta": n}
-        if log_prob:
-            summary["mean_log_prob"] = float(result["log_prob"].mean())
-        if as_json:
-            _print_json(summary)
-        elif not quiet:
-            typer.echo(
-                f"wrote {n:,} samples for each of {len(thetas):,} thetas to {out}", err=True
-            )
+            "diagnostics": diagnostics,
+        },
+    )
+    summary = {
+        "path": str(out),
+        "draws": len(result.theta),
+        "max_rhat": max(diagnostics["rhat"]),
+        "min_ess": min(diagnostics["ess"]),
+        "acceptance": diagnostics["acceptance"],
+    }
+    if plot:
+        from simgen.plots import plot_corner
+
+        picture = out.with_suffix(".png")
+        plot_corner(result.theta.numpy(), emulator.parameters_names, picture)
+        summary["plot"] = str(picture)
+    if not quiet and not as_json:
+        typer.echo(
+            f"wrote {len(result.theta):,} posterior draws to {out} (max R-hat "
+            f"{summary['max_rhat']:.3f}, min ESS {summary['min_ess']:.0f})",
+            err=True,
+        )
+    return summary
 
 
 @app.command("log-prob")

@@ -111,10 +111,10 @@ def slice_sample(
                 pending = pending & ~accept
                 if ((right - left) < 1e-12).all():  # cannot shrink further: stay
                     break
-            moved[j] = (new - z[:, j]).abs().mean()
+            moved[j] = (right - left).mean()  # the bracket the shrinkage ended with
             z[:, j] = new
-        if it < warmup:  # widths follow the typical move, as in sbi's and PyMC's samplers
-            widths = 0.8 * widths + 0.2 * (2 * moved).clamp(min=1e-3)
+        if it < warmup:  # widths follow the brackets the slices end with
+            widths = 0.5 * widths + 0.5 * (2 * moved).clamp(min=1e-4)
         elif (it - warmup) % thin == 0:
             kept.append(z.clone())
             kept_lp.append(lp.clone())

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from simgen.store import Store
 
-__all__ = ["plot_data", "plot_emulation"]
+__all__ = ["plot_corner", "plot_data", "plot_emulation"]
 
 
 def plot_data(store: Store, path: str | os.PathLike, max_points: int = 5000) -> None:
@@ -80,3 +80,62 @@ def plot_emulation(
     ax.legend(markerscale=4)
     ax.set_title(title)
     fig.savefig(path, dpi=110)
+
+
+def plot_corner(
+    samples: np.ndarray,
+    names: tuple[str, ...] | list[str],
+    path: str | os.PathLike,
+    reference: np.ndarray | None = None,
+    bins: int = 40,
+) -> None:
+    """Corner plot of posterior samples ``(n, d)``: histograms on the diagonal, 2-D
+    histograms below it; ``reference`` samples (e.g. a true posterior) drawn as contours.
+
+    Args:
+        samples: ``(n, d)`` draws.
+        names: Parameter names.
+        path: Where to write the PNG.
+        reference: Optional ``(m, d)`` draws to compare with.
+        bins: Histogram bins per axis.
+    """
+    samples = np.asarray(samples)
+    d = samples.shape[1]
+    fig = Figure(figsize=(2.2 * d + 1, 2.2 * d + 1), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(d, d, squeeze=False))
+    stacked = samples if reference is None else np.concatenate([samples, reference])
+    lows, highs = np.quantile(stacked, 0.001, axis=0), np.quantile(stacked, 0.999, axis=0)
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i, j]
+            if j > i:
+                ax.set_axis_off()
+                continue
+            if i == j:
+                edges = np.linspace(lows[i], highs[i], bins + 1)
+                ax.hist(samples[:, i], bins=edges, density=True, color="tab:blue", alpha=0.7)
+                if reference is not None:
+                    ax.hist(
+                        reference[:, i], bins=edges, density=True, histtype="step", color="black"
+                    )
+                ax.set_yticks([])
+            else:
+                ranges = [[lows[j], highs[j]], [lows[i], highs[i]]]
+                ax.hist2d(samples[:, j], samples[:, i], bins=bins, range=ranges, cmap="Blues")
+                if reference is not None:
+                    h, xe, ye = np.histogram2d(
+                        reference[:, j], reference[:, i], bins=20, range=ranges
+                    )
+                    ax.contour(
+                        (xe[1:] + xe[:-1]) / 2,
+                        (ye[1:] + ye[:-1]) / 2,
+                        h.T,
+                        levels=4,
+                        colors="black",
+                        linewidths=0.7,
+                    )
+            if i == d - 1:
+                ax.set_xlabel(names[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(names[i])
+    fig.savefig(path, dpi=100)

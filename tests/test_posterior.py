@@ -100,3 +100,64 @@ def test_log_prob_and_bad_observations():
         post.sample(x, 10, sampler="nuts")
     with pytest.warns(UserWarning, match="extrapolates"):
         post.log_prob(theta, torch.tensor([50.0, 0.0]))
+
+
+def test_cli_posterior_with_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from simgen.cli import app
+    from simgen.train import fit
+
+    store = simgen.simulate(
+        simgen.get_simulator("gaussian_linear", dim=2),
+        3000,
+        tmp_path / "d.h5",
+        workers=1,
+        progress=False,
+    )
+    fit(
+        store,
+        "flow",
+        tmp_path / "m.pt",
+        train={"epochs": 3},
+        config={"transforms": 2, "hidden": [16, 16]},
+        progress=False,
+    )
+    np.save(tmp_path / "obs.npy", np.array([[0.2, -0.1], [0.3, 0.0]], np.float32))
+    runner = CliRunner()
+    done = runner.invoke(
+        app,
+        [
+            "sample",
+            str(tmp_path / "m.pt"),
+            "--observed",
+            str(tmp_path / "obs.npy"),
+            "-n",
+            "300",
+            "-o",
+            str(tmp_path / "post.h5"),
+            "--plot",
+            "--json",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    summary = __import__("json").loads(done.stdout)
+    assert summary["draws"] == 300 and (tmp_path / "post.png").stat().st_size > 10_000
+    import h5py
+
+    with h5py.File(tmp_path / "post.h5") as f:
+        assert f["theta"].shape == (300, 2) and f["log_prob"].shape == (300,)
+        assert f.attrs["kind"] == "posterior" and "rhat" in f.attrs["diagnostics"]
+    np.save(tmp_path / "bad.npy", np.zeros(3, np.float32))
+    done = runner.invoke(
+        app,
+        [
+            "sample",
+            str(tmp_path / "m.pt"),
+            "--observed",
+            str(tmp_path / "bad.npy"),
+            "-o",
+            str(tmp_path / "p.h5"),
+        ],
+    )
+    assert done.exit_code == 2 and "the observation has shape (3,)" in done.stderr
