@@ -23,6 +23,7 @@ _EXPORTS = {
     "Emulator": "simgen.emulator",
     "load": "simgen.emulator",
     "fit": "simgen.train",
+    "Posterior": "simgen.posterior",
     "SimgenError": "simgen.errors",
     "UsageError": "simgen.errors",
     "SimulatorError": "simgen.errors",
@@ -32,6 +33,7 @@ _EXPORTS = {
 
 __all__ = [
     "Emulator",
+    "Posterior",
     "RunError",
     "SimgenError",
     "Simulator",
@@ -52,6 +54,7 @@ __all__ = [
 if TYPE_CHECKING:
     from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
+    from simgen.posterior import Posterior
     from simgen.simulation import simulate
     from simgen.simulator import Simulator, get_simulator, register, simulators
     from simgen.store import Store, open_store
