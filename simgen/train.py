@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,15 +238,14 @@ def fit(
         "train": info["train_config"],
         "data": info["data"],
     }
-    if out_path is not None and resume and _checkpoint_path(out_path).exists():
-        ckpt = torch.load(_checkpoint_path(out_path), map_location=dev, weights_only=True)
-        if ckpt.get("identity") == identity:
-            net.load_state_dict(ckpt["net"])
-            ema.load_state_dict(ckpt["ema"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            step, trained_seconds = ckpt["step"], ckpt["trained_seconds"]
-            stale = ckpt["epoch"] - best["epoch"]
-            history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+    ckpt = _load_checkpoint(out_path, dev) if out_path is not None and resume else None
+    if ckpt is not None and ckpt.get("identity") == identity:
+        net.load_state_dict(ckpt["net"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, trained_seconds = ckpt["step"], ckpt["trained_seconds"]
+        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        stale = ckpt["epoch"] - best["epoch"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=progress) as bar:
         bar.advance(start_epoch)
@@ -343,6 +343,20 @@ def cosine_lr(peak: float, progress: float) -> float:
     """Cosine decay from ``peak`` to ``peak / 100`` as ``progress`` goes from 0 to 1."""
     progress = min(max(progress, 0.0), 1.0)
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _load_checkpoint(out: Path, dev: torch.device) -> dict[str, Any] | None:
+    """The checkpoint beside ``out``, or None when there is none or it is damaged."""
+    path = _checkpoint_path(out)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=dev, weights_only=True)
+    except Exception:  # noqa: BLE001 (a damaged checkpoint only costs the time to refit)
+        warnings.warn(
+            f"ignoring the damaged checkpoint {path}; training from the start", stacklevel=3
+        )
+        return None
 
 
 def _save_checkpoint(
