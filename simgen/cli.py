@@ -231,7 +231,7 @@ def fit_command(
             "max_seconds": max_seconds,
         }
         train.update({k: v for k, v in flags.items() if v is not None})
-        _check_output(out)
+        _writable(out)
         emulator = fit(
             data,
             model,
@@ -253,12 +253,10 @@ def fit_command(
             )
 
 
-def _check_output(path: Path) -> None:
-    from simgen.errors import UsageError
+def _writable(path: Path) -> None:
+    from simgen.store import check_writable  # lazy: h5py and torch
 
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: its folder is missing or not writable")
+    check_writable(path)
 
 
 def _thetas(
@@ -334,7 +332,7 @@ def sample_command(
         from simgen.samples import write_samples
 
         emulator = load(model)
-        _check_output(out)
+        _writable(out)
         if observed is not None:
             if any(v is not None for v in (theta, theta_file, from_prior)):
                 raise UsageError("--observed samples the posterior: drop --theta/--from-prior")
@@ -464,7 +462,7 @@ def log_prob_command(
                 f"the model expects {emulator.x_shape} and {emulator.d_theta}"
             )
         if out is not None:
-            _check_output(out)
+            _writable(out)
         result = evaluate(emulator, store, limit=limit, progress=_progress(quiet, as_json))
         lp = result["log_prob"]
         summary = {"rows": len(lp), "mean_log_prob": float(lp.mean())}

@@ -83,16 +83,19 @@ def slice_sample(
             level = lp - torch.empty_like(lp).exponential_()
             left = z[:, j] - widths[j] * torch.rand(c, dtype=z.dtype, device=z.device)
             right = left + widths[j]
-            for side, sign in ((left, -1.0), (right, 1.0)):
+            for sign in (-1.0, 1.0):  # step out each end while it is inside the slice
                 grow = torch.ones(c, dtype=torch.bool, device=z.device)
                 for _ in range(max_steps):
                     trial = z.clone()
-                    trial[:, j] = side
+                    trial[:, j] = left if sign < 0 else right
                     grow = grow & (_finite(log_density(trial)) > level)
                     evaluations += 1
                     if not grow.any():
                         break
-                    side += sign * widths[j] * grow
+                    if sign < 0:
+                        left = left - widths[j] * grow
+                    else:
+                        right = right + widths[j] * grow
             pending = torch.ones(c, dtype=torch.bool, device=z.device)
             new = z[:, j].clone()
             while pending.any():

@@ -34,7 +34,7 @@ from simgen.executors import default_workers, executor, task_and_payload
 from simgen.journal import ChunkResult, Journal, fsync_path
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator, describe_prior, get_simulator
-from simgen.store import Store, create, open_store
+from simgen.store import Store, check_writable, create, open_store
 from simgen.writer import Appender
 
 __all__ = ["SimulationReport", "default_workers", "run_chunk", "simulate"]
@@ -150,16 +150,6 @@ def _check_identity(store: Store, identity: dict[str, Any]) -> None:
         )
 
 
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; give a file name such as {path / 'data.h5'}")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"cannot write {path}: permission denied")
-
-
 def _tasks_in_order(
     sim: Simulator,
     seed: int,
@@ -273,7 +263,7 @@ def simulate(
     workers = default_workers() if workers is None else int(workers)
     if n < 1 or chunk_size < 1 or workers < 1:
         raise UsageError("n, chunk_size and workers must be positive integers")
-    _check_writable(path)
+    check_writable(path)
     try:
         identity = _identity(sim, seed, chunk_size)
     except TypeError as error:

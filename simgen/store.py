@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from simgen.errors import StoreError
+from simgen.errors import StoreError, UsageError
 
 __all__ = [
     "FORMAT",
@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "StoreDataset",
     "check_hdf5",
+    "check_writable",
     "create",
     "open_store",
 ]
@@ -94,6 +95,17 @@ def check_hdf5(path: str | os.PathLike, kind: str = "data") -> Path:
             ) from None
         raise StoreError(f"{path} cannot be read as HDF5: {error}") from None
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, in one line, a path that is a folder, in a missing folder, or not writable."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name such as {path / 'data.h5'}")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
 
 
 def create(path: str | os.PathLike, metadata: dict[str, Any]) -> h5py.File:

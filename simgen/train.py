@@ -117,11 +117,11 @@ def _moments(store: Store, stop: int) -> dict[str, Tensor]:
 class _Batches:
     """Standardised training/validation batches, from memory or streamed from the file."""
 
-    def __init__(self, store: Store, norm: dict[str, Tensor], tc: TrainConfig) -> None:
-        self.store, self.norm, self.tc = store, norm, tc
+    def __init__(self, store: Store, tc: TrainConfig) -> None:
+        self.store, self.tc = store, tc
         self.n = len(store)
-        self.n_val = max(1, round(tc.val_fraction * self.n))
-        self.n_train = self.n - self.n_val
+        self.n_train = self.n - max(1, round(tc.val_fraction * self.n))
+        self.norm = _moments(store, self.n_train)
         nbytes = self.n * 4 * (math.prod(store.x_shape) + len(store.parameters))
         self.cached: tuple[Tensor, Tensor] | None = None
         if nbytes <= tc.in_memory_bytes:
@@ -204,9 +204,8 @@ def fit(
     net = build_family(model, d_x, d_theta, dict(config or {}))
     model_config = dataclasses.asdict(net.config)
 
-    n_val = max(1, round(tc.val_fraction * len(store)))
-    norm = _moments(store, len(store) - n_val)
-    batches = _Batches(store, norm, tc)
+    batches = _Batches(store, tc)
+    norm = batches.norm
     info = {
         "parameters": list(store.parameters),
         "x_shape": list(store.x_shape),
