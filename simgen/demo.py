@@ -55,12 +55,19 @@ def run_demo(
         progress=progress,
         train={"max_seconds": seconds, "epochs": 200, "batch_size": 256},
     )
-    say(f"3/4 emulating x at theta = {THETA.tolist()} and comparing with the simulator")
+    say(
+        f"3/4 emulating x at theta = {[round(v, 3) for v in THETA.tolist()]} and comparing with the simulator"
+    )
     m = 2000
     simulated = sim.simulate(np.tile(THETA.astype(np.float64), (m, 1)), np.random.default_rng(1))
     torch.manual_seed(1)
     emulated = emulator.sample(torch.from_numpy(THETA), m).numpy()
-    plot_emulation(simulated, emulated, out / "emulation.png", f"theta = {THETA.tolist()}")
+    plot_emulation(
+        simulated,
+        emulated,
+        out / "emulation.png",
+        f"theta = {[round(v, 3) for v in THETA.tolist()]}",
+    )
     score = c2st(simulated, emulated)
     say("4/4 learned against exact log p(x|theta) on 1,000 fresh simulations")
     fresh = run_chunk(sim, seed=1, index=0, size=1000)
