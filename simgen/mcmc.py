@@ -4,7 +4,9 @@ Samplers take ``log_density: (c, d) -> (c,)`` (one row per chain, in an unconstr
 initial points ``(c, d)``, and return :class:`Chains`.
 
 * :func:`slice_sample`: coordinate-wise slice sampling with stepping out and shrinkage (Neal
-  2003, arXiv:physics/0009028), widths adapted during warm-up. Needs no gradients.
+  2003, arXiv:physics/0009028), one width per chain and coordinate, tuned during warm-up to an
+  estimate of the slice's width (the mean move times 3: a uniform move within a slice of width
+  S travels S / 3 on average). Needs no gradients.
 * :func:`hmc_sample`: Hamiltonian Monte Carlo (Neal 2011, arXiv:1206.1901) with a per-chain
   step size tuned by dual averaging (Hoffman & Gelman 2014, arXiv:1111.4246) and a diagonal mass
   matrix from the warm-up draws; gradients by autograd.
@@ -66,7 +68,7 @@ def slice_sample(
         log_density: Unnormalised log density, ``(c, d) -> (c,)``.
         init: Starting points ``(c, d)`` with finite density.
         draws: Draws kept per chain (after thinning).
-        warmup: Iterations discarded first; the per-coordinate widths adapt during them.
+        warmup: Iterations discarded first; each chain's widths adapt during them.
         thin: Keep one iteration in ``thin``.
         width: Initial bracket width per coordinate.
         max_steps: Stepping-out steps per side at most.
@@ -75,14 +77,14 @@ def slice_sample(
     z = init.clone()
     c, d = z.shape
     lp = _finite(log_density(z))
-    widths = torch.full((d,), float(width), dtype=z.dtype, device=z.device)
+    widths = torch.full((c, d), float(width), dtype=z.dtype, device=z.device)
+    eps = torch.finfo(z.dtype).eps
     kept, kept_lp, evaluations = [], [], 0
     for it in range(warmup + draws * thin):
-        moved = torch.zeros(d, dtype=z.dtype, device=z.device)
         for j in range(d):
             level = lp - torch.empty_like(lp).exponential_()
-            left = z[:, j] - widths[j] * torch.rand(c, dtype=z.dtype, device=z.device)
-            right = left + widths[j]
+            left = z[:, j] - widths[:, j] * torch.rand(c, dtype=z.dtype, device=z.device)
+            right = left + widths[:, j]
             for sign in (-1.0, 1.0):  # step out each end while it is inside the slice
                 grow = torch.ones(c, dtype=torch.bool, device=z.device)
                 for _ in range(max_steps):
@@ -93,9 +95,9 @@ def slice_sample(
                     if not grow.any():
                         break
                     if sign < 0:
-                        left = left - widths[j] * grow
+                        left = left - widths[:, j] * grow
                     else:
-                        right = right + widths[j] * grow
+                        right = right + widths[:, j] * grow
             pending = torch.ones(c, dtype=torch.bool, device=z.device)
             new = z[:, j].clone()
             while pending.any():
@@ -111,14 +113,15 @@ def slice_sample(
                 above = pending & ~accept & (proposal >= z[:, j])
                 left = torch.where(below, proposal, left)
                 right = torch.where(above, proposal, right)
-                pending = pending & ~accept
-                if ((right - left) < 1e-12).all():  # cannot shrink further: stay
-                    break
-            moved[j] = (right - left).mean()  # the bracket the shrinkage ended with
+                # a bracket shrunk to the float resolution around z stays at z (the slice's
+                # level can lie within rounding of z's own density)
+                collapsed = (right - left) <= 4 * eps * (1 + z[:, j].abs())
+                pending = pending & ~accept & ~collapsed
+            if it < warmup:  # a move within a slice of width S is S / 3 on average
+                step = (3 * (new - z[:, j]).abs()).clamp(min=1e-6)
+                widths[:, j] = (it * widths[:, j] + step) / (it + 1)
             z[:, j] = new
-        if it < warmup:  # widths follow the brackets the slices end with
-            widths = 0.5 * widths + 0.5 * (2 * moved).clamp(min=1e-4)
-        elif (it - warmup) % thin == 0:
+        if it >= warmup and (it - warmup) % thin == 0:
             kept.append(z.clone())
             kept_lp.append(lp.clone())
         if on_step is not None:

@@ -97,14 +97,14 @@ class Posterior:
         ``(..., d)``; ``x_obs`` is one observation or ``(k, *x_shape)`` i.i.d. ones."""
         theta = _as_tensor(theta)
         x = self._observed(x_obs)
-        return self._log_prob(theta, x)
+        return self._log_prob(theta, x.reshape(len(x), *[1] * (theta.ndim - 1), *x.shape[1:]))
 
-    def _log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
+    def _log_prob(self, theta: Tensor, xs: Tensor) -> Tensor:
+        """Log posterior of theta ``(*b, d)`` given ``xs`` ``(k, *b', *x_shape)`` (``b'``
+        broadcasts with ``b``), summed over the ``k`` i.i.d. observations."""
         prior_lp = self.prior.log_prob(theta)
         inside = torch.isfinite(prior_lp)
         safe = torch.where(inside[..., None], theta, self.prior.mean.expand_as(theta))
-        batch = theta.shape[:-1]
-        xs = x.reshape(len(x), *[1] * len(batch), *self.emulator.x_shape)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ESTIMATOR_SEED)
             likelihood = self.emulator.log_prob(xs, safe).sum(0)
@@ -140,23 +140,85 @@ class Posterior:
             init_draws: Prior draws from which chains start.
             seed: Seed of initialisation and sampling.
             progress: Progress bar on stderr.
+
+        Returns:
+            ``theta`` ``(n, d)``, ``log_prob`` ``(n,)`` and ``diagnostics``.
         """
-        if sampler not in ("slice", "hmc"):
-            raise UsageError(f"unknown sampler '{sampler}'; use slice or hmc")
         x = self._observed(x_obs)
         chains = chains or min(100, max(4, n // 100))
+        result = self._run(
+            x[:, None], n, sampler, chains, warmup, thin, init_draws, seed, progress
+        )
+        return PosteriorSamples(result.theta[0], result.log_prob[0], result.diagnostics)
+
+    def sample_batch(
+        self,
+        x_obs: Any,
+        n: int = 100,
+        *,
+        sampler: str = "slice",
+        chains: int = 10,
+        warmup: int | None = None,
+        thin: int = 1,
+        init_draws: int = 256,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> PosteriorSamples:
+        """Sample the posteriors of ``m`` observations at once, one batch of chains for all.
+
+        What calibration needs (SBC, coverage: many simulated observations, a few hundred draws
+        each), at the cost of one batched sampler run instead of ``m`` runs.
+
+        Args:
+            x_obs: ``(m, *x_shape)``: ``m`` observations, each with its own posterior.
+            n: Draws per observation.
+            chains: Chains per observation.
+            init_draws: Prior draws, shared, from which each observation's chains start.
+            (others as in :meth:`sample`)
+
+        Returns:
+            ``theta`` ``(m, n, d)``, ``log_prob`` ``(m, n)``, and ``diagnostics`` with
+            ``rhat``/``ess`` the worst over the observations per parameter.
+        """
+        x = _as_tensor(x_obs)
+        if x.ndim != len(self.emulator.x_shape) + 1:
+            raise UsageError(
+                f"x_obs has shape {tuple(x.shape)}; expected (m, {', '.join(map(str, self.emulator.x_shape))}) "
+                "for m observations"
+            )
+        x = self._observed(x)
+        return self._run(x[None], n, sampler, chains, warmup, thin, init_draws, seed, progress)
+
+    def _run(
+        self,
+        xs: Tensor,
+        n: int,
+        sampler: str,
+        chains: int,
+        warmup: int | None,
+        thin: int,
+        init_draws: int,
+        seed: int,
+        progress: bool | None,
+    ) -> PosteriorSamples:
+        """Chains for ``m`` posteriors: ``xs`` ``(k, m, *x_shape)``, ``k`` i.i.d. observations
+        of each. Returns ``theta`` ``(m, n, d)`` and ``log_prob`` ``(m, n)``."""
+        if sampler not in ("slice", "hmc"):
+            raise UsageError(f"unknown sampler '{sampler}'; use slice or hmc")
+        m = xs.shape[1]
         warmup = warmup if warmup is not None else (100 if sampler == "slice" else 200)
         draws = math.ceil(n / chains)
         torch.manual_seed(seed)
+        x_rows = xs.repeat_interleave(chains, dim=1)  # (k, m * chains, *x_shape)
 
         def log_density(z: Tensor) -> Tensor:
             theta = self.transform(z)
             ladj = self.transform.log_abs_det_jacobian(z, theta)
             if ladj.shape != z.shape[:-1]:
                 ladj = ladj.sum(-1)
-            return self._log_prob(theta, x) + ladj
+            return self._log_prob(theta, x_rows) + ladj
 
-        init = self._initial(log_density, chains, init_draws)
+        init = self._initial(xs, chains, init_draws)
         run = slice_sample if sampler == "slice" else hmc_sample
         with progress_bar(
             warmup + draws * thin, f"posterior ({sampler})", unit="steps", enabled=progress
@@ -164,14 +226,15 @@ class Posterior:
             result = run(
                 log_density, init, draws, warmup=warmup, thin=thin, on_step=lambda: bar.advance(1)
             )
-        z = result.samples  # (draws, chains, d)
-        theta = self.transform(z)
-        rhat, ess = split_rhat(theta), effective_sample_size(theta)
-        flat = theta.reshape(-1, theta.shape[-1])[:n]
-        with torch.no_grad():
-            lp = self._log_prob(flat, x)
-        if not torch.isfinite(flat).all():
+        theta = self.transform(result.samples)  # (draws, m * chains, d)
+        if not torch.isfinite(theta).all():
             raise RuntimeError("the sampler produced non-finite draws")
+        per_set = theta.reshape(draws, m, chains, -1).transpose(0, 1)  # (m, draws, chains, d)
+        rhat = torch.stack([split_rhat(t) for t in per_set]).amax(0)
+        ess = torch.stack([effective_sample_size(t) for t in per_set]).amin(0)
+        flat = per_set.reshape(m, draws * chains, -1)[:, :n]
+        with torch.no_grad():
+            lp = self._log_prob(flat, xs[:, :, None])
         diagnostics = {
             "sampler": sampler,
             "chains": chains,
@@ -186,22 +249,26 @@ class Posterior:
             warnings.warn(
                 f"posterior sampling may not have converged: max R-hat {rhat.max():.3f}, "
                 f"min ESS {ess.min():.0f} of {n}; use more warm-up, draws or chains",
-                stacklevel=2,
+                stacklevel=3,
             )
         return PosteriorSamples(flat.detach(), lp.detach(), diagnostics)
 
     @torch.no_grad()
-    def _initial(self, log_density: Any, chains: int, draws: int) -> Tensor:
-        theta = self.prior.sample((max(draws, chains),))
-        z = self.transform.inv(theta)
-        lp = log_density(z)
+    def _initial(self, xs: Tensor, chains: int, draws: int) -> Tensor:
+        """The ``chains`` best of ``draws`` prior draws for each of the ``m`` posteriors of
+        ``xs`` ``(k, m, *x_shape)``, as ``(m * chains, d)`` unconstrained points."""
+        m = xs.shape[1]
+        theta = self.prior.sample((max(draws, chains),))  # (p, d)
+        lp = torch.stack([self._log_prob(theta, xs[:, i : i + 1]) for i in range(m)], 1)  # (p, m)
         finite = torch.isfinite(lp)
-        if not finite.any():
+        if not finite.any(0).all():
             raise UsageError(
                 "the posterior density is zero (or NaN) at every one of "
                 f"{len(lp)} prior draws: check the observation and the prior"
             )
-        best = torch.topk(torch.where(finite, lp, torch.full_like(lp, -math.inf)), chains)
-        pick = best.indices[torch.isfinite(best.values)]
-        pick = pick[torch.arange(chains) % len(pick)]  # repeat when too few are finite
-        return z[pick].clone()
+        best = torch.topk(torch.where(finite, lp, torch.full_like(lp, -math.inf)), chains, dim=0)
+        starts = []
+        for i in range(m):
+            pick = best.indices[:, i][torch.isfinite(best.values[:, i])]
+            starts.append(theta[pick[torch.arange(chains) % len(pick)]])
+        return self.transform.inv(torch.cat(starts)).clone()
