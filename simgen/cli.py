@@ -481,6 +481,56 @@ def log_prob_command(
             typer.echo(line)
 
 
+@app.command("check")
+def check_command(
+    model: Annotated[Path, typer.Argument(help="A simgen model file.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the report.")] = Path(
+        "check"
+    ),
+    simulator: Annotated[
+        str | None, typer.Option(help="Simulator (default: the model's), name or pkg.mod:Class.")
+    ] = None,
+    pairs: Annotated[int, typer.Option(help="Simulated pairs for SBC and coverage.", min=2)] = 100,
+    draws: Annotated[int, typer.Option(help="Posterior draws per pair.", min=1)] = 99,
+    thetas: Annotated[int, typer.Option(help="Parameters for emulation checks.", min=1)] = 3,
+    samples: Annotated[int, typer.Option(help="x per side at each of them.", min=2)] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Fidelity and calibration report: emulated vs simulated x (C2ST), SBC ranks and
+    expected coverage of the posterior; writes report.json and PNG figures."""
+    with _errors():
+        from simgen.check import check, simulator_of
+        from simgen.emulator import load
+
+        emulator = load(model)
+        sim = simulator_of(emulator, simulator)
+        report = check(
+            emulator,
+            out,
+            simulator=sim,
+            pairs=pairs,
+            draws=draws,
+            thetas=thetas,
+            samples=samples,
+            seed=seed,
+            progress=_progress(quiet, as_json),
+        )
+        if as_json:
+            _print_json(report)
+        elif not quiet:
+            cal, emu = report["calibration"], report["emulation"]
+            c2st = "-" if emu["c2st_mean"] is None else f"{emu['c2st_mean']:.3f}"
+            worst = min(cal["sbc_pvalues"].values())
+            typer.echo(
+                f"wrote {out}/report.json: emulation C2ST {c2st} (0.5 = indistinguishable); "
+                f"SBC {'uniform' if cal['sbc_uniform'] else 'NOT uniform'} (min p {worst:.3g}); "
+                f"coverage within its 95% band at {cal['coverage_within_band']:.0%} of levels",
+                err=True,
+            )
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the demo's files.")] = Path(

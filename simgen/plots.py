@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from simgen.store import Store
 
-__all__ = ["plot_corner", "plot_data", "plot_emulation"]
+__all__ = ["plot_calibration", "plot_corner", "plot_data", "plot_emulation"]
 
 
 def plot_data(store: Store, path: str | os.PathLike, max_points: int = 5000) -> None:
@@ -138,4 +138,50 @@ def plot_corner(
                 ax.set_xlabel(names[j])
             if j == 0 and i > 0:
                 ax.set_ylabel(names[i])
+    fig.savefig(path, dpi=100)
+
+
+def plot_calibration(
+    ranks: np.ndarray,
+    draws: int,
+    curve: dict[str, np.ndarray],
+    names: tuple[str, ...] | list[str],
+    path: str | os.PathLike,
+    bins: int = 10,
+) -> None:
+    """SBC rank histograms (one per parameter, with the 99% band of uniform counts) and the
+    expected-coverage curve (with the band of a calibrated estimator), as a PNG.
+
+    Args:
+        ranks: ``(m, d)`` ranks in ``{0, ..., draws}``.
+        draws: Posterior draws per pair.
+        curve: From :func:`simgen.diagnostics.coverage_levels`.
+        names: Parameter names.
+        path: Where to write the PNG.
+        bins: Histogram bins.
+    """
+    from scipy import stats
+
+    m, d = ranks.shape
+    cols = min(d, 4) + 1
+    rows = -(-d // (cols - 1))
+    fig = Figure(figsize=(3.2 * cols, 2.8 * rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    edges = np.linspace(0, draws + 1, bins + 1)
+    low, high = stats.binom.ppf([0.005, 0.995], m, 1 / bins)
+    for j in range(rows * (cols - 1)):
+        ax = axes[j // (cols - 1), j % (cols - 1)]
+        if j >= d:
+            ax.set_axis_off()
+            continue
+        ax.axhspan(low, high, color="tab:gray", alpha=0.3, lw=0)
+        ax.hist(ranks[:, j], bins=edges, color="tab:blue", alpha=0.8)
+        ax.set(title=f"SBC ranks: {names[j]}", xlabel="rank", yticks=[])
+    ax = axes[0, -1]
+    ax.fill_between(curve["levels"], curve["low"], curve["high"], color="tab:gray", alpha=0.3)
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+    ax.plot(curve["levels"], curve["coverage"], color="tab:orange")
+    ax.set(title="expected coverage", xlabel="credibility level", ylabel="coverage")
+    for r in range(1, rows):
+        axes[r, -1].set_axis_off()
     fig.savefig(path, dpi=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,4 +80,28 @@ def test_emulators_benchmark_quick(tmp_path):
             assert (f"simgen {family}", metric) in found
     assert ("simulator", "simulator_samples_per_s") in found
     c2st = [r["value"] for r in records if r["metric"] == "emulation_c2st"]
+    assert all(0.0 <= v <= 1.0 for v in c2st)
+
+
+def test_posterior_benchmark_quick(tmp_path):
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.posterior", "--quick", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    records = json.loads((tmp_path / "posterior-quick.json").read_text())
+    assert all(set(r) == KEYS for r in records)
+    found = {(r["method"], r["metric"]) for r in records}
+    for sampler in ("slice", "hmc"):
+        assert (f"simgen flow ({sampler})", "posterior_c2st") in found
+        assert (f"simgen flow ({sampler})", "posterior_samples_per_s") in found
+    assert ("simgen flow (slice)", "sbc_min_pvalue") in found
+    assert ("simgen flow (slice)", "coverage_max_deviation") in found
+    c2st = [r["value"] for r in records if r["metric"] == "posterior_c2st"]
     assert all(0.0 <= v <= 1.0 for v in c2st)

@@ -1,0 +1,218 @@
+"""How close are simgen's posteriors to the true ones, how fast, and how calibrated?
+
+For each task, with ``n`` simulations (1e4) and a fixed CPU training budget per family:
+
+* ``posterior_c2st``: C2ST (5-fold, MLP) between ``draws`` posterior samples and as many
+  samples of the reference posterior (:mod:`benchmarks.references`: analytic or exact on a
+  grid), averaged over 5 observations ``x_o ~ p(x | theta_o)``, ``theta_o`` from the prior; for
+  each simgen family (slice sampler) and, in the same run and on the same data, sbi's NPE and
+  NLE (its ``slice_np_vectorized`` MCMC).
+* ``posterior_samples_per_s``: draws per second of wall-clock time, warm-up and initialisation
+  included, per family and sampler (slice and HMC; ``draws / 20`` chains of 20 draws after the
+  default warm-up), beside sbi's NLE with its defaults.
+* ``train_seconds``: wall-clock training time of every method.
+* calibration on gaussian_linear (two_moons with ``--quick``), with the flow: SBC ranks of ``sbc_pairs`` simulated pairs
+  with 99 draws each (``sbc_min_pvalue``: the smallest chi-square p-value over the parameters;
+  uniform ranks give values above 0.01 / d with probability 0.99), and the largest deviation of
+  the expected coverage from the diagonal over credibility levels (``coverage_max_deviation``).
+
+Run: ``python -m benchmarks.posterior [--quick] [--tasks ...] [--families ...]``; writes
+``benchmarks/results/posterior.json`` after each task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import simgen
+from benchmarks.records import RESULTS, markdown_table, record, save
+from benchmarks.references import reference_posterior
+from simgen.diagnostics import (
+    c2st,
+    coverage_levels,
+    expected_coverage,
+    sbc_ranks,
+    sbc_uniformity,
+)
+from simgen.posterior import Posterior
+from simgen.simulation import run_chunk
+from simgen.train import fit
+
+BENCH = "posterior"
+TASKS = ("two_moons", "gaussian_mixture", "slcp", "gaussian_linear")
+DATA = Path(__file__).parent / ".data"
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def observations(sim: simgen.Simulator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` pairs ``(theta_o, x_o)`` from streams no training row uses."""
+    result = run_chunk(sim, seed=7, index=10**9, size=count)
+    return result.theta.astype(np.float64), result.x.astype(np.float64)
+
+
+def simgen_family(
+    family: str, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
+) -> list[dict]:
+    """Fit one family, sample each observation's posterior, score and time it."""
+    name, n = store.metadata["simulator"], len(store)
+    train = {"max_seconds": cfg["budget"], "epochs": 10_000, "patience": 30}
+    train_s, emulator = timed(fit, store, family, None, train=train, progress=False)
+    posterior = Posterior(emulator)
+    method = f"simgen {family}"
+    records = [record(BENCH, name, method, "train_seconds", train_s, "s", n)]
+    for sampler in ("slice", "hmc"):
+        scores, seconds = [], []
+        for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                s, result = timed(
+                    posterior.sample,
+                    x,
+                    cfg["draws"],
+                    sampler=sampler,
+                    chains=max(4, cfg["draws"] // 20),
+                    seed=i,
+                    progress=False,
+                )
+            scores.append(c2st(result.theta, ref))
+            seconds.append(s)
+            if sampler == "hmc":  # HMC is timed (and scored) on the first observation only
+                break
+        draws_per_s = cfg["draws"] / float(np.mean(seconds))
+        label = f"{method} ({sampler})"
+        records += [
+            record(BENCH, name, label, "posterior_c2st", float(np.mean(scores)), "accuracy", n),
+            record(BENCH, name, label, "posterior_samples_per_s", draws_per_s, "draws/s", n),
+        ]
+    if name == cfg["calibrate"] and family == "flow":
+        records += calibration(posterior, store, cfg)
+    return records
+
+
+def calibration(posterior: Posterior, store: simgen.Store, cfg: dict) -> list[dict]:
+    """SBC ranks and expected coverage over simulated pairs (all posteriors in one batch)."""
+    sim = simgen.get_simulator(store.metadata["simulator"], **store.metadata["simulator_options"])
+    pairs = run_chunk(sim, seed=8, index=10**9, size=cfg["sbc_pairs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = posterior.sample_batch(
+            pairs.x, 99, chains=11, warmup=cfg["sbc_warmup"], thin=3, progress=False
+        )
+    ranks = sbc_ranks(pairs.theta, result.theta)
+    pvalues = sbc_uniformity(ranks, 99)
+    with torch.no_grad():
+        truth = torch.stack(
+            [posterior.log_prob(t, x) for t, x in zip(pairs.theta, pairs.x, strict=True)]
+        )
+    curve = coverage_levels(expected_coverage(truth, result.log_prob))
+    deviation = float(np.abs(curve["coverage"] - curve["levels"]).max())
+    method, n = "simgen flow (slice)", len(store)
+    return [
+        record(BENCH, sim.name, method, "sbc_min_pvalue", float(pvalues.min()), "p", n),
+        record(BENCH, sim.name, method, "coverage_max_deviation", deviation, "probability", n),
+    ]
+
+
+def sbi_methods(
+    sim: simgen.Simulator, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
+) -> list[dict]:
+    """sbi's NPE and NLE (default networks and early stopping) on the same simulations."""
+    try:
+        import sbi
+        from sbi.inference import NLE, NPE
+    except ImportError:
+        return []
+    theta, x = torch.from_numpy(store.theta), torch.from_numpy(store.x[:])
+    n, records = len(store), []
+    for cls in (NPE, NLE):
+        inference = cls(prior=sim.prior(), show_progress_bars=False)
+        train = inference.append_simulations(theta, x).train
+        epochs = 2 if cfg["quick"] else 2**31 - 1
+        train_s, _ = timed(train, max_num_epochs=epochs)
+        posterior = inference.build_posterior()
+        scores, seconds = [], []
+        for obs, ref in zip(xs, refs, strict=True):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+            sample = posterior.sample
+            s, draws = timed(sample, (cfg["draws"],), x=obs_t, show_progress_bars=False)
+            scores.append(c2st(draws, ref))
+            seconds.append(s)
+        method = f"sbi-{sbi.__version__} {cls.__name__}"
+        records += [
+            record(BENCH, sim.name, method, "train_seconds", train_s, "s", n),
+            record(BENCH, sim.name, method, "posterior_c2st", np.mean(scores), "accuracy", n),
+            record(
+                BENCH,
+                sim.name,
+                method,
+                "posterior_samples_per_s",
+                cfg["draws"] / float(np.mean(seconds)),
+                "draws/s",
+                n,
+            ),
+        ]
+    return records
+
+
+def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
+    sim = simgen.get_simulator(name)
+    DATA.mkdir(exist_ok=True)
+    n = cfg["n"]
+    store = simgen.simulate(sim, n, DATA / f"{name}-{n}.h5", seed=0, workers=1, progress=False)
+    _, xs = observations(sim, cfg["observations"])
+    refs = [reference_posterior(sim, x, cfg["draws"], seed=i) for i, x in enumerate(xs)]
+    for family in families:
+        records += simgen_family(family, store, xs, refs, cfg)
+    records += sbi_methods(sim, store, xs, refs, cfg)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--families", nargs="*", default=["flow", "vae"])
+    parser.add_argument("--n", type=int, default=10_000, help="simulations per task")
+    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per fit")
+    parser.add_argument("--draws", type=int, default=1000, help="posterior draws per observation")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = {
+        "quick": args.quick,
+        "n": 1000 if args.quick else args.n,
+        "budget": 2.0 if args.quick else args.budget,
+        "draws": 100 if args.quick else args.draws,
+        "observations": 1 if args.quick else 5,
+        "sbc_pairs": 10 if args.quick else 100,
+        "sbc_warmup": 20 if args.quick else 100,
+        "calibrate": "two_moons" if args.quick else "gaussian_linear",
+    }
+    tasks = ["two_moons"] if args.quick else args.tasks
+    families = ["flow"] if args.quick else args.families
+    torch.manual_seed(0)
+    records: list = []
+    name = "posterior-quick" if args.quick else "posterior"
+    for task in tasks:
+        run_task(task, families, cfg, records)
+        path = save(name, records, args.out or RESULTS)
+    print(markdown_table(records))
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

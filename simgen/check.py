@@ -1,0 +1,174 @@
+"""``check()``: a fidelity and calibration report of an emulator against its simulator.
+
+What ``simgen check MODEL`` runs. With fresh simulations (streams no training row used):
+
+* **emulation**: at ``thetas`` parameters drawn from the prior, ``samples`` simulated and as
+  many emulated x, compared by C2ST (for x of at most :data:`C2ST_MAX_FEATURES` features);
+  a picture of both at the first of them.
+* **calibration**: ``pairs`` pairs ``(theta_i, x_i)`` from the prior predictive, the posterior
+  of every ``x_i`` sampled in one batch (:meth:`Posterior.sample_batch`), SBC ranks of the
+  ``theta_i`` with a chi-square test of uniformity per parameter, and the expected coverage of
+  the highest-posterior-density regions (:mod:`simgen.diagnostics`).
+
+Writes ``report.json``, ``calibration.png`` and ``emulation.png`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simgen.diagnostics import (
+    c2st,
+    coverage_levels,
+    expected_coverage,
+    sbc_ranks,
+    sbc_uniformity,
+)
+from simgen.emulator import Emulator
+from simgen.errors import UsageError
+from simgen.plots import plot_calibration, plot_emulation
+from simgen.posterior import Posterior
+from simgen.simulation import run_chunk
+from simgen.simulator import Simulator, get_simulator
+
+__all__ = ["C2ST_MAX_FEATURES", "check", "simulator_of"]
+
+C2ST_MAX_FEATURES = 256
+HELD_OUT = 10**9  # task index of the check's simulations: far beyond any training task
+
+
+def simulator_of(emulator: Emulator, name: str | None = None) -> Simulator:
+    """The simulator ``name`` (registered name or import path), default: the one the emulator
+    was trained on, with its options; refused if its parameters or x shape differ."""
+    info = emulator.info["simulator"]
+    if name is None:
+        try:
+            sim = get_simulator(info["name"], **info["options"])
+        except UsageError:
+            sim = get_simulator(info["path"], **info["options"])
+    else:
+        sim = get_simulator(name)
+    if tuple(sim.x_shape) != emulator.x_shape or sim.d_theta != emulator.d_theta:
+        raise UsageError(
+            f"simulator '{sim.name}' has {sim.d_theta} parameters and x of shape "
+            f"{tuple(sim.x_shape)}; the model has {emulator.d_theta} and {emulator.x_shape}"
+        )
+    return sim
+
+
+def check(
+    emulator: Emulator,
+    out: str | os.PathLike,
+    *,
+    simulator: Simulator | None = None,
+    pairs: int = 100,
+    draws: int = 99,
+    thetas: int = 3,
+    samples: int = 1000,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Compare ``emulator`` with its simulator and calibrate its posterior; write a report.
+
+    Args:
+        emulator: The model to check.
+        out: Folder for ``report.json`` and the PNG figures (created).
+        simulator: Default: the one the model was trained on.
+        pairs: Simulated pairs for SBC and coverage.
+        draws: Posterior draws per pair (``draws + 1`` should have small divisors, e.g. 99).
+        thetas: Parameters at which emulated and simulated x are compared.
+        samples: x per side at each of those parameters.
+        seed: Seed of the check's simulations and samplers.
+        progress: Progress bar for the posterior sampling.
+
+    Returns:
+        The report: ``emulation`` (``c2st`` per theta, or None for large x), ``calibration``
+        (``sbc_pvalues``, ``coverage_max_deviation``, ``coverage_within_band``) and
+        ``files``.
+    """
+    if pairs < 2 or draws < 1 or thetas < 1 or samples < 2:
+        raise UsageError("pairs >= 2, draws >= 1, thetas >= 1 and samples >= 2 are needed")
+    sim = simulator or simulator_of(emulator)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(emulator.parameters_names)
+    report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
+    report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out)
+    report["calibration"] = _calibration(emulator, sim, pairs, draws, seed, progress, out, names)
+    report["files"] = sorted(p.name for p in out.glob("*.png")) + ["report.json"]
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "report.json")
+    return report
+
+
+def _emulation(
+    emulator: Emulator, sim: Simulator, thetas: int, samples: int, seed: int, out: Path
+) -> dict[str, Any]:
+    names = emulator.parameters_names
+    theta = run_chunk(sim, seed, HELD_OUT + 1, thetas).theta.astype(np.float64)
+    scores = []
+    for i, t in enumerate(theta):
+        simulated = sim.check_output(
+            sim.simulate(np.tile(t, (samples, 1)), np.random.default_rng([seed, i])), samples
+        )
+        torch.manual_seed(seed + i)
+        emulated = emulator.sample(torch.as_tensor(t, dtype=torch.float32), samples).numpy()
+        if i == 0:
+            title = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, t, strict=True))
+            plot_emulation(simulated, emulated, out / "emulation.png", title=title)
+        if simulated[0].size <= C2ST_MAX_FEATURES:
+            scores.append(c2st(simulated, emulated, seed=seed))
+    return {
+        "theta": theta.tolist(),
+        "c2st": scores or None,
+        "c2st_mean": float(np.mean(scores)) if scores else None,
+    }
+
+
+def _calibration(
+    emulator: Emulator,
+    sim: Simulator,
+    pairs: int,
+    draws: int,
+    seed: int,
+    progress: bool | None,
+    out: Path,
+    names: list[str],
+) -> dict[str, Any]:
+    data = run_chunk(sim, seed, HELD_OUT, pairs)
+    theta, x = data.theta[data.ok], data.x[data.ok]
+    posterior = Posterior(emulator)
+    chains = max(2, min(draws, 11))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = posterior.sample_batch(
+            x, draws, chains=chains, thin=3, seed=seed, progress=progress
+        )
+        with torch.no_grad():
+            truth = torch.stack(
+                [posterior.log_prob(t, xi) for t, xi in zip(theta, x, strict=True)]
+            )
+    ranks = sbc_ranks(theta, result.theta)
+    pvalues = sbc_uniformity(ranks, draws)
+    curve = coverage_levels(expected_coverage(truth, result.log_prob))
+    plot_calibration(ranks, draws, curve, names, out / "calibration.png")
+    deviation = np.abs(curve["coverage"] - curve["levels"])
+    inside = (curve["coverage"] >= curve["low"]) & (curve["coverage"] <= curve["high"])
+    return {
+        "pairs": len(theta),
+        "draws": draws,
+        "sbc_pvalues": dict(zip(names, pvalues.tolist(), strict=True)),
+        "sbc_uniform": bool(pvalues.min() > 0.01 / len(names)),
+        "coverage_max_deviation": float(deviation.max()),
+        "coverage_within_band": float(inside.mean()),
+        "max_rhat": float(max(result.diagnostics["rhat"])),
+        "sampler_warnings": sorted({str(w.message) for w in caught}),
+    }
