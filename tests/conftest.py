@@ -17,6 +17,8 @@ BUILTINS = (
     "gaussian_mixture",
     "oscillator",
     "lotka_volterra",
+    "cosmology",
+    "molecular",
 )
 sys.path.insert(0, str(HELPERS))
 

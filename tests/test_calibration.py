@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_posterior import ExactEmulator
 
 import simgen
 from simgen.diagnostics import coverage_levels, expected_coverage, sbc_ranks, sbc_uniformity
 from simgen.errors import UsageError
 from simgen.posterior import Posterior
-from test_posterior import ExactEmulator
 
 # 2 parameters, Bonferroni at 1%: a calibrated posterior is rejected with probability <= 0.01
 ALPHA = 0.01 / 2

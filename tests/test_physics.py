@@ -1,0 +1,148 @@
+"""Physics of the scientific simulators: spectra, exact likelihoods, equilibrium sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import simgen
+from simgen.diagnostics import (
+    bond_lengths,
+    pair_distances,
+    power_spectrum,
+    radial_average,
+    radius_of_gyration,
+    wasserstein_relative,
+)
+from simulators.cosmology import CosmologyField
+from simulators.molecular import BeadSpringChain, energy, energy_and_grad, positions
+
+
+def test_gaussian_field_power_spectrum_matches_the_input_within_sampling_error():
+    sim = CosmologyField(size=32, lognormal=False)
+    maps = 200
+    theta = np.tile([0.3, 0.8], (maps, 1))
+    x = sim.simulate(theta, np.random.default_rng(0))
+    _, power, modes = power_spectrum(x, box=sim.box)
+    # the model's P(k_m) = lambda_m L^2 / N^2, averaged over each bin's modes
+    model = sim.eigenvalues(theta[:1]) * sim.box**2 / sim.size**2
+    expected = radial_average(model, box=sim.box)[1][0]
+    # Each mode's power is exponential (relative sd 1); the modes come in conjugate pairs, so
+    # a bin has modes / 2 independent ones per map.
+    sd = 1 / np.sqrt(np.maximum(modes, 1) / 2 * maps)
+    z = (power.mean(0) / expected - 1) / sd
+    assert np.all(np.abs(z) < 4), z  # 4 sigma in each of 16 bins: false alarm < 1e-3
+
+
+def test_gaussian_field_log_likelihood_equals_the_dense_normal():
+    sim = CosmologyField(size=6, box=48.0, lognormal=False, noise=0.1)
+    theta = np.array([[0.3, 0.8], [0.15, 0.65]])
+    x = sim.simulate(theta, np.random.default_rng(1))
+    lam = sim.eigenvalues(theta) + 0.1**2
+    n = 6
+    for row in range(2):
+        basis = np.eye(n * n).reshape(-1, n, n)
+        cov = np.fft.ifft2(np.fft.fft2(basis) * lam[row]).real.reshape(n * n, n * n)
+        dense = stats.multivariate_normal(np.zeros(n * n), cov).logpdf(x[row].ravel())
+        np.testing.assert_allclose(
+            sim.log_likelihood(x[row : row + 1], theta[row : row + 1]), dense, rtol=1e-10
+        )
+
+
+def test_lognormal_field_moments_and_likelihood():
+    sim = CosmologyField(size=16, box=128.0)
+    theta = np.tile([0.3, 0.8], (400, 1))
+    x = sim.simulate(theta, np.random.default_rng(2))
+    var_g = sim.eigenvalues(theta[:1]).mean()
+    # delta = exp(g - var/2) - 1: mean 0, variance exp(var) - 1 (per pixel, all pixels alike)
+    pixels = x.reshape(len(x), -1)
+    per_map = pixels.mean(1)
+    assert abs(per_map.mean()) < 4 * per_map.std() / np.sqrt(len(x))
+    assert abs(pixels.var() / np.expm1(var_g) - 1) < 0.1
+    assert (x > -1).all()
+    # the change of variables: log p(delta) = log N(g) - sum log(1 + delta)
+    gaussian = CosmologyField(size=16, box=128.0, lognormal=False)
+    g = np.log1p(x[:3]) + var_g / 2
+    expected = gaussian.log_likelihood(g, theta[:3]) - np.log1p(x[:3]).sum((1, 2))
+    np.testing.assert_allclose(sim.log_likelihood(x[:3], theta[:3]), expected, rtol=1e-12)
+    outside = x[:1].copy()
+    outside[0, 0, 0] = -1.5
+    assert sim.log_likelihood(outside, theta[:1])[0] == -np.inf
+    with pytest.raises(simgen.SimulatorError, match="no closed-form"):
+        CosmologyField(noise=0.1).log_likelihood(x[:1], theta[:1])
+
+
+def test_field_likelihood_prefers_the_true_parameters():
+    sim = simgen.get_simulator("cosmology")
+    x = sim.simulate(np.array([[0.3, 0.8]]), np.random.default_rng(3))
+    grid = np.array([[om, s8] for om in (0.2, 0.3, 0.4) for s8 in (0.7, 0.8, 0.9)])
+    lp = sim.log_likelihood(np.repeat(x, len(grid), 0), grid)
+    assert tuple(grid[lp.argmax()]) == (0.3, 0.8)
+
+
+def test_molecular_gradient_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    r = np.cumsum(rng.normal(0, 0.6, (3, 6, 3)) + [1, 0, 0], axis=1)
+    eps = np.array([0.3, 0.7, 1.0])
+    _, grad = energy_and_grad(r, eps, 100.0, 2.0)
+    numeric = np.zeros_like(r)
+    h = 1e-6
+    for bead, axis in np.ndindex(6, 3):
+        step = np.zeros_like(r)
+        step[:, bead, axis] = h
+        plus = energy_and_grad(r + step, eps, 100.0, 2.0)[0]
+        minus = energy_and_grad(r - step, eps, 100.0, 2.0)[0]
+        numeric[:, bead, axis] = (plus - minus) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_free_chain_bond_energy_equals_its_exact_value():
+    # without angle and LJ terms the bonds are independent springs in 3-D: the bond length has
+    # density ~ r^2 exp(-k (r - 1)^2 / 2T), so <k (r - 1)^2 / 2> is a 1-D integral (~T/2)
+    k, temperature, rows = 100.0, 0.8, 1000
+    sim = BeadSpringChain(beads=5, angle_k=0.0, steps=1500)
+    theta = np.column_stack([np.full(rows, temperature), np.zeros(rows)])
+    r, acceptance = sim.sample_positions(theta, np.random.default_rng(5))
+    assert 0.4 < acceptance < 0.9
+    bond_energy = 0.5 * k * (bond_lengths(r) - 1) ** 2  # (rows, 4), independent rows
+    density = lambda s: s**2 * np.exp(-k * (s - 1) ** 2 / (2 * temperature))
+    z = integrate.quad(density, 0, 3)[0]
+    exact = integrate.quad(lambda s: 0.5 * k * (s - 1) ** 2 * density(s), 0, 3)[0] / z
+    per_row = bond_energy.mean(1)
+    assert abs(per_row.mean() - exact) < 4 * per_row.std() / np.sqrt(rows)
+
+
+def test_interacting_chain_is_equilibrated_by_its_burn_in():
+    # the default burn-in agrees with a run twice as long (collapsed chain, T = 0.5, eps = 1)
+    sim = BeadSpringChain()
+    theta = np.tile([0.5, 1.0], (300, 1))
+    short, _ = sim.sample_positions(theta, np.random.default_rng(6))
+    long, _ = sim.sample_positions(theta, np.random.default_rng(7), steps=2 * sim.steps)
+    for stat in (radius_of_gyration, lambda r: energy_and_grad(r, theta[:, 1], 100.0, 2.0)[0]):
+        a, b = stat(short), stat(long)
+        se = np.sqrt(a.var() / len(a) + b.var() / len(b))
+        assert abs(a.mean() - b.mean()) < 4 * se
+
+
+def test_molecular_output_is_invariant_and_rebuilds_the_chain():
+    sim = simgen.get_simulator("molecular", beads=6, steps=200)
+    theta = np.array([[1.0, 0.5], [0.7, 0.9]])
+    x = sim.simulate(theta, np.random.default_rng(8))
+    assert x.shape == (2, 12)
+    r = positions(x)
+    assert np.allclose(r[:, 0], 0) and np.allclose(r[:, 1, 1:], 0) and np.allclose(r[:, 2, 2], 0)
+    assert (r[:, 2, 1] > 0).all()
+    # distances are what the frame preserves; energy is a function of them
+    raw, _ = sim.sample_positions(theta, np.random.default_rng(8), steps=200)
+    np.testing.assert_allclose(pair_distances(r), pair_distances(raw), atol=1e-10)
+    np.testing.assert_allclose(
+        energy(x, theta[:, 1], 100.0, 2.0), energy_and_grad(raw, theta[:, 1], 100.0, 2.0)[0]
+    )
+
+
+def test_wasserstein_relative():
+    rng = np.random.default_rng(9)
+    a = rng.normal(0, 2, 20_000)
+    assert wasserstein_relative(a, rng.normal(0, 2, 20_000)) < 0.03
+    assert abs(wasserstein_relative(a, a + 0.2) - 0.1) < 0.01
