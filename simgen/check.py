@@ -5,12 +5,18 @@ What ``simgen check MODEL`` runs. With fresh simulations (streams no training ro
 * **emulation**: at ``thetas`` parameters drawn from the prior, ``samples`` simulated and as
   many emulated x, compared by C2ST (for x of at most :data:`C2ST_MAX_FEATURES` features);
   a picture of both at the first of them.
+* **physics**, chosen by the shape of x, not by the simulator's name: for 2-D x (fields) the
+  angle-averaged power spectrum, its worst relative error over the bins below half the
+  Nyquist frequency, and the pixel PDF (``fields.png``); for a simulator with a
+  ``summaries(x, theta)`` method (e.g. energy and radius of gyration of molecules), each
+  statistic's Wasserstein distance relative to the simulated spread (``summaries.png``).
 * **calibration**: ``pairs`` pairs ``(theta_i, x_i)`` from the prior predictive, the posterior
   of every ``x_i`` sampled in one batch (:meth:`Posterior.sample_batch`), SBC ranks of the
   ``theta_i`` with a chi-square test of uniformity per parameter, and the expected coverage of
   the highest-posterior-density regions (:mod:`simgen.diagnostics`).
 
-Writes ``report.json``, ``calibration.png`` and ``emulation.png`` into the output folder.
+Writes ``report.json``, ``calibration.png``, ``emulation.png`` (and ``fields.png`` or
+``summaries.png``) into the output folder.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from simgen.diagnostics import (
     c2st,
     coverage_levels,
     expected_coverage,
+    power_spectrum,
     sbc_ranks,
     sbc_uniformity,
+    wasserstein_relative,
 )
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.plots import plot_calibration, plot_emulation
+from simgen.plots import plot_calibration, plot_emulation, plot_fields, plot_summaries
 from simgen.posterior import Posterior
 from simgen.simulation import run_chunk
 from simgen.simulator import Simulator, get_simulator
@@ -72,6 +80,7 @@ def check(
     draws: int = 99,
     thetas: int = 3,
     samples: int = 1000,
+    warmup: int = 100,
     seed: int = 0,
     progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -85,6 +94,7 @@ def check(
         draws: Posterior draws per pair (``draws + 1`` should have small divisors, e.g. 99).
         thetas: Parameters at which emulated and simulated x are compared.
         samples: x per side at each of those parameters.
+        warmup: Sampler warm-up iterations of the posteriors.
         seed: Seed of the check's simulations and samplers.
         progress: Progress bar for the posterior sampling.
 
@@ -101,7 +111,9 @@ def check(
     names = list(emulator.parameters_names)
     report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
     report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out)
-    report["calibration"] = _calibration(emulator, sim, pairs, draws, seed, progress, out, names)
+    report["calibration"] = _calibration(
+        emulator, sim, pairs, draws, warmup, seed, progress, out, names
+    )
     report["files"] = sorted(p.name for p in out.glob("*.png")) + ["report.json"]
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -114,7 +126,7 @@ def _emulation(
 ) -> dict[str, Any]:
     names = emulator.parameters_names
     theta = run_chunk(sim, seed, HELD_OUT + 1, thetas).theta.astype(np.float64)
-    scores = []
+    scores, physics = [], []
     for i, t in enumerate(theta):
         simulated = sim.check_output(
             sim.simulate(np.tile(t, (samples, 1)), np.random.default_rng([seed, i])), samples
@@ -126,11 +138,42 @@ def _emulation(
             plot_emulation(simulated, emulated, out / "emulation.png", title=title)
         if simulated[0].size <= C2ST_MAX_FEATURES:
             scores.append(c2st(simulated, emulated, seed=seed))
+        physics.append(_physics(sim, t, simulated, emulated, out if i == 0 else None))
     return {
         "theta": theta.tolist(),
+        "physics": {k: [p[k] for p in physics] for k in physics[0]},
         "c2st": scores or None,
         "c2st_mean": float(np.mean(scores)) if scores else None,
     }
+
+
+def _physics(
+    sim: Simulator,
+    theta: np.ndarray,
+    simulated: np.ndarray,
+    emulated: np.ndarray,
+    out: Path | None,
+) -> dict[str, float]:
+    """Physical statistics of simulated vs emulated x at one theta (see the module docstring);
+    figures when ``out`` is given."""
+    found: dict[str, float] = {}
+    if simulated.ndim == 3 and simulated.shape[1] == simulated.shape[2]:
+        box = getattr(sim, "box", None)
+        k, p_sim, _ = power_spectrum(simulated, box=box)
+        _, p_emu, _ = power_spectrum(emulated, box=box)
+        ratio = p_emu.mean(0) / p_sim.mean(0)
+        low = k < 0.5 * k.max()  # below half the Nyquist frequency
+        found["power_spectrum_rel_error"] = float(np.abs(ratio[low] - 1).max())
+        if out is not None:
+            plot_fields(simulated, emulated, k, p_sim, p_emu, out / "fields.png")
+    if hasattr(sim, "summaries"):
+        thetas = np.tile(theta, (len(simulated), 1))
+        a, b = sim.summaries(simulated, thetas), sim.summaries(emulated, thetas)
+        for name in a:
+            found[f"{name}_wasserstein"] = wasserstein_relative(a[name], b[name])
+        if out is not None:
+            plot_summaries(a, b, out / "summaries.png")
+    return found
 
 
 def _calibration(
@@ -138,6 +181,7 @@ def _calibration(
     sim: Simulator,
     pairs: int,
     draws: int,
+    warmup: int,
     seed: int,
     progress: bool | None,
     out: Path,
@@ -150,7 +194,7 @@ def _calibration(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = posterior.sample_batch(
-            x, draws, chains=chains, thin=3, seed=seed, progress=progress
+            x, draws, chains=chains, warmup=warmup, thin=3, seed=seed, progress=progress
         )
         with torch.no_grad():
             truth = torch.stack(

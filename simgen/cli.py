@@ -494,6 +494,7 @@ def check_command(
     draws: Annotated[int, typer.Option(help="Posterior draws per pair.", min=1)] = 99,
     thetas: Annotated[int, typer.Option(help="Parameters for emulation checks.", min=1)] = 3,
     samples: Annotated[int, typer.Option(help="x per side at each of them.", min=2)] = 1000,
+    warmup: Annotated[int, typer.Option(help="Posterior sampler warm-up.", min=0)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Quiet = False,
     as_json: JsonOut = False,
@@ -514,6 +515,7 @@ def check_command(
             draws=draws,
             thetas=thetas,
             samples=samples,
+            warmup=warmup,
             seed=seed,
             progress=_progress(quiet, as_json),
         )

@@ -207,7 +207,10 @@ def hmc_sample(
 
 
 def split_rhat(samples: Tensor) -> Tensor:
-    """Split-chain potential scale reduction per dimension, from ``(draws, chains, d)``."""
+    """Split-chain potential scale reduction per dimension, from ``(draws, chains, d)``; NaN
+    with fewer than 4 draws per chain."""
+    if samples.shape[0] < 4:
+        return torch.full(samples.shape[-1:], math.nan, dtype=torch.float64)
     n = samples.shape[0] // 2
     halves = torch.cat([samples[:n], samples[n : 2 * n]], dim=1).double()
     within = halves.var(0).mean(0)
@@ -218,7 +221,10 @@ def split_rhat(samples: Tensor) -> Tensor:
 
 def effective_sample_size(samples: Tensor) -> Tensor:
     """Effective sample size per dimension from ``(draws, chains, d)``: ``n m / (1 + 2 sum rho)``
-    with Geyer's initial monotone sequence of the combined autocorrelations."""
+    with Geyer's initial monotone sequence of the combined autocorrelations; NaN with fewer than
+    4 draws per chain."""
+    if samples.shape[0] < 4:
+        return torch.full(samples.shape[-1:], math.nan, dtype=torch.float64)
     x = samples.double()
     n, m, _ = x.shape
     centred = x - x.mean(0)

@@ -13,7 +13,14 @@ from matplotlib.figure import Figure
 
 from simgen.store import Store
 
-__all__ = ["plot_calibration", "plot_corner", "plot_data", "plot_emulation"]
+__all__ = [
+    "plot_calibration",
+    "plot_corner",
+    "plot_data",
+    "plot_emulation",
+    "plot_fields",
+    "plot_summaries",
+]
 
 
 def plot_data(store: Store, path: str | os.PathLike, max_points: int = 5000) -> None:
@@ -184,4 +191,71 @@ def plot_calibration(
     ax.set(title="expected coverage", xlabel="credibility level", ylabel="coverage")
     for r in range(1, rows):
         axes[r, -1].set_axis_off()
+    fig.savefig(path, dpi=100)
+
+
+def plot_fields(
+    simulated: np.ndarray,
+    emulated: np.ndarray,
+    k: np.ndarray,
+    p_sim: np.ndarray,
+    p_emu: np.ndarray,
+    path: str | os.PathLike,
+    show: int = 3,
+) -> None:
+    """Simulated and emulated maps side by side (top rows), the power spectra with the
+    simulated maps' 1-sigma band of the mean, their ratio, and the pixel PDFs, as a PNG.
+
+    Args:
+        simulated: ``(n, N, N)`` maps from the simulator.
+        emulated: ``(m, N, N)`` maps from the emulator.
+        k: ``(bins,)`` wave numbers.
+        p_sim: ``(n, bins)`` power spectra of the simulated maps.
+        p_emu: ``(m, bins)`` power spectra of the emulated maps.
+        path: Where to write the PNG.
+        show: Maps shown per side.
+    """
+    fig = Figure(figsize=(3 * show, 9.5), layout="constrained")
+    grid = fig.add_gridspec(3, show)
+    lo, hi = np.quantile(simulated[:show], [0.01, 0.99])
+    for row, (maps, label) in enumerate(((simulated, "simulated"), (emulated, "emulated"))):
+        for i in range(show):
+            ax = fig.add_subplot(grid[row, i])
+            ax.imshow(maps[i], vmin=lo, vmax=hi, cmap="magma")
+            ax.set(xticks=[], yticks=[], title=f"{label} {i + 1}")
+    mean, err = p_sim.mean(0), p_sim.std(0) / np.sqrt(len(p_sim))
+    ax = fig.add_subplot(grid[2, 0])
+    ax.fill_between(k, mean - err, mean + err, color="tab:gray", alpha=0.4)
+    ax.loglog(k, mean, color="black", label="simulator")
+    ax.loglog(k, p_emu.mean(0), color="tab:orange", label="emulator")
+    ax.set(xlabel="k", ylabel="P(k)", title="power spectrum")
+    ax.legend()
+    ax = fig.add_subplot(grid[2, 1])
+    ax.axhspan(0.95, 1.05, color="tab:gray", alpha=0.3, lw=0)
+    ax.fill_between(k, 1 - err / mean, 1 + err / mean, color="tab:gray", alpha=0.4)
+    ax.semilogx(k, p_emu.mean(0) / mean, color="tab:orange")
+    ax.set(xlabel="k", ylabel="emulator / simulator", title="spectrum ratio (band: 5%)")
+    if show > 2:
+        ax = fig.add_subplot(grid[2, 2])
+        edges = np.linspace(*np.quantile(simulated, [0.001, 0.999]), 60)
+        ax.hist(simulated.ravel(), bins=edges, density=True, histtype="step", color="black")
+        ax.hist(emulated.ravel(), bins=edges, density=True, histtype="step", color="tab:orange")
+        ax.set(xlabel="pixel value", yscale="log", title="pixel PDF")
+    fig.savefig(path, dpi=100)
+
+
+def plot_summaries(
+    simulated: dict[str, np.ndarray], emulated: dict[str, np.ndarray], path: str | os.PathLike
+) -> None:
+    """Histograms of each summary statistic, simulated vs emulated, as a PNG."""
+    names = list(simulated)
+    fig = Figure(figsize=(3.6 * len(names), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for ax, name in zip(axes, names, strict=True):
+        both = np.concatenate([simulated[name], emulated[name]])
+        edges = np.linspace(*np.quantile(both, [0.005, 0.995]), 50)
+        ax.hist(simulated[name], bins=edges, density=True, alpha=0.5, color="tab:gray")
+        ax.hist(emulated[name], bins=edges, density=True, histtype="step", color="tab:orange")
+        ax.set(title=name, yticks=[])
+    axes[0].legend(["simulator", "emulator"])
     fig.savefig(path, dpi=100)

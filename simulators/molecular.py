@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import simgen
+from simgen.diagnostics import bond_lengths, radius_of_gyration
 from simgen.simulator import box_uniform
 
 __all__ = ["BeadSpringChain", "energy", "energy_and_grad", "positions", "standard_frame"]
@@ -149,6 +150,17 @@ class BeadSpringChain(simgen.Simulator):
             g = np.where(accept[:, None, None], g_new, g)
             accepted += accept.mean()
         return r, accepted / (steps or self.steps)
+
+    def summaries(self, x: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-configuration statistics ``simgen check`` compares: potential energy, radius of
+        gyration, mean bond length; ``x`` ``(n, 3 * beads - 6)``, ``theta`` ``(n, 2)``."""
+        r = positions(x)
+        eps = np.broadcast_to(np.asarray(theta, np.float64)[..., 1], (len(r),))
+        return {
+            "energy": energy_and_grad(r, eps, self.bond_k, self.angle_k)[0],
+            "radius_of_gyration": radius_of_gyration(r),
+            "bond_length": bond_lengths(r).mean(1),
+        }
 
     def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         r, _ = self.sample_positions(theta, rng)

@@ -110,6 +110,8 @@ def test_cli_check_writes_a_report(tmp_path, cli):
         "20",
         "--draws",
         "19",
+        "--warmup",
+        "30",
         "--thetas",
         "1",
         "--samples",

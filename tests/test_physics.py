@@ -146,3 +146,29 @@ def test_wasserstein_relative():
     a = rng.normal(0, 2, 20_000)
     assert wasserstein_relative(a, rng.normal(0, 2, 20_000)) < 0.03
     assert abs(wasserstein_relative(a, a + 0.2) - 0.1) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("cosmology", {"size": 8, "box": 64.0}, {"power_spectrum_rel_error"}),
+        (
+            "molecular",
+            {"beads": 5, "steps": 100},
+            {"energy_wasserstein", "radius_of_gyration_wasserstein", "bond_length_wasserstein"},
+        ),
+    ],
+)
+def test_check_compares_physical_statistics(tmp_path, name, options, expected):
+    from simgen.check import check
+    from simgen.train import fit
+
+    sim = simgen.get_simulator(name, **options)
+    data = simgen.simulate(sim, 1000, tmp_path / "d.h5", workers=1, progress=False)
+    emulator = fit(data, "flow", None, train={"epochs": 2}, progress=False)
+    report = check(emulator, tmp_path / "r", pairs=10, draws=9, thetas=1, samples=200, warmup=5)
+    physics = report["emulation"]["physics"]
+    assert set(physics) == expected
+    assert all(np.isfinite(v[0]) and v[0] >= 0 for v in physics.values())
+    figure = "fields.png" if name == "cosmology" else "summaries.png"
+    assert figure in report["files"] and (tmp_path / "r" / figure).stat().st_size > 0
