@@ -22,23 +22,31 @@ KEYS = {
 }
 
 
-def test_simulate_benchmark_quick(tmp_path):
+def run_quick(name: str, tmp_path: Path, timeout: int) -> tuple[list[dict], str]:
+    """Run ``python -m benchmarks.NAME --quick`` in ``tmp_path`` (where sbi writes its logs);
+    return its records (checked against the record format) and its stdout."""
     root = Path(__file__).parent.parent
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.simulate", "--quick", "--out", str(tmp_path)],
-        cwd=root,
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
         check=False,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert out.returncode == 0, out.stderr
-    records = json.loads((tmp_path / "simulate-quick.json").read_text())
+    records = json.loads((tmp_path / f"{name}-quick.json").read_text())
     assert records and all(set(r) == KEYS for r in records)
+    return records, out.stdout
+
+
+def test_simulate_benchmark_quick(tmp_path):
+    records, stdout = run_quick("simulate", tmp_path, timeout=300)
     metrics = {r["metric"] for r in records}
     assert {"pipeline_efficiency", "worker_scaling", "simulator_samples_per_s"} <= metrics
     assert all(r["value"] > 0 for r in records)
-    assert "| pipeline_efficiency |" in out.stdout
+    assert "| pipeline_efficiency |" in stdout
 
 
 def test_report_renders_results(tmp_path, monkeypatch):
@@ -56,18 +64,7 @@ def test_report_renders_results(tmp_path, monkeypatch):
 
 
 def test_emulators_benchmark_quick(tmp_path):
-    root = Path(__file__).parent.parent
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.emulators", "--quick", "--out", str(tmp_path)],
-        cwd=root,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    records = json.loads((tmp_path / "emulators-quick.json").read_text())
-    assert all(set(r) == KEYS for r in records)
+    records, _ = run_quick("emulators", tmp_path, timeout=600)
     found = {(r["method"], r["metric"]) for r in records}
     for family in ("flow", "vae", "diffusion"):
         for metric in (
@@ -84,19 +81,7 @@ def test_emulators_benchmark_quick(tmp_path):
 
 
 def test_posterior_benchmark_quick(tmp_path):
-    root = Path(__file__).parent.parent
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.posterior", "--quick", "--out", str(tmp_path)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    records = json.loads((tmp_path / "posterior-quick.json").read_text())
-    assert all(set(r) == KEYS for r in records)
+    records, _ = run_quick("posterior", tmp_path, timeout=600)
     found = {(r["method"], r["metric"]) for r in records}
     for sampler in ("slice", "hmc"):
         assert (f"simgen flow ({sampler})", "posterior_c2st") in found
