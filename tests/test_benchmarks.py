@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 KEYS = {
     "benchmark",
     "task",
@@ -90,3 +92,18 @@ def test_posterior_benchmark_quick(tmp_path):
     assert ("simgen flow (slice)", "coverage_max_deviation") in found
     c2st = [r["value"] for r in records if r["metric"] == "posterior_c2st"]
     assert all(0.0 <= v <= 1.0 for v in c2st)
+
+
+def test_scientific_benchmark_quick(tmp_path):
+    records, _ = run_quick("scientific", tmp_path, timeout=600)
+    found = {(r["task"], r["metric"]) for r in records}
+    for metric in ("energy_wasserstein", "rg_wasserstein", "emulator_speedup"):
+        assert ("molecular", metric) in found
+    for metric in (
+        "power_spectrum_rel_error",
+        "field_log_prob_error_per_pixel",
+        "coverage_max_deviation",
+        "emulator_speedup",
+    ):
+        assert ("cosmology", metric) in found
+    assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in records)

@@ -1,0 +1,187 @@
+"""Do emulators of the scientific simulators get the physics right, and how much faster are they?
+
+For each simulator, ``n`` simulations and a fixed CPU training budget per family, compared at
+10 held-out parameter values (fresh streams) with ``m`` simulated and ``m`` emulated samples:
+
+* ``cosmology`` (32x32 log-normal maps): ``power_spectrum_rel_error``, the worst bin below half
+  the Nyquist frequency of :math:`|\\bar P_{emu}(k) / \\bar P_{sim}(k) - 1|`, the ratio averaged
+  over the 10 parameter pairs; ``field_log_prob_error_per_pixel``, mean
+  :math:`|\\log \\hat p - \\log p| / N^2` over held-out pairs against the exact likelihood;
+  ``coverage_max_deviation``, the largest gap between the expected coverage of the posterior of
+  (Omega_m, sigma_8) from one map and the diagonal, over ``pairs`` held-out maps (the 95%
+  binomial band half-width is reported beside it as ``coverage_band_halfwidth``).
+* ``molecular`` (8-bead chain): ``energy_wasserstein`` and ``rg_wasserstein``, the
+  1-Wasserstein distance of the potential energy and of the radius of gyration over the
+  simulated standard deviation, averaged over the 10 parameter values.
+* ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
+
+Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
+``benchmarks/results/scientific.json`` after each task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import simgen
+from benchmarks.records import RESULTS, markdown_table, record, save
+from simgen.diagnostics import (
+    coverage_levels,
+    expected_coverage,
+    power_spectrum,
+    wasserstein_relative,
+)
+from simgen.posterior import Posterior
+from simgen.simulation import run_chunk
+from simgen.train import fit
+
+BENCH = "scientific"
+TASKS = ("molecular", "cosmology")
+DATA = Path(__file__).parent / ".data"
+
+
+def compare(
+    emulator: simgen.Emulator, sim: simgen.Simulator, thetas: np.ndarray, m: int
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Simulated and emulated samples at each theta, and the speed-up at the first one."""
+    sims, emus, speedup = [], [], 0.0
+    for i, theta in enumerate(thetas):
+        start = time.perf_counter()
+        simulated = sim.simulate(np.tile(theta, (m, 1)), np.random.default_rng([11, i]))
+        sim_s = time.perf_counter() - start
+        torch.manual_seed(i)
+        start = time.perf_counter()
+        emulated = emulator.sample(torch.as_tensor(theta, dtype=torch.float32), m).numpy()
+        emu_s = time.perf_counter() - start
+        if i == 0:
+            speedup = sim_s / emu_s
+        sims.append(simulated)
+        emus.append(emulated.astype(np.float64))
+    return sims, emus, speedup
+
+
+def field_metrics(
+    emulator: simgen.Emulator, sim: simgen.Simulator, sims: list, emus: list, cfg: dict
+) -> dict[str, float]:
+    k, _, _ = power_spectrum(sims[0][:1], box=sim.box)
+    ratios = [
+        power_spectrum(e, box=sim.box)[1].mean(0) / power_spectrum(s, box=sim.box)[1].mean(0)
+        for s, e in zip(sims, emus, strict=True)
+    ]
+    low = k < 0.5 * k.max()
+    spectrum_error = float(np.abs(np.mean(ratios, axis=0)[low] - 1).max())
+    held = run_chunk(sim, seed=12, index=10**9, size=cfg["pairs"])
+    exact = sim.log_likelihood(held.x.astype(np.float64), held.theta.astype(np.float64))
+    with torch.no_grad():
+        learned = emulator.log_prob(torch.from_numpy(held.x), torch.from_numpy(held.theta))
+    pixels = held.x[0].size
+    lp_error = float(np.abs(learned.numpy() - exact).mean() / pixels)
+    posterior = Posterior(emulator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = posterior.sample_batch(
+            held.x, 99, chains=11, warmup=cfg["warmup"], thin=3, progress=False
+        )
+        with torch.no_grad():
+            truth = torch.stack(
+                [posterior.log_prob(t, x) for t, x in zip(held.theta, held.x, strict=True)]
+            )
+    curve = coverage_levels(expected_coverage(truth, result.log_prob))
+    return {
+        "power_spectrum_rel_error": spectrum_error,
+        "field_log_prob_error_per_pixel": lp_error,
+        "coverage_max_deviation": float(np.abs(curve["coverage"] - curve["levels"]).max()),
+        "coverage_band_halfwidth": float(((curve["high"] - curve["low"]) / 2).max()),
+    }
+
+
+def molecule_metrics(sim: simgen.Simulator, thetas: np.ndarray, sims: list, emus: list) -> dict:
+    scores: dict[str, list[float]] = {"energy": [], "radius_of_gyration": []}
+    for theta, s, e in zip(thetas, sims, emus, strict=True):
+        tiled = np.tile(theta, (len(s), 1))
+        a, b = sim.summaries(s, tiled), sim.summaries(e, tiled)
+        for name, values in scores.items():
+            values.append(wasserstein_relative(a[name], b[name]))
+    return {
+        "energy_wasserstein": float(np.mean(scores["energy"])),
+        "rg_wasserstein": float(np.mean(scores["radius_of_gyration"])),
+    }
+
+
+UNITS = {"emulator_speedup": "x", "field_log_prob_error_per_pixel": "nats/pixel"}
+
+
+def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
+    sim = simgen.get_simulator(name, **cfg["options"][name])
+    DATA.mkdir(exist_ok=True)
+    n = cfg["n"]
+    tag = "-".join(f"{k}{v}" for k, v in sorted(cfg["options"][name].items()))
+    path = DATA / f"{name}{tag}-{n}.h5"
+    store = simgen.simulate(sim, n, path, seed=0, workers=cfg["workers"], progress=False)
+    thetas = run_chunk(sim, seed=13, index=10**9, size=cfg["thetas"]).theta.astype(np.float64)
+    for family in families:
+        train = {"max_seconds": cfg["budget"], "epochs": 10_000, "patience": 30}
+        train_s, emulator = timed_fit(store, family, train)
+        sims, emus, speedup = compare(emulator, sim, thetas, cfg["m"])
+        if name == "cosmology":
+            metrics = field_metrics(emulator, sim, sims, emus, cfg)
+        else:
+            metrics = molecule_metrics(sim, thetas, sims, emus)
+        metrics["emulator_speedup"] = speedup
+        metrics["train_seconds"] = train_s
+        method = f"simgen {family}"
+        for metric, value in metrics.items():
+            unit = UNITS.get(metric, "s" if metric == "train_seconds" else "ratio")
+            records.append(record(BENCH, name, method, metric, value, unit, n))
+
+
+def timed_fit(store: simgen.Store, family: str, train: dict) -> tuple[float, simgen.Emulator]:
+    start = time.perf_counter()
+    emulator = fit(store, family, None, train=train, progress=False)
+    return time.perf_counter() - start, emulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--families", nargs="*", default=["flow"])
+    parser.add_argument("--n", type=int, default=20_000, help="simulations per task")
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds per fit")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    cfg = {
+        "n": 400 if quick else args.n,
+        "budget": 2.0 if quick else args.budget,
+        "thetas": 2 if quick else 10,
+        "m": 50 if quick else 500,
+        "pairs": 5 if quick else 100,
+        "warmup": 5 if quick else 100,
+        "workers": 1 if quick else None,
+        "options": {
+            "cosmology": {"size": 8, "box": 64.0} if quick else {},
+            "molecular": {"steps": 100} if quick else {},
+        },
+    }
+    torch.manual_seed(0)
+    records: list = []
+    name = "scientific-quick" if quick else "scientific"
+    for task in args.tasks:
+        run_task(task, args.families, cfg, records)
+        path = save(name, records, args.out or RESULTS)
+    print(markdown_table(records))
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
