@@ -154,7 +154,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--families", nargs="*", default=["flow"])
     parser.add_argument("--n", type=int, default=20_000, help="simulations per task")
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds per fit")
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per fit")
+    parser.add_argument("--pairs", type=int, default=100, help="held-out maps for coverage")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     if args.threads:
@@ -165,8 +166,8 @@ def main() -> None:
         "budget": 2.0 if quick else args.budget,
         "thetas": 2 if quick else 10,
         "m": 50 if quick else 500,
-        "pairs": 5 if quick else 100,
-        "warmup": 5 if quick else 100,
+        "pairs": 5 if quick else args.pairs,
+        "warmup": 5 if quick else 50,
         "workers": 1 if quick else None,
         "options": {
             "cosmology": {"size": 8, "box": 64.0} if quick else {},
