@@ -182,9 +182,9 @@ class Posterior:
         """
         x = _as_tensor(x_obs)
         if x.ndim != len(self.emulator.x_shape) + 1:
+            shape = ", ".join(map(str, self.emulator.x_shape))
             raise UsageError(
-                f"x_obs has shape {tuple(x.shape)}; expected (m, {', '.join(map(str, self.emulator.x_shape))}) "
-                "for m observations"
+                f"x_obs has shape {tuple(x.shape)}; expected (m, {shape}) for m observations"
             )
         x = self._observed(x)
         return self._run(x[None], n, sampler, chains, warmup, thin, init_draws, seed, progress)
