@@ -24,6 +24,7 @@ _EXPORTS = {
     "load": "simgen.emulator",
     "fit": "simgen.train",
     "Posterior": "simgen.posterior",
+    "check": "simgen.check",
     "SimgenError": "simgen.errors",
     "UsageError": "simgen.errors",
     "SimulatorError": "simgen.errors",
@@ -42,6 +43,7 @@ __all__ = [
     "StoreError",
     "UsageError",
     "__version__",
+    "check",
     "fit",
     "get_simulator",
     "load",
@@ -52,6 +54,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from simgen.check import check
     from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
     from simgen.posterior import Posterior
