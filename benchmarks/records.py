@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "machine", "markdown_table", "record", "save"]
+__all__ = ["RESULTS", "load", "machine", "markdown_table", "record", "save"]
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,6 +62,12 @@ def save(name: str, records: list[dict[str, Any]], out: Path | None = None) -> P
     tmp.write_text(json.dumps(records, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def load(name: str, out: Path | None = None) -> list[dict[str, Any]]:
+    """The records of ``<out>/<name>.json`` (default folder: ``benchmarks/results``), or []."""
+    path = (RESULTS if out is None else Path(out)) / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _fmt(value: float) -> str:

@@ -16,7 +16,7 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
-``benchmarks/results/scientific.json`` after each task.
+``benchmarks/results/scientific.json`` after each task (rows of tasks not rerun are kept).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import simgen
-from benchmarks.records import RESULTS, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save
 from simgen.diagnostics import (
     coverage_levels,
     expected_coverage,
@@ -175,8 +175,9 @@ def main() -> None:
         },
     }
     torch.manual_seed(0)
-    records: list = []
     name = "scientific-quick" if quick else "scientific"
+    # keep the tasks not rerun now, so a run of one task updates its rows only
+    records = [r for r in load(name, args.out) if r["task"] not in args.tasks]
     for task in args.tasks:
         run_task(task, args.families, cfg, records)
         path = save(name, records, args.out or RESULTS)

@@ -212,14 +212,21 @@ def fit_command(
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Training time limit.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="Compile the training loss (torch.compile).")
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with [train] and [model] tables.")
     ] = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Fit an emulator of p(x | theta) to a data file; rerun to resume an interrupted fit."""
+    """Fit an emulator of p(x | theta) to a data file; rerun to resume an interrupted fit.
+
+    Data-parallel: torchrun --nproc-per-node N -m simgen fit ... (--batch-size is the total
+    over the N processes)."""
     with _errors():
+        from simgen.distributed import is_main_process
         from simgen.train import fit, read_config
 
         train, model_config = read_config(config) if config is not None else ({}, {})
@@ -229,6 +236,7 @@ def fit_command(
             "lr": lr,
             "seed": seed,
             "max_seconds": max_seconds,
+            "compile": compile_ or None,
         }
         train.update({k: v for k, v in flags.items() if v is not None})
         _writable(out)
@@ -241,6 +249,8 @@ def fit_command(
             device=device,
             progress=_progress(quiet, as_json),
         )
+        if not is_main_process():
+            return
         metrics = {k: v for k, v in emulator.info["metrics"].items() if not isinstance(v, list)}
         if as_json:
             _print_json({"path": str(out), "family": model, **metrics})

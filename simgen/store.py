@@ -229,12 +229,14 @@ class Store:
         shuffle: bool = False,
         seed: int | None = None,
         shard: tuple[int, int] = (0, 1),
+        buffer: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over rows ``[start, stop)`` in batches of ``(theta, x)`` float32 tensors.
 
         Rows are read in spans aligned with the HDF5 chunks (a span holds at least one batch),
         so memory stays bounded. With ``shuffle``, spans come in random order and rows are
-        permuted within each span: a cheap, chunk-local shuffle.
+        permuted within a buffer of ``buffer`` consecutive (shuffled) spans: a chunk-local
+        shuffle whose memory is ``buffer`` spans, whatever the size of the file.
 
         Args:
             batch_size: Rows per batch; the last batch may be smaller.
@@ -243,6 +245,7 @@ class Store:
             shuffle: Randomise span order and rows within spans.
             seed: Seed of the shuffle.
             shard: ``(k, m)``: only every m-th span from the k-th, for data-loader workers.
+            buffer: Spans mixed together by the shuffle (more: closer to a global shuffle).
 
         Yields:
             ``theta`` of shape ``(b, d_theta)`` and ``x`` of shape ``(b, *x_shape)``.
@@ -258,10 +261,12 @@ class Store:
             edges = [edges[i] for i in rng.permutation(len(edges))]
         theta_ds, x_ds = self.file["theta"], self.file["x"]
         carry: tuple[np.ndarray, np.ndarray] | None = None
-        for lo, hi in edges:
-            theta, x = theta_ds[lo:hi], x_ds[lo:hi]
+        group = max(1, buffer) if shuffle else 1
+        for g in range(0, len(edges), group):
+            spans = edges[g : g + group]
+            theta, x = (_read(ds, spans) for ds in (theta_ds, x_ds))
             if shuffle:
-                order = rng.permutation(hi - lo)
+                order = rng.permutation(len(theta))
                 theta, x = theta[order], x[order]
             if carry is not None:
                 theta, x = np.concatenate([carry[0], theta]), np.concatenate([carry[1], x])
@@ -281,6 +286,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store('{self.path}')"
+
+
+def _read(ds: h5py.Dataset, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Rows ``[lo, hi)`` of each span of ``ds``, concatenated (no copy for one span)."""
+    if len(spans) == 1:
+        return ds[spans[0][0] : spans[0][1]]
+    return np.concatenate([ds[lo:hi] for lo, hi in spans])
 
 
 class StoreDataset(torch.utils.data.IterableDataset):

@@ -16,16 +16,16 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from simgen.batches import TrainingData
+from simgen.distributed import Ranks, setup
 from simgen.emulator import FAMILIES, Emulator, build_family
 from simgen.errors import RunError, UsageError
 from simgen.progress import progress_bar
@@ -55,8 +55,12 @@ class TrainConfig:
         val_fraction: Share of rows held out (the last rows: rows are i.i.d. from the prior).
         seed: Seed of initialisation, shuffling and noise.
         max_seconds: Stop after this much training time (None: no limit).
-        in_memory_bytes: Data sets up to this size are read into memory once; larger ones
-            stream from HDF5 in chunk-aligned batches every epoch.
+        in_memory_bytes: Data sets up to this size (per process) are read into the training
+            device's memory once; larger ones stream from HDF5 every epoch.
+        shuffle_buffer: Chunk-aligned spans of the file whose rows a streamed epoch mixes (the
+            memory a streamed epoch holds is this many spans).
+        compile: Compile the training loss with ``torch.compile`` (worth it on GPUs, for long
+            fits; the first steps pay the compilation).
     """
 
     epochs: int = 200
@@ -70,6 +74,8 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None
     in_memory_bytes: int = 2 << 30
+    shuffle_buffer: int = 8
+    compile: bool = False
 
 
 def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -97,64 +103,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _moments(store: Store, stop: int) -> dict[str, Tensor]:
-    """Means and standard deviations of theta and flattened x over rows ``[0, stop)``."""
-    sums: dict[str, np.ndarray] = {}
-    for theta, x in store.batches(65_536, stop=stop):
-        for key, value in (("theta", theta), ("x", x.reshape(len(x), -1))):
-            v = value.double().numpy()
-            sums[key + "1"] = sums.get(key + "1", 0) + v.sum(0)
-            sums[key + "2"] = sums.get(key + "2", 0) + (v**2).sum(0)
-    out = {}
-    for key in ("theta", "x"):
-        mean = sums[key + "1"] / stop
-        var = np.maximum(sums[key + "2"] / stop - mean**2, 0.0)
-        out[f"{key}_mean"] = torch.as_tensor(mean, dtype=torch.float32)
-        out[f"{key}_std"] = torch.as_tensor(np.sqrt(var).clip(min=1e-6), dtype=torch.float32)
-    return out
-
-
-class _Batches:
-    """Standardised training/validation batches, from memory or streamed from the file."""
-
-    def __init__(self, store: Store, tc: TrainConfig) -> None:
-        self.store, self.tc = store, tc
-        self.n = len(store)
-        self.n_train = self.n - max(1, round(tc.val_fraction * self.n))
-        self.norm = _moments(store, self.n_train)
-        nbytes = self.n * 4 * (math.prod(store.x_shape) + len(store.parameters))
-        self.cached: tuple[Tensor, Tensor] | None = None
-        if nbytes <= tc.in_memory_bytes:
-            theta, x = torch.from_numpy(store.theta), torch.from_numpy(store.x[:])
-            self.cached = self._standardise(theta, x)
-
-    def _standardise(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        v = (theta - self.norm["theta_mean"]) / self.norm["theta_std"]
-        u = (x.reshape(len(x), -1) - self.norm["x_mean"]) / self.norm["x_std"]
-        return v, u
-
-    def epoch(self, seed: int, validation: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-        lo, hi = (self.n_train, self.n) if validation else (0, self.n_train)
-        size = 4096 if validation else self.tc.batch_size
-        if self.cached is not None:
-            v, u = self.cached[0][lo:hi], self.cached[1][lo:hi]
-            if validation:
-                order = torch.arange(hi - lo)
-            else:
-                order = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed))
-            for i in range(0, hi - lo, size):
-                idx = order[i : i + size]
-                yield v[idx], u[idx]
-        else:
-            batches = self.store.batches(
-                size, start=lo, stop=hi, shuffle=not validation, seed=seed
-            )
-            for theta, x in batches:
-                yield self._standardise(theta, x)
-
-
 def _checkpoint_path(out: Path) -> Path:
     return out.with_name(f"{out.name}.ckpt")
+
+
+class _Objective(torch.nn.Module):
+    """The family's per-sample loss as a module's ``forward``: DistributedDataParallel
+    synchronises the gradients of what runs through ``forward``, and ``torch.compile`` compiles
+    it."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, v: Tensor, u: Tensor) -> Tensor:
+        """``v (b, d_theta)``, ``u (b, d_x)`` -> loss per row ``(b,)``."""
+        return self.net.loss(v, u)
 
 
 def fit(
@@ -169,6 +133,12 @@ def fit(
     resume: bool = True,
 ) -> Emulator:
     """Fit a conditional model of :math:`p(x \\mid \\theta)` to a simgen data file.
+
+    Under ``torchrun --nproc-per-node N`` the same call trains data-parallel
+    (DistributedDataParallel; NCCL on GPUs, gloo on CPU): each rank reads its own share of the
+    rows and takes ``batch_size / N`` of each step's batch, gradients are averaged, and only
+    rank 0 shows progress and writes the checkpoint and the model. Every rank returns the same
+    emulator.
 
     Args:
         data: Path of a data file (or an open :class:`Store`).
@@ -197,16 +167,18 @@ def fit(
     tc = TrainConfig(**(train or {}))
     if len(store) < 10:
         raise UsageError(f"{store.path} has {len(store)} rows; simulate more (at least 10)")
-    dev = resolve_device(device)
-    torch.manual_seed(tc.seed)
-    meta = store.metadata
-    d_x, d_theta = math.prod(store.x_shape), len(store.parameters)
-    net = build_family(model, d_x, d_theta, dict(config or {}))
-    model_config = dataclasses.asdict(net.config)
+    ranks = setup(resolve_device(device))
+    try:
+        return _fit(store, model, out, tc, config or {}, ranks, progress, resume)
+    finally:
+        ranks.close()
 
-    batches = _Batches(store, tc)
-    norm = batches.norm
-    info = {
+
+def _provenance(store: Store, model: str, net: torch.nn.Module, tc: TrainConfig) -> dict:
+    """The model file's ``info``: parameters, x_shape, simulator, configs and data."""
+    meta = store.metadata
+    model_config = dataclasses.asdict(net.config)
+    return {
         "parameters": list(store.parameters),
         "x_shape": list(store.x_shape),
         "simulator": {
@@ -221,11 +193,35 @@ def fit(
         "train_config": dataclasses.asdict(tc),
         "data": {"path": str(store.path), "rows": len(store), "seed": meta["seed"]},
     }
-    emulator = Emulator(model, net, norm, info).to(dev)
+
+
+def _fit(
+    store: Store,
+    model: str,
+    out: str | os.PathLike | None,
+    tc: TrainConfig,
+    config: dict[str, Any],
+    ranks: Ranks,
+    progress: bool | None,
+    resume: bool,
+) -> Emulator:
+    dev = ranks.device
+    torch.manual_seed(tc.seed)
+    net = build_family(model, math.prod(store.x_shape), len(store.parameters), dict(config))
+    data = TrainingData(store, tc, ranks)
+    info = _provenance(store, model, net, tc)
+    emulator = Emulator(model, net, data.norm, info).to(dev)
+    objective: torch.nn.Module = _Objective(net)
+    if ranks.world > 1:
+        # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise
+        torch.manual_seed(tc.seed * 1_000_003 + ranks.rank)
+        ids = [dev.index] if dev.type == "cuda" else None
+        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    if tc.compile:
+        objective = torch.compile(objective)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = max(1, math.ceil(batches.n_train / tc.batch_size))
-    total_steps = tc.epochs * steps_per_epoch
+    total_steps = tc.epochs * data.steps_per_epoch()
     step, trained_seconds, stale = 0, 0.0, 0
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "seconds": []}
     best = {"val_loss": math.inf, "epoch": -1, "state": copy.deepcopy(ema.module.state_dict())}
@@ -246,18 +242,22 @@ def fit(
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         stale = ckpt["epoch"] - best["epoch"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=progress) as bar:
+    shown = progress if ranks.main else False
+    with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=shown) as bar:
         bar.advance(start_epoch)
         for epoch in range(start_epoch, tc.epochs):
             t0, total, rows = time.perf_counter(), 0.0, 0
             net.train()
-            for v, u in batches.epoch(seed=tc.seed * 100_003 + epoch):
-                v, u = v.to(dev, non_blocking=True), u.to(dev, non_blocking=True)
+            for v, u in data.epoch(seed=tc.seed * 100_003 + epoch):
                 with autocast:
-                    loss = net.loss(v, u).float().mean()
-                if not torch.isfinite(loss):
+                    loss = objective(v, u).float().mean()
+                # the loss and the clock, averaged over the ranks, so that every rank takes
+                # the same decisions (stop on NaN, learning rate, time limit)
+                elapsed = trained_seconds + time.perf_counter() - t0
+                mean_loss, elapsed = ranks.mean(torch.tensor([loss.item(), elapsed])).tolist()
+                if not math.isfinite(mean_loss):
                     raise RunError(
-                        f"the {model} loss became {loss.item()} at epoch {epoch}; no model was "
+                        f"the {model} loss became {mean_loss} at epoch {epoch}; no model was "
                         "written: lower the learning rate (--lr) or check the data for outliers"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -265,19 +265,19 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), tc.clip)
                 progress_done = step / total_steps
                 if tc.max_seconds:
-                    elapsed = trained_seconds + time.perf_counter() - t0
                     progress_done = max(progress_done, elapsed / tc.max_seconds)
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(tc.lr, progress_done)
                 optimizer.step()
                 step += 1
                 ema.update_parameters(net)
-                total, rows = total + loss.item() * len(v), rows + len(v)
-            val = _validate(ema.module, batches, dev, seed=tc.seed)
+                total, rows = total + mean_loss * len(v), rows + len(v)
+            val = _validate(ema.module, data, ranks, seed=tc.seed)
+            seconds = ranks.mean(torch.tensor([time.perf_counter() - t0])).item()
             history["train_loss"].append(total / rows)
             history["val_loss"].append(val)
-            history["seconds"].append(time.perf_counter() - t0)
-            trained_seconds += history["seconds"][-1]
+            history["seconds"].append(seconds)
+            trained_seconds += seconds
             if val < best["val_loss"]:
                 best = {
                     "val_loss": val,
@@ -290,9 +290,9 @@ def fit(
             bar.advance(1)
             bar.update(
                 description=f"fit {model} val {val:.3f} "
-                f"({rows / history['seconds'][-1]:,.0f} samples/s)"
+                f"({rows * ranks.world / seconds:,.0f} samples/s)"
             )
-            if out_path is not None:
+            if out_path is not None and ranks.main:
                 _save_checkpoint(
                     out_path,
                     identity,
@@ -313,28 +313,32 @@ def fit(
         "best_val_loss": best["val_loss"],
         "best_epoch": best["epoch"],
         "epochs_run": len(history["val_loss"]),
-        "train_samples_per_s": batches.n_train
+        "train_samples_per_s": data.n_train
         * len(history["seconds"])
         / max(sum(history["seconds"]), 1e-9),
+        "processes": ranks.world,
+        "resumed_from_epoch": start_epoch,
         **history,
     }
-    if out_path is not None:
+    if out_path is not None and ranks.main:
         emulator.save(out_path)
         _checkpoint_path(out_path).unlink(missing_ok=True)
     return emulator.eval()
 
 
 @torch.no_grad()
-def _validate(net: torch.nn.Module, batches: _Batches, dev: torch.device, seed: int) -> float:
-    """Mean validation loss (noise of the loss fixed by ``seed``, so epochs compare)."""
+def _validate(net: torch.nn.Module, data: TrainingData, ranks: Ranks, seed: int) -> float:
+    """Mean validation loss over all ranks' validation rows (noise of the loss fixed by
+    ``seed``, so epochs compare)."""
     net.eval()
+    dev = ranks.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed * 1_000_003 + ranks.rank)
         total, rows = 0.0, 0
-        for v, u in batches.epoch(seed, validation=True):
-            v, u = v.to(dev), u.to(dev)
+        for v, u in data.validation():
             total += net.loss(v, u).float().sum().item()
             rows += len(v)
+    total, rows = ranks.sum(torch.tensor([total, rows], dtype=torch.float64)).tolist()
     return total / rows
 
 

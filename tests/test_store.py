@@ -36,9 +36,9 @@ def test_schema(store):
     assert len(store) == 2500 and store.n_failed == 0 and store.x_shape == (10,)
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_batches_cover_every_row_once(store, shuffle):
-    batches = list(store.batches(300, shuffle=shuffle, seed=1))
+@pytest.mark.parametrize(("shuffle", "buffer"), [(False, 1), (True, 1), (True, 3)])
+def test_batches_cover_every_row_once(store, shuffle, buffer):
+    batches = list(store.batches(300, shuffle=shuffle, seed=1, buffer=buffer))
     assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t, _ in batches)
     assert [len(t) for t, _ in batches[:-1]] == [300] * (len(batches) - 1)
     theta = torch.cat([t for t, _ in batches]).numpy()
@@ -48,6 +48,20 @@ def test_batches_cover_every_row_once(store, shuffle):
     np.testing.assert_array_equal(x[order], store.x[:][np.lexsort(store.theta.T)])
     if not shuffle:
         np.testing.assert_array_equal(theta, store.theta)
+
+
+def test_shuffle_buffer_mixes_spans(store):
+    """With a buffer of 4 spans a batch draws rows from several spans; with 1, from one
+    (batches of 100 rows tile the 700-row chunks and the 400-row last one)."""
+    row = {tuple(t): i for i, t in enumerate(store.theta)}
+    block = store.block_rows
+
+    def spans_in_first_batch(buffer: int) -> int:
+        theta, _ = next(store.batches(100, shuffle=True, seed=3, buffer=buffer))
+        return len({row[tuple(t)] // block for t in theta.numpy()})
+
+    assert spans_in_first_batch(1) == 1
+    assert spans_in_first_batch(4) > 1
 
 
 def test_batches_range_and_shards(store):

@@ -1,0 +1,163 @@
+r"""Training and validation batches for :func:`simgen.fit`, standardised, from memory or
+streamed from the HDF5 file.
+
+Rows ``[0, n_train)`` train and the last ``round(val_fraction * N)`` validate (rows are i.i.d.
+draws from the prior, so the tail is a fair hold-out). Under data-parallel training each of the
+``W`` ranks takes its own contiguous share of ``n_train // W`` training rows (the remainder,
+fewer than ``W`` rows, is left out) and of the validation rows, and reads only those: every rank
+then makes the same number of steps per epoch, as DistributedDataParallel requires.
+
+Standardisation :math:`v = (\theta - \mu_\theta) / s_\theta`, :math:`u = (x - \mu_x) / s_x` uses
+the moments of all training rows, summed over the ranks.
+
+A data set that fits in ``in_memory_bytes`` (per rank) is read once onto the training device; a
+larger one streams every epoch through a ``torch.utils.data.DataLoader`` whose worker process
+reads chunk-aligned spans in shuffled order, mixing rows within a buffer of spans
+(:meth:`Store.batches`), and prefetches batches (into pinned memory on CUDA) while the model
+trains: memory stays bounded by the buffer, whatever the size of the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from simgen.distributed import Ranks
+from simgen.errors import UsageError
+from simgen.store import Store, StoreDataset
+
+if TYPE_CHECKING:
+    from simgen.train import TrainConfig
+
+__all__ = ["TrainingData"]
+
+VALIDATION_BATCH = 4096
+
+
+def _moments(store: Store, rows: tuple[int, int], ranks: Ranks) -> dict[str, Tensor]:
+    """Means and standard deviations of theta and flattened x over this rank's ``rows``,
+    combined over the ranks: :math:`\\mu = \\sum x / n`, :math:`s^2 = \\sum x^2 / n - \\mu^2`."""
+    d_theta, d_x = len(store.parameters), math.prod(store.x_shape)
+    sums = np.zeros(2 * (d_theta + d_x) + 1)
+    for theta, x in store.batches(65_536, start=rows[0], stop=rows[1]):
+        t, u = theta.double().numpy(), x.reshape(len(x), -1).double().numpy()
+        sums += np.concatenate([t.sum(0), (t**2).sum(0), u.sum(0), (u**2).sum(0), [len(t)]])
+    sums = ranks.sum(torch.from_numpy(sums)).numpy()
+    n = sums[-1]
+    parts = np.split(sums[:-1], np.cumsum([d_theta, d_theta, d_x]))
+    out = {}
+    for key, (first, second) in (("theta", parts[:2]), ("x", parts[2:])):
+        mean = first / n
+        std = np.sqrt(np.maximum(second / n - mean**2, 0.0)).clip(min=1e-6)
+        out[f"{key}_mean"] = torch.as_tensor(mean, dtype=torch.float32)
+        out[f"{key}_std"] = torch.as_tensor(std, dtype=torch.float32)
+    return out
+
+
+class TrainingData:
+    """This rank's standardised training and validation batches.
+
+    Args:
+        store: The data file.
+        tc: The training settings (``batch_size``, ``val_fraction``, ``in_memory_bytes``,
+            ``shuffle_buffer``).
+        ranks: This process among the data-parallel ranks.
+
+    Attributes:
+        n_train: Training rows of all ranks together.
+        batch_size: Rows per step on this rank (``tc.batch_size / world``).
+        norm: ``theta_mean``, ``theta_std``, ``x_mean``, ``x_std`` (flat float32 tensors).
+        streaming: Whether batches stream from the file (the data exceed ``in_memory_bytes``).
+    """
+
+    def __init__(self, store: Store, tc: TrainConfig, ranks: Ranks) -> None:
+        self.store, self.tc, self.ranks = store, tc, ranks
+        n = len(store)
+        n_val = max(ranks.world, round(tc.val_fraction * n))
+        if tc.batch_size % ranks.world:
+            raise UsageError(
+                f"batch size {tc.batch_size} does not split evenly over {ranks.world} processes; "
+                f"use a multiple of {ranks.world}"
+            )
+        self.batch_size = tc.batch_size // ranks.world
+        share, val_share = (n - n_val) // ranks.world, n_val // ranks.world
+        if share < 1 or val_share < 1:
+            raise UsageError(
+                f"{store.path} has {n} rows: too few to share over {ranks.world} processes; "
+                "simulate more or start fewer"
+            )
+        self.n_train = share * ranks.world
+        r = ranks.rank
+        self.train_rows = (r * share, (r + 1) * share)
+        self.val_rows = (n - n_val + r * val_share, n - n_val + (r + 1) * val_share)
+        self.norm = _moments(store, self.train_rows, ranks)
+        self._norm = {k: v.to(ranks.device) for k, v in self.norm.items()}
+        row_bytes = 4 * (math.prod(store.x_shape) + len(store.parameters))
+        self.streaming = (share + val_share) * row_bytes > tc.in_memory_bytes
+        self.cached: dict[str, tuple[Tensor, Tensor]] = {}
+        if not self.streaming:
+            for name, (lo, hi) in (("train", self.train_rows), ("val", self.val_rows)):
+                theta = torch.from_numpy(store.file["theta"][lo:hi])
+                self.cached[name] = self.standardise(theta, torch.from_numpy(store.x[lo:hi]))
+
+    def standardise(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(theta (b, d_theta), x (b, *x_shape))`` -> ``(v (b, d_theta), u (b, d_x))`` on
+        this rank's device (the copy is asynchronous from pinned memory)."""
+        device = self.ranks.device
+        theta, x = theta.to(device, non_blocking=True), x.to(device, non_blocking=True)
+        v = (theta - self._norm["theta_mean"]) / self._norm["theta_std"]
+        u = (x.reshape(len(x), -1) - self._norm["x_mean"]) / self._norm["x_std"]
+        return v, u
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch (the same on every rank)."""
+        return math.ceil((self.train_rows[1] - self.train_rows[0]) / self.batch_size)
+
+    def epoch(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled pass over this rank's training rows, in :meth:`steps_per_epoch`
+        batches of ``(v (b, d_theta), u (b, d_x))`` on this rank's device."""
+        if not self.streaming:
+            v, u = self.cached["train"]
+            order = torch.randperm(len(v), generator=torch.Generator().manual_seed(seed))
+            order = order.to(v.device)
+            for i in range(0, len(v), self.batch_size):
+                idx = order[i : i + self.batch_size]
+                yield v[idx], u[idx]
+            return
+        lo, hi = self.train_rows
+        dataset = StoreDataset(
+            self.store,
+            self.batch_size,
+            start=lo,
+            stop=hi,
+            shuffle=True,
+            seed=seed,
+            buffer=self.tc.shuffle_buffer,
+        )
+        # one reader process: it keeps the batch count exact (ceil(rows / batch)) and reads
+        # the file while the model trains; h5py holds the GIL, so a thread would not overlap
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=1,
+            prefetch_factor=4,
+            pin_memory=self.ranks.device.type == "cuda",
+        )
+        for theta, x in loader:
+            yield self.standardise(theta, x)
+
+    def validation(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's validation rows in order, in batches of ``(v, u)`` on its device."""
+        if not self.streaming:
+            v, u = self.cached["val"]
+            for i in range(0, len(v), VALIDATION_BATCH):
+                yield v[i : i + VALIDATION_BATCH], u[i : i + VALIDATION_BATCH]
+            return
+        lo, hi = self.val_rows
+        for theta, x in self.store.batches(VALIDATION_BATCH, start=lo, stop=hi):
+            yield self.standardise(theta, x)
