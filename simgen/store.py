@@ -289,10 +289,14 @@ class Store:
 
 
 def _read(ds: h5py.Dataset, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Rows ``[lo, hi)`` of each span of ``ds``, concatenated (no copy for one span)."""
-    if len(spans) == 1:
-        return ds[spans[0][0] : spans[0][1]]
-    return np.concatenate([ds[lo:hi] for lo, hi in spans])
+    """Rows ``[lo, hi)`` of each span of ``ds``, one after the other, read straight into one
+    array (no intermediate copies)."""
+    out = np.empty((sum(hi - lo for lo, hi in spans), *ds.shape[1:]), ds.dtype)
+    at = 0
+    for lo, hi in spans:
+        ds.read_direct(out, np.s_[lo:hi], np.s_[at : at + hi - lo])
+        at += hi - lo
+    return out
 
 
 class StoreDataset(torch.utils.data.IterableDataset):

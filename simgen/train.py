@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None
     in_memory_bytes: int = 2 << 30
-    shuffle_buffer: int = 8
+    shuffle_buffer: int = 4
     compile: bool = False
 
 

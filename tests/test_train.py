@@ -205,3 +205,22 @@ def test_cli_bad_input(data, tmp_path):
     other = simgen.simulate("slcp", 20, tmp_path / "slcp.h5", workers=1, progress=False)
     done = runner.invoke(app, ["log-prob", str(model), str(other.path)])
     assert done.exit_code == 2 and "the model expects (2,) and 2" in done.stderr
+
+
+def test_prefetch_keeps_order_raises_errors_and_stops_early():
+    import threading
+
+    from simgen.batches import prefetch
+
+    assert list(prefetch(range(10), depth=2, transform=lambda i: 2 * i)) == list(range(0, 20, 2))
+
+    def broken():
+        yield 0
+        raise ValueError("reader failed")
+
+    with pytest.raises(ValueError, match="reader failed"):
+        list(prefetch(broken()))
+    stream = prefetch(iter(range(10**6)), depth=2)
+    next(stream)
+    stream.close()  # leaving early: the thread must end, not block on a full queue
+    assert not any(t.name == "simgen-prefetch" for t in threading.enumerate())
