@@ -2,11 +2,12 @@
 
 * ``fit_peak_rss_ratio``: peak memory of ``simgen fit`` streaming one epoch over a data set 4x
   larger than a memory cap, over the same on a set 4x smaller (the size of the cap). The cap is
-  the address-space limit (``RLIMIT_AS``) of the fit process and of its reader process, so a fit
-  that tried to hold the data would fail; memory is the proportional set size (PSS, shared pages
-  split between the processes) summed over both, sampled every 20 ms. Flat memory gives ~1;
-  memory growing with the data gives ~4. Both fits stream (``in_memory_bytes = 0``).
-* ``loader_efficiency``: rows/s that the fit's data path delivers (reader process, chunk-shuffle
+  the address-space limit (``RLIMIT_AS``) of the fit process, so a fit that tried to hold the
+  data would fail; memory is the proportional set size (PSS: resident memory, shared pages split
+  between processes) summed over the fit and any child process, sampled every 20 ms. Flat memory
+  gives ~1; memory growing with the data would give up to ~4. Both fits stream
+  (``in_memory_bytes = 0``).
+* ``loader_efficiency``: rows/s that the fit's data path delivers (prefetch thread, chunk-shuffle
   buffer, standardisation; no model) over rows/s of a raw sequential h5py read of the same file
   in chunk-aligned slices; both after a warm-up read, so both read from the page cache.
 * ``train_samples_per_s`` / ``sample_samples_per_s``: the field emulator (a VAE on 64x64 maps)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainingData", "prefetch"]
 
 VALIDATION_BATCH = 4096
+MOMENT_BYTES = 32 << 20  # of x per batch while summing the moments
 T, U = TypeVar("T"), TypeVar("U")
 
 
@@ -89,7 +90,8 @@ def _moments(store: Store, rows: tuple[int, int], ranks: Ranks) -> dict[str, Ten
     combined over the ranks: :math:`\\mu = \\sum x / n`, :math:`s^2 = \\sum x^2 / n - \\mu^2`."""
     d_theta, d_x = len(store.parameters), math.prod(store.x_shape)
     sums = np.zeros(2 * (d_theta + d_x) + 1)
-    for theta, x in store.batches(65_536, start=rows[0], stop=rows[1]):
+    batch = max(1, MOMENT_BYTES // (4 * d_x))
+    for theta, x in store.batches(batch, start=rows[0], stop=rows[1]):
         t, u = theta.double().numpy(), x.reshape(len(x), -1).double().numpy()
         sums += np.concatenate([t.sum(0), (t**2).sum(0), u.sum(0), (u**2).sum(0), [len(t)]])
     sums = ranks.sum(torch.from_numpy(sums)).numpy()

@@ -30,7 +30,9 @@ from torch.distributions import Distribution, Independent, Normal
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import FreeFormJacobianTransform
 
+from simgen.errors import UsageError
 from simgen.nn import MLP, TimeEmbedding
+from simgen.unet import UNet
 
 __all__ = ["Diffusion", "DiffusionConfig", "vp_alpha_sigma", "vp_beta"]
 
@@ -42,7 +44,12 @@ class DiffusionConfig:
     """Configuration of the diffusion model.
 
     Attributes:
-        hidden: Hidden layer sizes of the denoiser MLP.
+        network: The denoiser: ``"mlp"`` over the flattened x, or ``"unet"`` (convolutional,
+            for square 2-D maps; :class:`simgen.unet.UNet`).
+        hidden: Hidden layer sizes of the denoiser MLP (``mlp``) or of the conditioning
+            network (``unet``).
+        channels: Channels of the U-Net at each resolution, finest first.
+        circular: Periodic padding in the U-Net (for periodic maps).
         embedding: Size of the time embedding.
         parameterization: What the network predicts: ``"eps"``, ``"x0"`` or ``"score"``.
         beta_min: :math:`\\beta_0`.
@@ -55,7 +62,10 @@ class DiffusionConfig:
         exact_divergence_max: Largest x size with the exact divergence (else Hutchinson).
     """
 
+    network: str = "mlp"
     hidden: tuple[int, ...] = (256, 256, 256)
+    channels: tuple[int, ...] = (32, 64)
+    circular: bool = True
     embedding: int = 64
     parameterization: str = "eps"
     beta_min: float = 0.1
@@ -72,6 +82,8 @@ class DiffusionConfig:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}")
         if self.sampler not in ("ode", "sde"):
             raise ValueError("sampler must be 'ode' or 'sde'")
+        if self.network not in ("mlp", "unet"):
+            raise ValueError("network must be 'mlp' or 'unet'")
 
 
 def vp_beta(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
@@ -102,7 +114,19 @@ class Diffusion(nn.Module):
         super().__init__()
         self.config, self.d_x = config, d_x
         self.embed = TimeEmbedding(config.embedding)
-        self.net = MLP(d_x + config.embedding + d_theta, d_x, tuple(config.hidden))
+        if config.network == "unet":
+            side = math.isqrt(d_x)
+            levels = 2 ** (len(config.channels) - 1)
+            if side * side != d_x or side % levels:
+                raise UsageError(
+                    f"network 'unet' needs square maps whose side divides by {levels}; "
+                    f"x has {d_x} values: use network 'mlp'"
+                )
+            cond = config.hidden[-1]
+            self.cond = MLP(config.embedding + d_theta, cond, tuple(config.hidden[:-1]))
+            self.net = UNet(side, cond, tuple(config.channels), config.circular)
+        else:
+            self.net = MLP(d_x + config.embedding + d_theta, d_x, tuple(config.hidden))
 
     def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)`."""
@@ -111,6 +135,10 @@ class Diffusion(nn.Module):
     def _output(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         t = t.expand(x_t.shape[:-1])
         theta = theta.expand(*x_t.shape[:-1], theta.shape[-1])
+        if self.config.network == "unet":
+            c = self.cond(torch.cat([self.embed(t), theta], dim=-1))
+            flat = self.net(x_t.reshape(-1, self.d_x), c.reshape(-1, c.shape[-1]))
+            return flat.reshape(x_t.shape)
         return self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
 
     def epsilon(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import math
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ from simgen.errors import StoreError, UsageError
 __all__ = ["FAMILIES", "MODEL_FORMAT", "Emulator", "build_family", "load"]
 
 MODEL_FORMAT = "simgen-model/1"
+PROBE_ROWS = 256  # rows of the call that measures memory per row on a GPU
+CPU_ROWS = 16_384  # rows per batched call on CPU
+MAX_ROWS = 1 << 22
+DEVICE_FILL = 0.7  # share of the free GPU memory a batched call may take
 
 
 def _families() -> dict[str, tuple[type, type]]:
@@ -95,6 +100,7 @@ class Emulator(nn.Module):
         self.d_theta = len(self.parameters_names)
         self.identity = ""
         self._support: torch.distributions.constraints.Constraint | None = None
+        self._rows: dict[str, int] = {}  # rows per batched call on the device, by kind
 
     # --- inputs -----------------------------------------------------------------------------
     def _theta(self, theta: Any) -> Tensor:
@@ -131,27 +137,82 @@ class Emulator(nn.Module):
         v = (theta - self.theta_mean) / self.theta_std
         return NormalizingFlow(self._standardise(), self.model.dist(v))
 
-    def log_prob(self, x: Any, theta: Any) -> Tensor:
+    def log_prob(self, x: Any, theta: Any, batch_size: int | None = None) -> Tensor:
         """:math:`\\log p(x \\mid \\theta)`, broadcasting the batch shapes of ``x`` ``(..., *x_shape)``
         and ``theta`` ``(..., d_theta)`` like torch.distributions. Exact for ``flow``; the ODE
         density for ``diffusion`` (exact divergence up to the solver's tolerance for small x);
-        the IWAE estimate for ``vae``."""
+        the IWAE estimate for ``vae``.
+
+        Many rows are evaluated ``batch_size`` at a time (default: as many as fill the device,
+        see :meth:`rows_per_call`); gradients flow through every batch."""
         x, theta = self._x(x), self._theta(theta)
         self._warn_outside_prior(theta)
-        return self(theta).log_prob(x)
+        k = len(self.x_shape)
+        shape = torch.broadcast_shapes(x.shape[: x.ndim - k], theta.shape[:-1])
+        rows = math.prod(shape)
+        if batch_size is None:
+            if rows <= PROBE_ROWS:
+                return self(theta).log_prob(x)
+            batch_size = self.rows_per_call(
+                "log_prob", lambda m: self(theta.reshape(-1, self.d_theta)[:1].expand(m, -1))
+                .log_prob(x.reshape(-1, *self.x_shape)[:1].expand(m, *self.x_shape))
+            )  # fmt: skip
+        if rows <= batch_size:
+            return self(theta).log_prob(x)
+        xs = x.expand(*shape, *self.x_shape).reshape(rows, *self.x_shape)
+        thetas = theta.expand(*shape, self.d_theta).reshape(rows, self.d_theta)
+        parts = [
+            self(thetas[i : i + batch_size]).log_prob(xs[i : i + batch_size])
+            for i in range(0, rows, batch_size)
+        ]
+        return torch.cat(parts).reshape(shape)
 
     @torch.no_grad()
-    def sample(self, theta: Any, n: int = 1, **kwargs: Any) -> Tensor:
+    def sample(
+        self, theta: Any, n: int = 1, batch_size: int | None = None, **kwargs: Any
+    ) -> Tensor:
         """Draw ``x ~ p(x | theta)``: theta ``(d,)`` -> ``(n, *x_shape)``; ``(b, d)`` ->
-        ``(n, b, *x_shape)``. ``kwargs`` go to the family's sampler (diffusion: ``steps``,
-        ``sampler``)."""
+        ``(n, b, *x_shape)``, ``batch_size`` rows at a time (default: as many as fill the
+        device, see :meth:`rows_per_call`). ``kwargs`` go to the family's sampler (diffusion:
+        ``steps``, ``sampler``)."""
         theta = self._theta(theta)
         self._warn_outside_prior(theta)
         v = (theta - self.theta_mean) / self.theta_std
         v = v.expand(n, *v.shape).reshape(-1, self.d_theta)
-        u = self.model.sample(v, **kwargs)
+        if batch_size is None:
+            batch_size = len(v)
+            if len(v) > PROBE_ROWS:
+                key = "sample " + repr(sorted(kwargs.items()))
+                probe = lambda m: self.model.sample(v[:1].expand(m, -1), **kwargs)
+                batch_size = self.rows_per_call(key, probe)
+        u = torch.cat(
+            [
+                self.model.sample(v[i : i + batch_size], **kwargs)
+                for i in range(0, len(v), batch_size)
+            ]
+        )
         x = u * self.x_std + self.x_mean
         return x.reshape(n, *theta.shape[:-1], *self.x_shape)
+
+    def rows_per_call(self, kind: str, probe: Callable[[int], Any]) -> int:
+        """Rows one batched call may take on this emulator's device, measured once per ``kind``.
+
+        On CUDA: ``probe(PROBE_ROWS)`` is run and its peak memory per row scaled to fill
+        ``DEVICE_FILL`` of the free device memory. On CPU (memory is rarely the limit, and big
+        batches stop paying beyond cache sizes): :data:`CPU_ROWS`.
+        """
+        device = self.theta_mean.device
+        if device.type != "cuda":
+            return CPU_ROWS
+        if kind not in self._rows:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            probe(PROBE_ROWS)
+            per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // PROBE_ROWS)
+            free, _ = torch.cuda.mem_get_info(device)
+            self._rows[kind] = int(min(MAX_ROWS, max(PROBE_ROWS, DEVICE_FILL * free // per_row)))
+        return self._rows[kind]
 
     # --- prior ------------------------------------------------------------------------------
     def prior(self) -> torch.distributions.Distribution:

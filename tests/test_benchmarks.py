@@ -107,3 +107,11 @@ def test_scientific_benchmark_quick(tmp_path):
     ):
         assert ("cosmology", metric) in found
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in records)
+
+
+def test_scale_benchmark_quick(tmp_path):
+    records, stdout = run_quick("scale", tmp_path, timeout=300)
+    values = {r["metric"]: r["value"] for r in records if r["method"].startswith("simgen")}
+    for metric in ("fit_peak_rss_ratio", "loader_efficiency", "train_samples_per_s"):
+        assert values[metric] > 0, metric
+    assert "| fit_peak_rss_ratio |" in stdout

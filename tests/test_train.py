@@ -224,3 +224,16 @@ def test_prefetch_keeps_order_raises_errors_and_stops_early():
     next(stream)
     stream.close()  # leaving early: the thread must end, not block on a full queue
     assert not any(t.name == "simgen-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.slow
+def test_compiled_fit_matches_eager(data):
+    """torch.compile changes kernels, not the maths: the flow's (noise-free) loss after one
+    epoch agrees with eager execution to float32 round-off accumulated over the steps."""
+    settings = {"epochs": 1, "batch_size": 256}
+    eager = fit(data, "flow", None, train=settings, config=FLOW, progress=False)
+    compiled = fit(
+        data, "flow", None, train={**settings, "compile": True}, config=FLOW, progress=False
+    )
+    a, b = (m.info["metrics"]["best_val_loss"] for m in (eager, compiled))
+    assert abs(a - b) <= 1e-3 * max(1.0, abs(a))
