@@ -31,7 +31,7 @@ from zuko.distributions import NormalizingFlow
 import simgen
 from simgen.errors import StoreError, UsageError
 
-__all__ = ["FAMILIES", "MODEL_FORMAT", "Emulator", "build_family", "load"]
+__all__ = ["FAMILIES", "MODEL_FORMAT", "Emulator", "build_family", "defaults_for", "load"]
 
 MODEL_FORMAT = "simgen-model/1"
 PROBE_ROWS = 256  # rows of the call that measures memory per row on a GPU
@@ -53,6 +53,15 @@ def _families() -> dict[str, tuple[type, type]]:
 
 
 FAMILIES = ("flow", "vae", "diffusion")
+
+
+def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Family settings that suit this kind of x, under the user's own: a convolutional U-Net
+    denoiser for diffusion on square 2-D maps (side divisible by 2), MLPs otherwise."""
+    square = len(x_shape) == 2 and x_shape[0] == x_shape[1] and x_shape[0] % 2 == 0
+    if family == "diffusion" and square:
+        return {"network": "unet"}
+    return {}
 
 
 def build_family(family: str, d_x: int, d_theta: int, config: dict[str, Any]) -> nn.Module:

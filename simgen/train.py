@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from simgen.batches import TrainingData
 from simgen.distributed import Ranks, setup
-from simgen.emulator import FAMILIES, Emulator, build_family
+from simgen.emulator import FAMILIES, Emulator, build_family, defaults_for
 from simgen.errors import RunError, UsageError
 from simgen.progress import progress_bar
 from simgen.store import Store, open_store
@@ -147,7 +147,8 @@ def fit(
             interrupted fit resume. None: keep the model in memory only.
         train: Overrides of :class:`TrainConfig` fields.
         config: Overrides of the family's configuration (``FlowConfig``, ``VAEConfig``,
-            ``DiffusionConfig``).
+            ``DiffusionConfig``), over the defaults for this kind of x
+            (:func:`simgen.emulator.defaults_for`: a U-Net for diffusion on square maps).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         progress: Progress bar on stderr (default: when stderr is a terminal).
         resume: Continue from ``<out>.ckpt`` when it exists and matches.
@@ -207,7 +208,8 @@ def _fit(
 ) -> Emulator:
     dev = ranks.device
     torch.manual_seed(tc.seed)
-    net = build_family(model, math.prod(store.x_shape), len(store.parameters), dict(config))
+    config = {**defaults_for(model, store.x_shape), **config}
+    net = build_family(model, math.prod(store.x_shape), len(store.parameters), config)
     data = TrainingData(store, tc, ranks)
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)

@@ -1,6 +1,6 @@
 r"""A small conditional U-Net for square maps (Ronneberger et al. 2015, arXiv:1505.04597, in
-the residual form of Ho et al. 2020, arXiv:2006.11239), the denoiser of the diffusion family
-when x is a 2-D field.
+the residual form of Ho et al. 2020, arXiv:2006.11239: residual blocks at each resolution,
+self-attention at the coarsest), the denoiser of the diffusion family when x is a 2-D field.
 
 The conditioning vector (time embedding and theta) modulates every residual block by a
 per-channel scale and shift (FiLM, Perez et al. 2017, arXiv:1709.07871):
@@ -46,6 +46,25 @@ class _ResBlock(nn.Module):
         return self.skip(h) + self.conv2(nn.functional.silu(out))
 
 
+class _Attention(nn.Module):
+    """Self-attention over the positions of a (coarse) feature map, with a residual path:
+    long-range structure that convolutions of a few pixels reach only through depth."""
+
+    def __init__(self, channels: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
+        nn.init.zeros_(self.attention.out_proj.weight)  # starts as the identity
+        nn.init.zeros_(self.attention.out_proj.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``h`` ``(b, c, s, s)`` -> ``(b, c, s, s)``."""
+        b, c, height, width = h.shape
+        tokens = self.norm(h).flatten(2).transpose(1, 2)  # (b, s*s, c)
+        out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return h + out.transpose(1, 2).reshape(b, c, height, width)
+
+
 class UNet(nn.Module):
     """Maps ``(x (b, side * side), c (b, cond))`` to ``(b, side * side)``.
 
@@ -56,10 +75,16 @@ class UNet(nn.Module):
         channels: Channels at each resolution, finest first; each further entry halves the
             resolution.
         circular: Periodic (circular) padding instead of zeros.
+        attention: Self-attention between the two residual blocks at the coarsest resolution.
     """
 
     def __init__(
-        self, side: int, cond: int, channels: Sequence[int] = (32, 64), circular: bool = True
+        self,
+        side: int,
+        cond: int,
+        channels: Sequence[int] = (32, 64),
+        circular: bool = True,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         self.side = side
@@ -71,6 +96,8 @@ class UNet(nn.Module):
             self.down.append(_ResBlock(a, a, cond, pad))
             self.pool.append(nn.Conv2d(a, b, 3, stride=2, padding=1, padding_mode=pad))
         self.middle = _ResBlock(channels[-1], channels[-1], cond, pad)
+        self.attention = _Attention(channels[-1]) if attention else nn.Identity()
+        self.middle2 = _ResBlock(channels[-1], channels[-1], cond, pad)
         self.up = nn.ModuleList()
         self.unpool = nn.ModuleList()
         for a, b in itertools.pairwise(reversed(channels)):
@@ -88,7 +115,7 @@ class UNet(nn.Module):
             h = block(h, c)
             skips.append(h)
             h = pool(h)
-        h = self.middle(h, c)
+        h = self.middle2(self.attention(self.middle(h, c)), c)
         for unpool, block in zip(self.unpool, self.up, strict=True):
             h = block(torch.cat([unpool(h), skips.pop()], dim=1), c)
         return self.head(h).reshape(x.shape)

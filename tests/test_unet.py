@@ -45,7 +45,7 @@ def test_tiny_unet_diffusion_fits_and_samples_maps(tmp_path):
         workers=1,
         progress=False,
     )
-    config = {"network": "unet", "channels": [8, 16], "hidden": [32, 32], "steps": 5}
+    config = {"channels": [8, 16], "hidden": [32, 32], "steps": 5}  # U-Net: the maps default
     emulator = simgen.fit(
         data, "diffusion", tmp_path / "m.pt", train={"epochs": 2, "batch_size": 64},
         config=config, progress=False,
