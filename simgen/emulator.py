@@ -56,11 +56,14 @@ FAMILIES = ("flow", "vae", "diffusion")
 
 
 def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Family settings that suit this kind of x, under the user's own: a convolutional U-Net
-    denoiser for diffusion on square 2-D maps (side divisible by 2), MLPs otherwise."""
-    square = len(x_shape) == 2 and x_shape[0] == x_shape[1] and x_shape[0] % 2 == 0
-    if family == "diffusion" and square:
+    """Family settings that suit this kind of x, under the user's own: on square 2-D maps a
+    convolutional U-Net denoiser for diffusion (side divisible by 2) and a convolutional
+    encoder and decoder for the VAE (side divisible by 8); MLPs otherwise."""
+    side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
+    if family == "diffusion" and side and side % 2 == 0:
         return {"network": "unet"}
+    if family == "vae" and side and side % 8 == 0:
+        return {"network": "conv"}
     return {}
 
 

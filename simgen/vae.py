@@ -28,6 +28,8 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from simgen.conv import ConvDecoder, ConvEncoder
+from simgen.errors import UsageError
 from simgen.nn import MLP
 
 __all__ = ["VAE", "IWAEDistribution", "VAEConfig"]
@@ -41,13 +43,21 @@ class VAEConfig:
 
     Attributes:
         latent: Latent size.
-        hidden: Hidden layer sizes of encoder, decoder and prior networks.
+        network: ``"mlp"`` encoder and decoder over the flattened x, or ``"conv"``
+            (convolutional, for square 2-D maps; :mod:`simgen.conv`).
+        hidden: Hidden layer sizes of encoder, decoder and prior networks (with ``conv``: of
+            the MLPs between the convolutions and the latent).
+        channels: Channels of the convolutions after each halving of the resolution.
+        circular: Periodic padding in the convolutional encoder (for periodic maps).
         conditional_prior: Learn :math:`p(z \\mid \\theta)` instead of :math:`N(0, I)`.
         iw_samples: K of the importance-weighted density estimate.
     """
 
     latent: int = 8
+    network: str = "mlp"
     hidden: tuple[int, ...] = (256, 256)
+    channels: tuple[int, ...] = (16, 32, 64)
+    circular: bool = True
     conditional_prior: bool = True
     iw_samples: int = 1024
 
@@ -57,6 +67,14 @@ def _gaussian(params: Tensor) -> Independent:
     return Independent(Normal(mean, log_scale.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX).exp()), 1)
 
 
+class _JoinedMLP(MLP):
+    """An MLP of two inputs joined along the features: ``(a (*, m), b (*, n))`` -> ``(*, out)``
+    (the weights are those of a plain :class:`MLP`: model files keep their keys)."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(torch.cat([a, b], dim=-1))
+
+
 class VAE(nn.Module):
     """The conditional VAE over ``d_x`` features given ``d_theta`` parameters."""
 
@@ -64,15 +82,30 @@ class VAE(nn.Module):
         super().__init__()
         self.config, self.d_x = config, d_x
         hidden, latent = tuple(config.hidden), config.latent
-        self.encoder = MLP(d_x + d_theta, 2 * latent, hidden)
-        self.decoder = MLP(latent + d_theta, 2 * d_x, hidden)
+        if config.network == "conv":
+            side, levels = math.isqrt(d_x), 2 ** len(config.channels)
+            if side * side != d_x or side % levels:
+                raise UsageError(
+                    f"network 'conv' needs square maps whose side divides by {levels}; "
+                    f"x has {d_x} values: use network 'mlp' or fewer channels"
+                )
+            channels = tuple(config.channels)
+            self.encoder = ConvEncoder(
+                side, d_theta, 2 * latent, channels, hidden, config.circular
+            )
+            self.decoder = ConvDecoder(side, latent + d_theta, 2, channels, hidden)
+        elif config.network == "mlp":
+            self.encoder = _JoinedMLP(d_x + d_theta, 2 * latent, hidden)
+            self.decoder = _JoinedMLP(latent + d_theta, 2 * d_x, hidden)
+        else:
+            raise UsageError(f"unknown VAE network '{config.network}'; use mlp or conv")
         self.prior_net = MLP(d_theta, 2 * latent, hidden, zero_last=True)
         if not config.conditional_prior:
             self.prior_net.requires_grad_(False)
 
     def q(self, x: Tensor, theta: Tensor) -> Independent:
         """Encoder :math:`q(z \\mid x, \\theta)`."""
-        return _gaussian(self.encoder(torch.cat([x, theta], dim=-1)))
+        return _gaussian(self.encoder(x, theta))
 
     def p_z(self, theta: Tensor) -> Independent:
         """Prior :math:`p(z \\mid \\theta)` (standard normal when not conditional)."""
@@ -81,7 +114,7 @@ class VAE(nn.Module):
     def p_x(self, z: Tensor, theta: Tensor) -> Independent:
         """Decoder :math:`p(x \\mid z, \\theta)`."""
         theta = theta.expand(*z.shape[:-1], theta.shape[-1])
-        return _gaussian(self.decoder(torch.cat([z, theta], dim=-1)))
+        return _gaussian(self.decoder(z, theta))
 
     def elbo(self, theta: Tensor, x: Tensor) -> Tensor:
         """One-sample ELBO per row, ``(b,)``."""

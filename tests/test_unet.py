@@ -54,3 +54,27 @@ def test_tiny_unet_diffusion_fits_and_samples_maps(tmp_path):
     assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
     again = simgen.load(tmp_path / "m.pt")
     assert again.model.config.network == "unet"
+
+
+def test_conv_vae_fits_maps_and_refuses_other_shapes(tmp_path):
+    from simgen.vae import VAE, VAEConfig
+
+    with pytest.raises(UsageError, match="square maps"):
+        VAE(100, 2, VAEConfig(network="conv", channels=(4, 8, 16)))  # side 10: not by 8
+    data = simgen.simulate(
+        simgen.get_simulator("cosmology", size=8, box=64.0),
+        300,
+        tmp_path / "maps.h5",
+        workers=1,
+        progress=False,
+    )
+    config = {"channels": [4, 8], "hidden": [32], "iw_samples": 16}  # conv: the maps default
+    emulator = simgen.fit(
+        data, "vae", None, train={"epochs": 2, "batch_size": 64}, config=config, progress=False
+    )
+    assert emulator.model.config.network == "conv"
+    theta = torch.tensor([0.3, 0.8])
+    x = emulator.sample(theta, 4)
+    assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
+    with torch.no_grad():
+        assert torch.isfinite(emulator.log_prob(x, theta)).all()
