@@ -15,8 +15,11 @@ What ``simgen check MODEL`` runs. With fresh simulations (streams no training ro
   ``theta_i`` with a chi-square test of uniformity per parameter, and the expected coverage of
   the highest-posterior-density regions (:mod:`simgen.diagnostics`).
 
+* **latent space**, for a VAE with a 2-D latent: the decoder's mean over a grid of the latent
+  at one theta (``latent.png``).
+
 Writes ``report.json``, ``calibration.png``, ``emulation.png`` (and ``fields.png`` or
-``summaries.png``) into the output folder.
+``summaries.png``, ``latent.png``) into the output folder.
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ from simgen.diagnostics import (
 )
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.plots import plot_calibration, plot_emulation, plot_fields, plot_summaries
+from simgen.plots import (
+    plot_calibration,
+    plot_emulation,
+    plot_fields,
+    plot_latent_grid,
+    plot_summaries,
+)
 from simgen.posterior import Posterior
 from simgen.simulation import run_chunk
 from simgen.simulator import Simulator, get_simulator
@@ -111,6 +120,8 @@ def check(
     names = list(emulator.parameters_names)
     report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
     report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out)
+    if emulator.family == "vae" and emulator.model.config.latent == 2:
+        _latent_picture(emulator, sim, seed, out)
     report["calibration"] = _calibration(
         emulator, sim, pairs, draws, warmup, seed, progress, out, names
     )
@@ -119,6 +130,26 @@ def check(
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out / "report.json")
     return report
+
+
+@torch.no_grad()
+def _latent_picture(emulator: Emulator, sim: Simulator, seed: int, out: Path, g: int = 9) -> None:
+    """``latent.png``: the decoder's mean on a g x g grid of a 2-D latent at one prior draw of
+    theta, the grid spanning the 5%..95% quantiles of each coordinate of p(z | theta)."""
+    theta = torch.as_tensor(run_chunk(sim, seed=seed + 3, index=HELD_OUT, size=1).theta[0])
+    vae = emulator.model
+    v = ((theta - emulator.theta_mean) / emulator.theta_std)[None]
+    prior = vae.p_z(v).base_dist
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, g))
+    z1 = prior.loc[0, 0] + prior.scale[0, 0] * q
+    z2 = prior.loc[0, 1] + prior.scale[0, 1] * q
+    z = torch.stack(torch.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
+    mean = vae.p_x(z, v.expand(len(z), -1)).base_dist.loc
+    decoded = (mean * emulator.x_std + emulator.x_mean).reshape(g, g, *emulator.x_shape)
+    values = ", ".join(
+        f"{n}={t:.3g}" for n, t in zip(emulator.parameters_names, theta.tolist(), strict=True)
+    )
+    plot_latent_grid(decoded.numpy(), z1.numpy(), z2.numpy(), out / "latent.png", values)
 
 
 def _emulation(

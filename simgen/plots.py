@@ -19,6 +19,7 @@ __all__ = [
     "plot_data",
     "plot_emulation",
     "plot_fields",
+    "plot_latent_grid",
     "plot_summaries",
 ]
 
@@ -259,3 +260,37 @@ def plot_summaries(
         ax.set(title=name, yticks=[])
     axes[0].legend(["simulator", "emulator"])
     fig.savefig(path, dpi=100)
+
+
+def plot_latent_grid(
+    decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, path: str | os.PathLike, title: str
+) -> None:
+    """The decoder's mean over a grid of a 2-D latent space (as in Kingma & Welling 2013,
+    figure 4), as a PNG: maps as images, vectors as profiles (value against feature index).
+
+    Args:
+        decoded: ``(g, g, *x_shape)``: the decoded mean at ``(z1[i], z2[j])``.
+        z1: ``(g,)`` first latent coordinate of each row of the grid.
+        z2: ``(g,)`` second latent coordinate of each column.
+        path: Where to write the PNG.
+        title: The figure's title (e.g. the theta it is conditioned on).
+    """
+    g = len(z1)
+    fig = Figure(figsize=(1.4 * g, 1.4 * g), layout="constrained")
+    axes = fig.subplots(g, g, sharex=True, sharey=True)
+    lo, hi = np.quantile(decoded, [0.01, 0.99])
+    for i in range(g):
+        for j in range(g):
+            ax, x = axes[i, j], decoded[i, j]
+            if x.ndim == 2:
+                ax.imshow(x, vmin=lo, vmax=hi, cmap="magma")
+            else:
+                ax.plot(x.ravel(), color="tab:blue", lw=1)
+                ax.set_ylim(lo, hi)
+            ax.set(xticks=[], yticks=[])
+            if j == 0:
+                ax.set_ylabel(f"{z1[i]:.2g}", fontsize=7)
+            if i == g - 1:
+                ax.set_xlabel(f"{z2[j]:.2g}", fontsize=7)
+    fig.suptitle(f"{title}; rows: z1, columns: z2")
+    fig.savefig(path, dpi=90)

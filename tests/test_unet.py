@@ -68,7 +68,7 @@ def test_conv_vae_fits_maps_and_refuses_other_shapes(tmp_path):
         workers=1,
         progress=False,
     )
-    config = {"channels": [4, 8], "hidden": [32], "iw_samples": 16}  # conv: the maps default
+    config = {"channels": [4, 8], "hidden": [32], "iw_samples": 16, "latent": 2}  # conv: default
     emulator = simgen.fit(
         data, "vae", None, train={"epochs": 2, "batch_size": 64}, config=config, progress=False
     )
@@ -78,3 +78,8 @@ def test_conv_vae_fits_maps_and_refuses_other_shapes(tmp_path):
     assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
     with torch.no_grad():
         assert torch.isfinite(emulator.log_prob(x, theta)).all()
+    # a 2-D latent: simgen check draws the decoded grid
+    from simgen.check import check
+
+    report = check(emulator, tmp_path / "r", pairs=4, draws=3, thetas=1, samples=50, warmup=2)
+    assert "latent.png" in report["files"] and (tmp_path / "r" / "latent.png").stat().st_size
