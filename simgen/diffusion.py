@@ -16,6 +16,8 @@ SDE or the probability-flow ODE
 The density follows the probability-flow ODE with an adaptive solver (``zuko``'s
 ``FreeFormJacobianTransform``): exact divergence for small x, Hutchinson's unbiased estimator
 for large x (then ``log_prob`` is stochastic, with spread that ``log_prob_spread`` reports).
+With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.ddpm`): trained at
+its steps, sampled ancestrally, its density bounded below by the ELBO.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.distributions import Distribution, Independent, Normal
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import FreeFormJacobianTransform
 
+from simgen.ddpm import DDPMDistribution, ancestral_sample
 from simgen.errors import UsageError
 from simgen.nn import MLP, TimeEmbedding
 from simgen.unet import UNet
@@ -51,6 +54,11 @@ class DiffusionConfig:
         channels: Channels of the U-Net at each resolution, finest first.
         circular: Periodic padding in the U-Net (for periodic maps).
         embedding: Size of the time embedding.
+        time: ``"continuous"`` (the SDE: trained at any t, sampled by ODE/SDE solvers, density
+            by the probability-flow ODE) or ``"discrete"`` (the DDPM chain of
+            ``discrete_steps`` steps: trained at its steps, ancestral sampling, density = its
+            ELBO; :mod:`simgen.ddpm`).
+        discrete_steps: Steps ``T`` of the discrete chain.
         parameterization: What the network predicts: ``"eps"``, ``"x0"`` or ``"score"``.
         beta_min: :math:`\\beta_0`.
         beta_max: :math:`\\beta_1`.
@@ -67,6 +75,8 @@ class DiffusionConfig:
     channels: tuple[int, ...] = (32, 64)
     circular: bool = True
     embedding: int = 64
+    time: str = "continuous"
+    discrete_steps: int = 1000
     parameterization: str = "eps"
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -84,6 +94,8 @@ class DiffusionConfig:
             raise ValueError("sampler must be 'ode' or 'sde'")
         if self.network not in ("mlp", "unet"):
             raise ValueError("network must be 'mlp' or 'unet'")
+        if self.time not in ("continuous", "discrete") or self.discrete_steps < 2:
+            raise ValueError("time must be 'continuous' or 'discrete' (discrete_steps >= 2)")
 
 
 def vp_beta(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
@@ -157,8 +169,12 @@ class Diffusion(nn.Module):
         Song et al. 2021): :math:`\\|\\hat\\epsilon - \\epsilon\\|^2` for ``eps``,
         :math:`\\|\\hat x_0 - x_0\\|^2` for ``x0``, :math:`\\|\\sigma_t \\hat s + \\epsilon\\|^2` for
         ``score`` (the score-matching loss with weight :math:`\\sigma_t^2`); means over features."""
-        t_min = self.config.t_min
-        t = t_min + (1 - t_min) * torch.rand(x.shape[:-1], device=x.device)
+        if self.config.time == "discrete":  # the chain's steps i / T, i = 1..T
+            big_t = self.config.discrete_steps
+            t = torch.randint(1, big_t + 1, x.shape[:-1], device=x.device) / big_t
+        else:
+            t_min = self.config.t_min
+            t = t_min + (1 - t_min) * torch.rand(x.shape[:-1], device=x.device)
         eps = torch.randn_like(x)
         alpha, sigma = (s[..., None] for s in self.schedule(t))
         out = self._output(alpha * x + sigma * eps, t, theta)
@@ -178,7 +194,10 @@ class Diffusion(nn.Module):
         return -0.5 * beta * (x - self.epsilon(x, t, theta) / sigma)
 
     def dist(self, theta: Tensor, exact: bool | None = None) -> Distribution:
-        """:math:`p(x \\mid \\theta)` through the probability-flow ODE (adaptive solver)."""
+        """:math:`p(x \\mid \\theta)` through the probability-flow ODE (adaptive solver), or for
+        the discrete chain its ancestral sampler and ELBO (:class:`DDPMDistribution`)."""
+        if self.config.time == "discrete":
+            return DDPMDistribution(self, theta)
         if exact is None:
             exact = self.d_x <= self.config.exact_divergence_max
         transform = FreeFormJacobianTransform(
@@ -198,8 +217,11 @@ class Diffusion(nn.Module):
     def sample(
         self, theta: Tensor, steps: int | None = None, sampler: str | None = None
     ) -> Tensor:
-        """One ``x`` per row of ``theta`` ``(b, d)``, by the configured fixed-step sampler."""
+        """One ``x`` per row of ``theta`` ``(b, d)``, by the configured fixed-step sampler (the
+        discrete chain: ancestral sampling, respaced to ``steps``)."""
         steps = steps or self.config.steps
+        if self.config.time == "discrete":
+            return ancestral_sample(self, theta, steps)
         sampler = sampler or self.config.sampler
         ts = torch.linspace(1.0, self.config.t_min, steps + 1, device=theta.device)
         x = torch.randn(*theta.shape[:-1], self.d_x, device=theta.device)

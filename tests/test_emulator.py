@@ -179,3 +179,23 @@ EXPLOITED: list[int] = []
 class Exploit:
     def __reduce__(self):
         return (EXPLOITED.append, (1,))
+
+
+def test_discrete_time_diffusion_fits_samples_and_bounds(data, tmp_path):
+    config = {**TINY["diffusion"], "time": "discrete", "discrete_steps": 100}
+    out = tmp_path / "ddpm.pt"
+    fit(
+        data,
+        "diffusion",
+        out,
+        train={"epochs": 1, "batch_size": 128},
+        config=config,
+        progress=False,
+    )
+    emulator = load(out)
+    theta = torch.tensor([0.5, -1.0, 1.0, 1.5, 0.2])
+    x = emulator.sample(theta, 6)
+    assert x.shape == (6, 8) and torch.isfinite(x).all()
+    with torch.no_grad():
+        bound = emulator.log_prob(x, theta)
+    assert bound.shape == (6,) and torch.isfinite(bound).all()
