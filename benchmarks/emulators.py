@@ -9,8 +9,11 @@ For each task, with ``n`` simulations and a fixed CPU training budget per family
 * speed: ``train_samples_per_s``, ``emulate_samples_per_s``, ``log_prob_per_s``, and the
   simulator's own ``simulator_samples_per_s``.
 
-Run: ``python -m benchmarks.emulators [--quick]``; writes ``benchmarks/results/emulators.json``
-after each task, so a long run keeps what it has measured.
+Run: ``python -m benchmarks.emulators [--quick] [--tasks ...] [--families ...]``; writes
+``benchmarks/results/emulators.json`` after each task, so a long run keeps what it has measured,
+and keeps the rows of tasks and methods it does not rerun. ``--families`` also takes the
+diffusion variants ``diffusion-x0``, ``diffusion-score`` (parameterizations; the default
+predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 import simgen
-from benchmarks.records import RESULTS, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save
 from simgen.diagnostics import c2st
 from simgen.simulation import run_chunk
 from simgen.train import fit
@@ -33,6 +36,15 @@ from simgen.train import fit
 BENCH = "emulators"
 TASKS = ("gaussian_linear", "two_moons", "slcp", "oscillator")
 FAMILIES = ("flow", "vae", "diffusion")
+# what --families accepts: a family, or a diffusion variant (the parameterization table)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flow": ("flow", {}),
+    "vae": ("vae", {}),
+    "diffusion": ("diffusion", {}),
+    "diffusion-x0": ("diffusion", {"parameterization": "x0"}),
+    "diffusion-score": ("diffusion", {"parameterization": "score"}),
+    "diffusion-ddpm": ("diffusion", {"time": "discrete"}),
+}
 DATA = Path(__file__).parent / ".data"
 
 
@@ -94,7 +106,22 @@ def sbi_nle(store: simgen.Store, sim: simgen.Simulator, pairs: tuple, quick: boo
     ]
 
 
-def run_task(name: str, n: int, budget: float, quick: bool, records: list) -> None:
+def label(variant: str) -> str:
+    """The method name of a variant: ``simgen diffusion`` (eps, continuous time),
+    ``simgen diffusion (x0)``, ``simgen diffusion (ddpm)``, ..."""
+    family, _, detail = variant.partition("-")
+    return f"simgen {family}" + (f" ({detail})" if detail else "")
+
+
+def run_task(
+    name: str,
+    n: int,
+    budget: float,
+    quick: bool,
+    records: list,
+    variants: list[str],
+    include_sbi: bool = True,
+) -> None:
     sim = simgen.get_simulator(name)
     DATA.mkdir(exist_ok=True)
     store = simgen.simulate(sim, n, DATA / f"{name}-{n}.h5", seed=0, workers=1, progress=False)
@@ -105,10 +132,13 @@ def run_task(name: str, n: int, budget: float, quick: bool, records: list) -> No
     records.append(
         record(BENCH, name, "simulator", "simulator_samples_per_s", 2000 / raw_s, "samples/s", n)
     )
-    for family in FAMILIES:
+    for variant in variants:
+        family, config = VARIANTS[variant]
         train = {"max_seconds": budget, "epochs": 10_000, "batch_size": 512, "patience": 30}
-        fit_s, emulator = timed(fit, store, family, None, train=train, progress=False)
-        method = f"simgen {family}"
+        fit_s, emulator = timed(
+            fit, store, family, None, train=train, config=config, progress=False
+        )
+        method = label(variant)
         emulate_s, _ = timed(emulator.sample, torch.from_numpy(thetas[0]), 10 * m)
         lp_s, error = timed(density_error, emulator, sim, pairs)
         score = emulation_c2st(emulator, sim, thetas, m, seed=0)
@@ -131,7 +161,7 @@ def run_task(name: str, n: int, budget: float, quick: bool, records: list) -> No
             ),
             record(BENCH, name, method, "log_prob_per_s", len(pairs[0]) / lp_s, "evals/s", n),
         ]
-    if name == "gaussian_linear":
+    if name == "gaussian_linear" and include_sbi:
         records += sbi_nle(store, sim, pairs, quick)
 
 
@@ -142,14 +172,26 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--n", type=int, default=100_000, help="simulations per task")
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds per fit")
+    parser.add_argument(
+        "--families", nargs="*", default=list(FAMILIES), choices=list(VARIANTS),
+        help="families, or diffusion variants (diffusion-x0, -score, -ddpm)",
+    )  # fmt: skip
+    parser.add_argument("--no-sbi", action="store_true", help="skip sbi's NLE")
     args = parser.parse_args()
     n, budget = (2000, 2.0) if args.quick else (args.n, args.budget)
     tasks = ["gaussian_linear"] if args.quick else args.tasks
     torch.manual_seed(0)
-    records: list = []
     name = "emulators-quick" if args.quick else "emulators"
+    # keep what this run does not redo: other tasks, other methods (and sbi unless rerun)
+    redone = {label(v) for v in args.families} | {"simulator"}
+
+    def rerun(r: dict) -> bool:
+        sbi = r["method"].startswith("sbi") and not args.no_sbi
+        return r["task"] in tasks and (r["method"] in redone or sbi)
+
+    records = [r for r in load(name, args.out) if not rerun(r)]
     for task in tasks:
-        run_task(task, n, budget, args.quick, records)
+        run_task(task, n, budget, args.quick, records, args.families, not args.no_sbi)
         path = save(name, records, args.out or RESULTS)
     print(markdown_table(records))
     print(f"\nwritten to {path}")
