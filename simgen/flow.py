@@ -24,11 +24,16 @@ class FlowConfig:
         transforms: Number of autoregressive spline transforms.
         hidden: Hidden layer sizes of each transform's conditioner.
         bins: Spline bins.
+        passes: Passes of each transform: None (fully autoregressive: exact, but sampling
+            takes one network pass per feature) or 2 (coupling: half the features condition
+            the other half; sampling as fast as the density). Large x defaults to 2
+            (:func:`simgen.emulator.defaults_for`).
     """
 
     transforms: int = 5
     hidden: tuple[int, ...] = (128, 128)
     bins: int = 8
+    passes: int | None = None
 
 
 class Flow(nn.Module):
@@ -43,6 +48,7 @@ class Flow(nn.Module):
             transforms=config.transforms,
             hidden_features=tuple(config.hidden),
             bins=config.bins,
+            passes=config.passes,
         )
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
