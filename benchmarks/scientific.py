@@ -16,7 +16,8 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
-``benchmarks/results/scientific.json`` after each task (rows of tasks not rerun are kept).
+``benchmarks/results/scientific.json`` after each task (rows of tasks not rerun are kept), and
+``cosmology-FAMILY.png`` (maps and power spectra at the first held-out parameters) beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from simgen.diagnostics import (
     power_spectrum,
     wasserstein_relative,
 )
+from simgen.plots import plot_fields
 from simgen.posterior import Posterior
 from simgen.simulation import run_chunk
 from simgen.train import fit
@@ -76,6 +78,9 @@ def field_metrics(
     ]
     low = k < 0.5 * k.max()
     spectrum_error = float(np.abs(np.mean(ratios, axis=0)[low] - 1).max())
+    if cfg.get("figure"):  # maps and spectra at the first held-out theta
+        p_sim, p_emu = (power_spectrum(m, box=sim.box)[1] for m in (sims[0], emus[0]))
+        plot_fields(sims[0], emus[0], k, p_sim, p_emu, cfg["figure"])
     held = run_chunk(sim, seed=12, index=10**9, size=cfg["pairs"])
     exact = sim.log_likelihood(held.x.astype(np.float64), held.theta.astype(np.float64))
     with torch.no_grad():
@@ -130,7 +135,8 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
         train_s, emulator = timed_fit(store, family, train)
         sims, emus, speedup = compare(emulator, sim, thetas, cfg["m"])
         if name == "cosmology":
-            metrics = field_metrics(emulator, sim, sims, emus, cfg)
+            figure = (cfg["out"] / f"cosmology-{family}.png") if cfg["out"] else None
+            metrics = field_metrics(emulator, sim, sims, emus, {**cfg, "figure": figure})
         else:
             metrics = molecule_metrics(sim, thetas, sims, emus)
         metrics["emulator_speedup"] = speedup
@@ -169,6 +175,7 @@ def main() -> None:
         "pairs": 5 if quick else args.pairs,
         "warmup": 5 if quick else 50,
         "workers": 1 if quick else None,
+        "out": None if quick else (args.out or RESULTS),
         "options": {
             "cosmology": {"size": 8, "box": 64.0} if quick else {},
             "molecular": {"steps": 100} if quick else {},
