@@ -37,17 +37,18 @@ def test_unet_diffusion_needs_square_maps():
         Diffusion(10, 2, DiffusionConfig(network="unet"))
 
 
-def test_tiny_unet_diffusion_fits_and_samples_maps(tmp_path):
-    data = simgen.simulate(
-        simgen.get_simulator("cosmology", size=8, box=64.0),
-        300,
-        tmp_path / "maps.h5",
-        workers=1,
-        progress=False,
-    )
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    """300 periodic 8x8 log-normal maps."""
+    sim = simgen.get_simulator("cosmology", size=8, box=64.0)
+    path = tmp_path_factory.mktemp("maps") / "maps.h5"
+    return simgen.simulate(sim, 300, path, workers=1, progress=False)
+
+
+def test_tiny_unet_diffusion_fits_and_samples_maps(maps, tmp_path):
     config = {"channels": [8, 16], "hidden": [32, 32], "steps": 5}  # U-Net: the maps default
     emulator = simgen.fit(
-        data, "diffusion", tmp_path / "m.pt", train={"epochs": 2, "batch_size": 64},
+        maps, "diffusion", tmp_path / "m.pt", train={"epochs": 2, "batch_size": 64},
         config=config, progress=False,
     )  # fmt: skip
     x = emulator.sample(torch.tensor([0.3, 0.8]), 4)
@@ -56,21 +57,14 @@ def test_tiny_unet_diffusion_fits_and_samples_maps(tmp_path):
     assert again.model.config.network == "unet"
 
 
-def test_conv_vae_fits_maps_and_refuses_other_shapes(tmp_path):
+def test_conv_vae_fits_maps_and_refuses_other_shapes(maps, tmp_path):
     from simgen.vae import VAE, VAEConfig
 
     with pytest.raises(UsageError, match="square maps"):
         VAE(100, 2, VAEConfig(network="conv", channels=(4, 8, 16)))  # side 10: not by 8
-    data = simgen.simulate(
-        simgen.get_simulator("cosmology", size=8, box=64.0),
-        300,
-        tmp_path / "maps.h5",
-        workers=1,
-        progress=False,
-    )
     config = {"channels": [4, 8], "hidden": [32], "iw_samples": 16, "latent": 2}  # conv: default
     emulator = simgen.fit(
-        data, "vae", None, train={"epochs": 2, "batch_size": 64}, config=config, progress=False
+        maps, "vae", None, train={"epochs": 2, "batch_size": 64}, config=config, progress=False
     )
     assert emulator.model.config.network == "conv"
     theta = torch.tensor([0.3, 0.8])
