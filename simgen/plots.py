@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from simgen.store import Store
 
@@ -236,6 +237,8 @@ def plot_fields(
     ax.fill_between(k, 1 - err / mean, 1 + err / mean, color="tab:gray", alpha=0.4)
     ax.semilogx(k, p_emu.mean(0) / mean, color="tab:orange")
     ax.set(xlabel="k", ylabel="emulator / simulator", title="spectrum ratio (band: 5%)")
+    for axis in (fig.axes[-2].xaxis, ax.xaxis):  # the log axes: no crowded minor labels
+        axis.set_minor_formatter(NullFormatter())
     if show > 2:
         ax = fig.add_subplot(grid[2, 2])
         edges = np.linspace(*np.quantile(simulated, [0.001, 0.999]), 60)
