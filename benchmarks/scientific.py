@@ -91,7 +91,7 @@ def field_metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = posterior.sample_batch(
-            held.x, 99, chains=11, warmup=cfg["warmup"], thin=3, progress=False
+            held.x, 99, chains=11, warmup=cfg["warmup"], thin=cfg["thin"], progress=False
         )
         with torch.no_grad():
             truth = torch.stack(
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="simulations per task")
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds per fit")
     parser.add_argument("--pairs", type=int, default=100, help="held-out maps for coverage")
+    parser.add_argument("--warmup", type=int, default=50, help="posterior warm-up iterations")
+    parser.add_argument("--thin", type=int, default=3, help="posterior thinning")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     if args.threads:
@@ -173,7 +175,8 @@ def main() -> None:
         "thetas": 2 if quick else 10,
         "m": 50 if quick else 500,
         "pairs": 5 if quick else args.pairs,
-        "warmup": 5 if quick else 50,
+        "warmup": 5 if quick else args.warmup,
+        "thin": 1 if quick else args.thin,
         "workers": 1 if quick else None,
         "out": None if quick else (args.out or RESULTS),
         "options": {
