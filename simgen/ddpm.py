@@ -58,9 +58,8 @@ def elbo(model: Diffusion, x: Tensor, theta: Tensor, chunk: int = 50) -> Tensor:
     draw per step, the network evaluated ``chunk`` steps at a time."""
     big_t, d = model.config.discrete_steps, x.shape[-1]
     steps = torch.arange(1, big_t + 1, device=x.device)
-    abar = alpha_bar(model, steps)  # (T,) float64
-    beta = 1 - abar / alpha_bar(model, steps - 1)
-    abar_prev = alpha_bar(model, steps - 1)
+    abar, abar_prev = alpha_bar(model, steps), alpha_bar(model, steps - 1)  # (T,) float64
+    beta = 1 - abar / abar_prev
     tilde = torch.where(steps == 1, beta, (1 - abar_prev) / (1 - abar) * beta)
     weight = beta**2 / (2 * tilde * (1 - beta) * (1 - abar))  # L_{i-1} per squared error
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)

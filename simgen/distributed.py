@@ -46,17 +46,17 @@ class Ranks:
         """Rank 0: the process that prints, checkpoints and writes the model."""
         return self.rank == 0
 
-    def mean(self, values: Tensor) -> Tensor:
-        """Element-wise mean of ``values`` over the ranks (identical on every rank after)."""
+    def sum(self, values: Tensor) -> Tensor:
+        """Element-wise sum of ``values`` over the ranks (identical on every rank after)."""
         if self.world == 1:
             return values
         out = values.detach().to(self.device, torch.float64).clone()
         torch.distributed.all_reduce(out)
-        return (out / self.world).cpu()
+        return out.cpu()
 
-    def sum(self, values: Tensor) -> Tensor:
-        """Element-wise sum of ``values`` over the ranks."""
-        return self.mean(values) * self.world
+    def mean(self, values: Tensor) -> Tensor:
+        """Element-wise mean of ``values`` over the ranks."""
+        return self.sum(values) / self.world if self.world > 1 else values
 
     def close(self) -> None:
         """Leave the process group when :func:`setup` created it."""

@@ -167,14 +167,13 @@ class Emulator(nn.Module):
         k = len(self.x_shape)
         shape = torch.broadcast_shapes(x.shape[: x.ndim - k], theta.shape[:-1])
         rows = math.prod(shape)
-        if batch_size is None:
-            if rows <= PROBE_ROWS:
-                return self(theta).log_prob(x)
+        if batch_size is None and rows > PROBE_ROWS:
+            x1, theta1 = x.reshape(-1, *self.x_shape)[:1], theta.reshape(-1, self.d_theta)[:1]
             batch_size = self.rows_per_call(
-                "log_prob", lambda m: self(theta.reshape(-1, self.d_theta)[:1].expand(m, -1))
-                .log_prob(x.reshape(-1, *self.x_shape)[:1].expand(m, *self.x_shape))
-            )  # fmt: skip
-        if rows <= batch_size:
+                "log_prob",
+                lambda m: self(theta1.expand(m, -1)).log_prob(x1.expand(m, *x1.shape[1:])),
+            )
+        if batch_size is None or rows <= batch_size:
             return self(theta).log_prob(x)
         xs = x.expand(*shape, *self.x_shape).reshape(rows, *self.x_shape)
         thetas = theta.expand(*shape, self.d_theta).reshape(rows, self.d_theta)
@@ -197,11 +196,9 @@ class Emulator(nn.Module):
         v = (theta - self.theta_mean) / self.theta_std
         v = v.expand(n, *v.shape).reshape(-1, self.d_theta)
         if batch_size is None:
-            batch_size = len(v)
-            if len(v) > PROBE_ROWS:
-                key = "sample " + repr(sorted(kwargs.items()))
-                probe = lambda m: self.model.sample(v[:1].expand(m, -1), **kwargs)
-                batch_size = self.rows_per_call(key, probe)
+            key = "sample " + repr(sorted(kwargs.items()))
+            probe = lambda m: self.model.sample(v[:1].expand(m, -1), **kwargs)
+            batch_size = len(v) if len(v) <= PROBE_ROWS else self.rows_per_call(key, probe)
         u = torch.cat(
             [
                 self.model.sample(v[i : i + batch_size], **kwargs)
