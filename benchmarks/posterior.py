@@ -84,6 +84,7 @@ def simgen_family(
                     cfg["draws"],
                     sampler=sampler,
                     chains=max(4, cfg["draws"] // 20),
+                    warmup=cfg["warmup"],
                     seed=i,
                     progress=False,
                 )
@@ -142,7 +143,8 @@ def sbi_methods(
         train = inference.append_simulations(theta, x).train
         epochs = 2 if cfg["quick"] else 2**31 - 1
         train_s, _ = timed(train, max_num_epochs=epochs)
-        posterior = inference.build_posterior()
+        quick_mcmc = {"mcmc_parameters": {"warmup_steps": 10}} if cfg["quick"] else {}
+        posterior = inference.build_posterior(**(quick_mcmc if cls is NLE else {}))
         scores, seconds = [], []
         for obs, ref in zip(xs, refs, strict=True):
             obs_t = torch.as_tensor(obs, dtype=torch.float32)
@@ -196,10 +198,11 @@ def main() -> None:
         "quick": args.quick,
         "n": 1000 if args.quick else args.n,
         "budget": 2.0 if args.quick else args.budget,
-        "draws": 100 if args.quick else args.draws,
+        "draws": 60 if args.quick else args.draws,
         "observations": 1 if args.quick else 5,
         "sbc_pairs": 10 if args.quick else 100,
-        "sbc_warmup": 20 if args.quick else 100,
+        "sbc_warmup": 10 if args.quick else 100,
+        "warmup": 10 if args.quick else None,  # None: the sampler's default
         "calibrate": "two_moons" if args.quick else "gaussian_linear",
     }
     tasks = ["two_moons"] if args.quick else args.tasks

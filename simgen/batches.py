@@ -85,9 +85,12 @@ def prefetch(
         worker.join()
 
 
-def _moments(store: Store, rows: tuple[int, int], ranks: Ranks) -> dict[str, Tensor]:
+def _moments(
+    store: Store, rows: tuple[int, int], ranks: Ranks, pool_x: bool = False
+) -> dict[str, Tensor]:
     """Means and standard deviations of theta and flattened x over this rank's ``rows``,
-    combined over the ranks: :math:`\\mu = \\sum x / n`, :math:`s^2 = \\sum x^2 / n - \\mu^2`."""
+    combined over the ranks: :math:`\\mu = \\sum x / n`, :math:`s^2 = \\sum x^2 / n - \\mu^2`;
+    with ``pool_x`` one mean and standard deviation over all of x's values."""
     d_theta, d_x = len(store.parameters), math.prod(store.x_shape)
     sums = np.zeros(2 * (d_theta + d_x) + 1)
     batch = max(1, MOMENT_BYTES // (4 * d_x))
@@ -97,6 +100,8 @@ def _moments(store: Store, rows: tuple[int, int], ranks: Ranks) -> dict[str, Ten
     sums = ranks.sum(torch.from_numpy(sums)).numpy()
     n = sums[-1]
     parts = np.split(sums[:-1], np.cumsum([d_theta, d_theta, d_x]))
+    if pool_x:
+        parts[2:] = [np.full(d_x, part.mean()) for part in parts[2:]]
     out = {}
     for key, (first, second) in (("theta", parts[:2]), ("x", parts[2:])):
         mean = first / n
@@ -120,9 +125,12 @@ class TrainingData:
         batch_size: Rows per step on this rank (``tc.batch_size / world``).
         norm: ``theta_mean``, ``theta_std``, ``x_mean``, ``x_std`` (flat float32 tensors).
         streaming: Whether batches stream from the file (the data exceed ``in_memory_bytes``).
+        pool_x: Standardise every value of x with one mean and standard deviation (a
+            stationary field: a pixel-wise standardisation would differ from pixel to pixel
+            by sampling noise alone, and break the symmetry a spectral model relies on).
     """
 
-    def __init__(self, store: Store, tc: TrainConfig, ranks: Ranks) -> None:
+    def __init__(self, store: Store, tc: TrainConfig, ranks: Ranks, pool_x: bool = False) -> None:
         self.store, self.tc, self.ranks = store, tc, ranks
         n = len(store)
         n_val = max(ranks.world, round(tc.val_fraction * n))
@@ -142,7 +150,7 @@ class TrainingData:
         r = ranks.rank
         self.train_rows = (r * share, (r + 1) * share)
         self.val_rows = (n - n_val + r * val_share, n - n_val + (r + 1) * val_share)
-        self.norm = _moments(store, self.train_rows, ranks)
+        self.norm = _moments(store, self.train_rows, ranks, pool_x)
         scale = 1 / torch.cat([self.norm["theta_std"], self.norm["x_std"]])
         shift = -torch.cat([self.norm["theta_mean"], self.norm["x_mean"]]) * scale
         self._affine = (scale.to(ranks.device), shift.to(ranks.device))

@@ -57,12 +57,15 @@ FAMILIES = ("flow", "vae", "diffusion")
 
 
 def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Family settings that suit this kind of x, under the user's own: for x of more than
-    :data:`AUTOREGRESSIVE_MAX` values a coupling flow (fully autoregressive sampling takes one
-    pass per feature: 500x slower on 32x32 maps); on square 2-D maps a
-    convolutional U-Net denoiser for diffusion (side divisible by 2) and a convolutional
-    encoder and decoder for the VAE (side divisible by 8); MLPs otherwise."""
+    """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
+    spectral flow (:mod:`simgen.spectral`, no coupling transforms), a convolutional U-Net
+    denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
+    the VAE (side divisible by 8); for other x of more than :data:`AUTOREGRESSIVE_MAX` values a
+    coupling flow (fully autoregressive sampling takes one pass per feature: 500x slower on
+    32x32 maps); MLPs otherwise."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
+    if family == "flow" and side:
+        return {"network": "spectral", "transforms": 0}
     if family == "flow" and math.prod(x_shape) > AUTOREGRESSIVE_MAX:
         return {"passes": 2}
     if family == "diffusion" and side and side % 2 == 0:

@@ -210,9 +210,13 @@ def _fit(
     torch.manual_seed(tc.seed)
     config = {**defaults_for(model, store.x_shape), **config}
     net = build_family(model, math.prod(store.x_shape), len(store.parameters), config)
-    data = TrainingData(store, tc, ranks)
+    data = TrainingData(store, tc, ranks, pool_x=getattr(net, "stationary", False))
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
+    if hasattr(net, "initialize"):  # data-dependent starting values (DDP copies rank 0's)
+        batches = data.epoch(seed=tc.seed)
+        net.initialize(*next(batches))
+        batches.close()  # stops a prefetch thread
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise
