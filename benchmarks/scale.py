@@ -189,9 +189,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="throughput fit seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="where the data go")
     args = parser.parse_args()
-    # quick: no cap (a capped Python with torch needs ~1.5 GiB), 16 MiB vs 64 MiB of data
+    # quick: no cap (a capped Python with torch needs ~1.5 GiB), 4 MiB vs 16 MiB of data
     cap = None if args.quick else int(args.cap_gib * 2**30)
-    small_bytes = 16 * 2**20 if args.quick else cap
+    small_bytes = 4 * 2**20 if args.quick else cap
     records = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)

@@ -60,14 +60,18 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
     """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
     spectral flow (:mod:`simgen.spectral`, no coupling transforms), a convolutional U-Net
     denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
-    the VAE (side divisible by 8); for other x of more than :data:`AUTOREGRESSIVE_MAX` values a
-    coupling flow (fully autoregressive sampling takes one pass per feature: 500x slower on
-    32x32 maps); MLPs otherwise."""
+    the VAE (side divisible by 8); otherwise MLPs, and a flow that first standardises x given
+    theta (``affine``), with coupling transforms for x of more than
+    :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass per
+    feature: 500x slower on 32x32 maps)."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
         return {"network": "spectral", "transforms": 0}
-    if family == "flow" and math.prod(x_shape) > AUTOREGRESSIVE_MAX:
-        return {"passes": 2}
+    if family == "flow":
+        return {
+            "affine": True,
+            **({"passes": 2} if math.prod(x_shape) > AUTOREGRESSIVE_MAX else {}),
+        }
     if family == "diffusion" and side and side % 2 == 0:
         return {"network": "unet"}
     if family == "vae" and side and side % 8 == 0:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import simgen
-from simgen.emulator import load
+from simgen.emulator import defaults_for, load
 from simgen.errors import StoreError, UsageError
+from simgen.flow import Flow, FlowConfig
 from simgen.train import fit
 
 FAMILIES = ["flow", "vae", "diffusion"]
@@ -199,3 +200,17 @@ def test_discrete_time_diffusion_fits_samples_and_bounds(data, tmp_path):
     with torch.no_grad():
         bound = emulator.log_prob(x, theta)
     assert bound.shape == (6,) and torch.isfinite(bound).all()
+
+
+def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
+    """The theta-conditioned standardisation in front of the splines starts at the identity:
+    the same weights give the same density with and without it."""
+    assert defaults_for("flow", (100,)) == {"affine": True, "passes": 2}
+    assert defaults_for("flow", (8,)) == {"affine": True}
+    torch.manual_seed(0)
+    with_affine = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,), affine=True))
+    plain = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,)))
+    transforms = with_affine.flow.transform.transforms
+    plain.flow.transform.transforms.load_state_dict(transforms[1:].state_dict())
+    theta, x = torch.randn(5, 3), torch.randn(5, 6)
+    torch.testing.assert_close(with_affine.dist(theta).log_prob(x), plain.dist(theta).log_prob(x))
