@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import zuko
 from torch import Tensor, nn
-from torch.distributions import Distribution
-from zuko.transforms import MonotonicAffineTransform
+from torch.distributions import Distribution, Transform
+from zuko.flows import LazyTransform
+from zuko.transforms import DependentTransform
 
 from simgen.errors import UsageError
-from simgen.spectral import initialize, spectral_flow
+from simgen.nn import MLP
+from simgen.spectral import Affine, initialize, spectral_flow
 
 __all__ = ["Flow", "FlowConfig"]
 
@@ -55,16 +57,18 @@ class FlowConfig:
     affine: bool = False
 
 
-def conditional_affine(d_x: int, d_theta: int, config: FlowConfig) -> zuko.flows.LazyTransform:
-    """An element-wise affine map of x whose shift and log-scale an MLP computes from theta,
-    starting at the identity (last layer zero)."""
-    affine = zuko.flows.ElementWiseTransform(
-        d_x, d_theta, univariate=MonotonicAffineTransform, hidden_features=tuple(config.hidden)
-    )
-    last = affine.hyper[-1]
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return affine
+class ConditionalAffine(LazyTransform):
+    r"""Element-wise :math:`u = (x - \mu(\theta)) e^{-a(\theta)}`: an MLP of theta gives the
+    shift and log-scale of each of ``features`` values; its last layer starts at zero, so the
+    map starts at the identity."""
+
+    def __init__(self, features: int, d_theta: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.hyper = MLP(d_theta, 2 * features, hidden, zero_last=True)
+
+    def forward(self, c: Tensor) -> Transform:
+        shift, log_scale = self.hyper(c).chunk(2, dim=-1)
+        return DependentTransform(Affine(shift, log_scale), 1)
 
 
 class Flow(nn.Module):
@@ -91,7 +95,8 @@ class Flow(nn.Module):
                 passes=config.passes,
             )
             if config.affine:
-                self.flow.transform.transforms.insert(0, conditional_affine(d_x, d_theta, config))
+                affine = ConditionalAffine(d_x, d_theta, tuple(config.hidden))
+                self.flow.transform.transforms.insert(0, affine)
         else:
             raise UsageError(f"unknown flow network '{config.network}'; use nsf or spectral")
 

@@ -50,6 +50,7 @@ from simgen.nn import MLP
 
 __all__ = [
     "RANK",
+    "Affine",
     "Hartley",
     "ModeScale",
     "PixelTransform",
@@ -213,7 +214,7 @@ class ModeScale(LazyTransform):
 
     def forward(self, c: Tensor) -> Transform:
         log_scale, shift = self._raw(c).unbind(-2)
-        return DependentTransform(MonotonicAffineTransform(shift, log_scale), 1)
+        return DependentTransform(Affine(shift, log_scale), 1)
 
     @torch.no_grad()
     def initialize(self, c: Tensor, y: Tensor) -> None:
@@ -227,6 +228,15 @@ class ModeScale(LazyTransform):
         log_scale = (-std.log()).clamp(-0.9 * limit, 0.9 * limit)
         raw = torch.stack([log_scale / (1 - log_scale.abs() / limit), -mean / std])
         self.offset += raw - self._raw(c[:1])[0]
+
+
+class Affine(MonotonicAffineTransform):
+    """zuko's element-wise affine map whose parameters, computed from theta alone, broadcast
+    against x like torch.distributions (zuko's expands them to x's shape, which fails when x
+    has more batch dimensions than theta)."""
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
 
 
 class _Fixed(LazyTransform):

@@ -120,3 +120,10 @@ def test_spectral_fit_standardises_all_pixels_alike(gaussian_maps):
     x = store.x[:n_train].astype(np.float64)
     assert torch.allclose(emulator.x_mean, torch.full((SIDE * SIDE,), x.mean()).float())
     assert torch.allclose(emulator.x_std, torch.full((SIDE * SIDE,), x.std()).float(), rtol=1e-4)
+
+
+def test_spectral_flow_broadcasts_like_torch():
+    flow = Flow(SIDE * SIDE, 2, FlowConfig(network="spectral", transforms=1, hidden=(8,)))
+    theta, x = torch.rand(2, 2), torch.randn(3, 1, SIDE * SIDE)
+    assert flow.dist(theta).log_prob(x).shape == (3, 2)
+    assert flow.dist(theta[0]).log_prob(x[:, 0]).shape == (3,)
