@@ -10,9 +10,10 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
   ``coverage_max_deviation``, the largest gap between the expected coverage of the posterior of
   (Omega_m, sigma_8) from one map and the diagonal, over ``pairs`` held-out maps (the 95%
   binomial band half-width is reported beside it as ``coverage_band_halfwidth``).
-* ``molecular`` (8-bead chain): ``energy_wasserstein`` and ``rg_wasserstein``, the
-  1-Wasserstein distance of the potential energy and of the radius of gyration over the
-  simulated standard deviation, averaged over the 10 parameter values.
+* ``molecular`` (8-bead chain, in internal coordinates: bond lengths, bending and dihedral
+  angles): ``energy_wasserstein`` and ``rg_wasserstein``, the 1-Wasserstein distance of the
+  potential energy and of the radius of gyration over the simulated standard deviation,
+  averaged over the 10 parameter values.
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
@@ -181,7 +182,8 @@ def main() -> None:
         "out": None if quick else (args.out or RESULTS),
         "options": {
             "cosmology": {"size": 8, "box": 64.0} if quick else {},
-            "molecular": {"steps": 100} if quick else {},
+            # internal coordinates: the representation of molecular generative models
+            "molecular": {"coordinates": "internal", **({"steps": 100} if quick else {})},
         },
     }
     torch.manual_seed(0)

@@ -15,10 +15,19 @@ kink and run for ``steps`` steps (burn-in; the chain's last state is the sample,
 independent draws and need no decorrelation). The step size is ``step * T / k_b``, which keeps
 the stiff bonds stable and the acceptance near 0.6 at every temperature.
 
-Output: the configuration in its standard orientation, invariant to translation and rotation:
-bead 0 at the origin, bead 1 on the +x axis, bead 2 in the xy-plane with y > 0; the
-``3 * beads - 6`` coordinates that are not fixed by that frame (bead 1's x, bead 2's x and y,
-then x, y, z of beads 3, ...). :func:`positions` rebuilds the ``(beads, 3)`` positions.
+Output (``coordinates``), invariant to translation and rotation, ``3 * beads - 6`` values:
+
+* ``"cartesian"`` (default): the configuration in its standard orientation, bead 0 at the
+  origin, bead 1 on the +x axis, bead 2 in the xy-plane with y > 0; the coordinates that are not
+  fixed by that frame (bead 1's x, bead 2's x and y, then x, y, z of beads 3, ...);
+  :func:`positions` rebuilds the ``(beads, 3)`` positions.
+* ``"internal"``: the chain's internal coordinates, the representation of molecular generative
+  models (Noe et al. 2019): the ``beads - 1`` bond lengths :math:`|b_i|`, the ``beads - 2``
+  bending angles :math:`\beta_i = \arccos(\hat b_i \cdot \hat b_{i+1})` and the ``beads - 3``
+  dihedral angles :math:`\phi_i` of bonds ``i, i+1, i+2``; :func:`from_internal` rebuilds the
+  standard-orientation positions (natural extension reference frame, NeRF). Each stiff bond
+  is then one coordinate for an emulator to model, instead of a constraint between Cartesian
+  coordinates.
 """
 
 from __future__ import annotations
@@ -30,7 +39,15 @@ import simgen
 from simgen.diagnostics import bond_lengths, radius_of_gyration
 from simgen.simulator import box_uniform
 
-__all__ = ["BeadSpringChain", "energy", "energy_and_grad", "positions", "standard_frame"]
+__all__ = [
+    "BeadSpringChain",
+    "energy",
+    "energy_and_grad",
+    "from_internal",
+    "internal_coordinates",
+    "positions",
+    "standard_frame",
+]
 
 
 def _pairs(beads: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +107,51 @@ def positions(x: np.ndarray) -> np.ndarray:
     return r
 
 
+def _frame(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+    r"""The NeRF frame at bead ``c`` of beads ``a, b, c`` ``(n, 3)``: the unit bond
+    :math:`e = (c - b) / |c - b|`, the normal :math:`n` of the plane ``a, b, c`` and
+    :math:`m = n \times e`."""
+    e = (c - b) / np.linalg.norm(c - b, axis=-1, keepdims=True)
+    normal = np.cross(b - a, e)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    return e, normal, np.cross(normal, e)
+
+
+def internal_coordinates(r: np.ndarray) -> np.ndarray:
+    """Positions ``(n, beads, 3)`` -> ``(n, 3 * beads - 6)``: bond lengths, bending angles,
+    dihedral angles (module docstring); inverse of :func:`from_internal`."""
+    r = np.asarray(r, np.float64)
+    bonds = np.diff(r, axis=1)
+    length = np.linalg.norm(bonds, axis=-1)
+    unit = bonds / length[..., None]
+    bend = np.arccos(np.clip((unit[:, :-1] * unit[:, 1:]).sum(-1), -1.0, 1.0))
+    dihedral = []
+    for i in range(3, r.shape[1]):
+        _, normal, m = _frame(r[:, i - 3], r[:, i - 2], r[:, i - 1])
+        v = r[:, i] - r[:, i - 1]
+        dihedral.append(np.arctan2((v * normal).sum(-1), (v * m).sum(-1)))
+    return np.concatenate([length, bend, np.stack(dihedral, axis=1)], axis=1)
+
+
+def from_internal(q: np.ndarray) -> np.ndarray:
+    """``(n, 3 * beads - 6)`` internal coordinates -> ``(n, beads, 3)`` positions in the
+    standard orientation (any real angles are valid: they enter through cos and sin)."""
+    q = np.asarray(q, np.float64)
+    n, beads = len(q), (q.shape[1] + 6) // 3
+    length, bend = q[:, : beads - 1], q[:, beads - 1 : 2 * beads - 3]
+    dihedral = q[:, 2 * beads - 3 :]
+    r = np.zeros((n, beads, 3))
+    r[:, 1, 0] = length[:, 0]
+    r[:, 2, 0] = length[:, 0] + length[:, 1] * np.cos(bend[:, 0])
+    r[:, 2, 1] = length[:, 1] * np.sin(bend[:, 0])
+    for i in range(3, beads):
+        e, normal, m = _frame(r[:, i - 3], r[:, i - 2], r[:, i - 1])
+        beta, phi = bend[:, i - 2, None], dihedral[:, i - 3, None]
+        along = np.cos(beta) * e + np.sin(beta) * (np.cos(phi) * m + np.sin(phi) * normal)
+        r[:, i] = r[:, i - 1] + length[:, i - 1, None] * along
+    return r
+
+
 def energy(x: np.ndarray, epsilon: np.ndarray, bond_k: float, angle_k: float) -> np.ndarray:
     """Potential energy ``(n,)`` of standard-orientation coordinates ``(n, 3 * beads - 6)``."""
     return energy_and_grad(positions(x), np.asarray(epsilon, np.float64), bond_k, angle_k)[0]
@@ -109,11 +171,17 @@ class BeadSpringChain(simgen.Simulator):
         angle_k: float = 2.0,
         steps: int = 3000,
         step: float = 0.5,
+        coordinates: str = "cartesian",
     ) -> None:
         if beads < 4:
             raise simgen.UsageError(f"molecular: beads must be >= 4, got {beads}")
         if bond_k <= 0 or angle_k < 0 or steps < 1 or step <= 0:
             raise simgen.UsageError("molecular: bond_k, step > 0, angle_k >= 0, steps >= 1")
+        if coordinates not in ("cartesian", "internal"):
+            raise simgen.UsageError(
+                f"molecular: coordinates must be 'cartesian' or 'internal', got '{coordinates}'"
+            )
+        self.coordinates = coordinates
         self.beads, self.bond_k, self.angle_k = beads, bond_k, angle_k
         self.steps, self.step = steps, step
         self.x_shape = (3 * beads - 6,)
@@ -154,7 +222,7 @@ class BeadSpringChain(simgen.Simulator):
     def summaries(self, x: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
         """Per-configuration statistics ``simgen check`` compares: potential energy, radius of
         gyration, mean bond length; ``x`` ``(n, 3 * beads - 6)``, ``theta`` ``(n, 2)``."""
-        r = positions(x)
+        r = self.positions(x)
         eps = np.broadcast_to(np.asarray(theta, np.float64)[..., 1], (len(r),))
         return {
             "energy": energy_and_grad(r, eps, self.bond_k, self.angle_k)[0],
@@ -162,9 +230,15 @@ class BeadSpringChain(simgen.Simulator):
             "bond_length": bond_lengths(r).mean(1),
         }
 
+    def positions(self, x: np.ndarray) -> np.ndarray:
+        """This simulator's output ``(n, 3 * beads - 6)`` -> positions ``(n, beads, 3)``."""
+        return from_internal(x) if self.coordinates == "internal" else positions(x)
+
     def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         r, _ = self.sample_positions(theta, rng)
         frame = standard_frame(r)
+        if self.coordinates == "internal":
+            return internal_coordinates(frame)
         return np.concatenate(
             [frame[:, 1, :1], frame[:, 2, :2], frame[:, 3:].reshape(len(r), -1)], axis=1
         )
