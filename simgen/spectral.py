@@ -189,8 +189,9 @@ def mode_features(side: int) -> Tensor:
 
 class ModeScale(LazyTransform):
     r"""Whitening of the Hartley modes (step 3 above): :math:`z_k = e^{a_k} y_k + b_k` with
-    :math:`(a_k, b_k) = \sum_r g_r(\theta) h_{kr} + c_k`, ``g`` an MLP of theta, ``h`` and ``c``
-    an MLP of the wave vector's :func:`mode_features`.
+    :math:`(a_k, b_k) = \sum_r g_r(\theta) h_{kr} + c_k + o_k`, ``g`` an MLP of theta, ``h`` and
+    ``c`` an MLP of the wave vector's :func:`mode_features`, ``o`` a free offset per mode (set
+    from data by :meth:`initialize`).
 
     Args:
         side: Side of the maps.
