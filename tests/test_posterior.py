@@ -134,6 +134,8 @@ def test_cli_posterior_with_plot(tmp_path):
             str(tmp_path / "obs.npy"),
             "-n",
             "300",
+            "--warmup",
+            "20",
             "-o",
             str(tmp_path / "post.h5"),
             "--plot",
@@ -163,6 +165,7 @@ def test_cli_posterior_with_plot(tmp_path):
     assert done.exit_code == 2 and "the observation has shape (3,)" in done.stderr
 
 
+@pytest.mark.slow  # 30 s: a VAE fit, 1,000 draws through a K = 256 estimate, a K = 4096 grid
 def test_fixed_seed_vae_estimate_targets_the_models_posterior(tmp_path):
     # The sampler sees one fixed realisation of the IWAE estimate (K = 256 here). Its bias is
     # measured against the same VAE's posterior with a 16x larger K, computed on a grid (no
