@@ -42,7 +42,7 @@ class FlowConfig:
             condition the other half; sampling as fast as the density). Large x defaults to 2
             (:func:`simgen.emulator.defaults_for`).
         affine: ``nsf`` only: first standardise x given theta,
-            :math:`(x - \\mu(\theta)) e^{-a(\theta)}` per feature with an MLP of theta
+            :math:`(x - \\mu(\\theta)) e^{-a(\\theta)}` per feature with an MLP of theta
             (zero-initialised: it starts at the identity), so the splines model the residual;
             a simulator that adds noise to a deterministic signal of theta becomes a
             theta-independent problem. The default for new fits on vectors
