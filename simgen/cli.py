@@ -325,6 +325,10 @@ def sample_command(
         Path | None, typer.Option(help="Observation(s) .npy: sample the posterior instead.")
     ] = None,
     sampler: Annotated[str, typer.Option(help="Posterior MCMC: slice or hmc.")] = "slice",
+    warmup: Annotated[
+        int | None,
+        typer.Option(help="Posterior warm-up iterations (default: the sampler's).", min=0),
+    ] = None,
     plot: Annotated[bool, typer.Option(help="Write a corner plot PNG beside -o.")] = False,
     log_prob: Annotated[bool, typer.Option(help="Store log p(x|theta) of each sample.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -346,7 +350,9 @@ def sample_command(
         if observed is not None:
             if any(v is not None for v in (theta, theta_file, from_prior)):
                 raise UsageError("--observed samples the posterior: drop --theta/--from-prior")
-            summary = _posterior(emulator, observed, n, sampler, seed, out, plot, quiet, as_json)
+            summary = _posterior(
+                emulator, observed, n, sampler, warmup, seed, out, plot, quiet, as_json
+            )
         else:
             thetas = _thetas(emulator, theta, theta_file, from_prior, seed)
             kwargs = {k: v for k, v in (("steps", steps), ("sampler", method)) if v is not None}
@@ -387,6 +393,7 @@ def _posterior(
     observed: Path,
     n: int,
     sampler: str,
+    warmup: int | None,
     seed: int,
     out: Path,
     plot: bool,
@@ -406,7 +413,7 @@ def _posterior(
     except ValueError as error:
         raise UsageError(f"cannot read {observed} as a .npy array: {error}") from None
     result = Posterior(emulator).sample(
-        x_obs, n, sampler=sampler, seed=seed, progress=_progress(quiet, as_json)
+        x_obs, n, sampler=sampler, warmup=warmup, seed=seed, progress=_progress(quiet, as_json)
     )
     diagnostics = result.diagnostics
     write_samples(

@@ -134,6 +134,8 @@ def test_cli_posterior_with_plot(tmp_path):
             str(tmp_path / "obs.npy"),
             "-n",
             "300",
+            "--warmup",
+            "20",
             "-o",
             str(tmp_path / "post.h5"),
             "--plot",
