@@ -68,6 +68,12 @@ class DiffusionConfig:
         atol: Absolute tolerance of the density's adaptive ODE solver.
         rtol: Relative tolerance of the density's adaptive ODE solver.
         exact_divergence_max: Largest x size with the exact divergence (else Hutchinson).
+        gaussian: Add to the network's prediction the exact one for data
+            :math:`x_0 \\mid \\theta \\sim N(W \\theta + b, \\mathrm{diag}(s^2))`
+            (:class:`GaussianDenoiser`: least-squares start, then trained with the network,
+            whose last layer starts at zero), so the network learns only how the data differ
+            from that Gaussian. The default for new fits with the MLP denoiser
+            (:func:`simgen.emulator.defaults_for`); False here for files that predate it.
     """
 
     network: str = "mlp"
@@ -86,6 +92,7 @@ class DiffusionConfig:
     atol: float = 1e-5
     rtol: float = 1e-5
     exact_divergence_max: int = 64
+    gaussian: bool = False
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -119,6 +126,54 @@ class _BroadcastingFlow(NormalizingFlow):
         return super().log_prob(x.expand(*shape, x.shape[-1]))
 
 
+class GaussianDenoiser(nn.Module):
+    r"""The exact denoiser of the VP process for data
+    :math:`x_0 \mid \theta \sim N(\mu, \mathrm{diag}(s^2))`, :math:`\mu = W \theta + b`:
+    :math:`x_t \mid \theta \sim N(\alpha_t \mu, v_t)`, :math:`v_t = \alpha_t^2 s^2 + \sigma_t^2`,
+    so with :math:`r = x_t - \alpha_t \mu`,
+
+    .. math::
+        \mathbb{E}[\epsilon \mid x_t] = \sigma_t r / v_t, \quad
+        \mathbb{E}[x_0 \mid x_t] = \mu + \alpha_t s^2 r / v_t, \quad
+        \nabla \log q(x_t) = -r / v_t .
+
+    ``W, b, log s`` start at zero (the standard normal) or, by :meth:`fit`, at the least-squares
+    regression of x on theta and the spread of its residuals.
+    """
+
+    def __init__(self, d_x: int, d_theta: int) -> None:
+        super().__init__()
+        self.mean = nn.Linear(d_theta, d_x)
+        nn.init.zeros_(self.mean.weight)
+        nn.init.zeros_(self.mean.bias)
+        self.log_scale = nn.Parameter(torch.zeros(d_x))
+
+    @torch.no_grad()
+    def fit(self, theta: Tensor, x: Tensor) -> None:
+        """Least squares of a batch ``x (b, d_x)`` on ``theta (b, d_theta)``."""
+        design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
+        coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, d_x)
+        residual = x.double() - design @ coef
+        self.mean.weight.copy_(coef[:-1].T)
+        self.mean.bias.copy_(coef[-1])
+        self.log_scale.copy_(residual.std(0).clamp_min(1e-6).log())
+
+    def forward(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, theta: Tensor, parameterization: str
+    ) -> Tensor:
+        """The exact prediction, in ``parameterization``'s terms; ``x_t (*, d_x)``, ``alpha``
+        and ``sigma`` ``(*, 1)``, ``theta (*, d_theta)``."""
+        mu = self.mean(theta)
+        s2 = (2 * self.log_scale).exp()
+        r = x_t - alpha * mu
+        v = alpha**2 * s2 + sigma**2
+        if parameterization == "eps":
+            return sigma * r / v
+        if parameterization == "x0":
+            return mu + alpha * s2 * r / v
+        return -r / v
+
+
 class Diffusion(nn.Module):
     """The conditional diffusion model over ``d_x`` features given ``d_theta`` parameters."""
 
@@ -138,11 +193,20 @@ class Diffusion(nn.Module):
             self.cond = MLP(config.embedding + d_theta, cond, tuple(config.hidden[:-1]))
             self.net = UNet(side, cond, tuple(config.channels), config.circular)
         else:
-            self.net = MLP(d_x + config.embedding + d_theta, d_x, tuple(config.hidden))
+            self.net = MLP(
+                d_x + config.embedding + d_theta, d_x, tuple(config.hidden), config.gaussian
+            )
+        self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
 
     def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)`."""
         return vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
+
+    def initialize(self, theta: Tensor, x: Tensor) -> None:
+        """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
+        least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``); else nothing."""
+        if self.gaussian is not None:
+            self.gaussian.fit(theta, x.flatten(1))
 
     def _output(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         t = t.expand(x_t.shape[:-1])
@@ -150,8 +214,13 @@ class Diffusion(nn.Module):
         if self.config.network == "unet":
             c = self.cond(torch.cat([self.embed(t), theta], dim=-1))
             flat = self.net(x_t.reshape(-1, self.d_x), c.reshape(-1, c.shape[-1]))
-            return flat.reshape(x_t.shape)
-        return self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
+            out = flat.reshape(x_t.shape)
+        else:
+            out = self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
+        if self.gaussian is not None:
+            alpha, sigma = (s[..., None] for s in self.schedule(t))
+            out = out + self.gaussian(x_t, alpha, sigma, theta, self.config.parameterization)
+        return out
 
     def epsilon(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         """The predicted noise :math:`\\hat\\epsilon(x_t, t, \\theta)`, whatever the network

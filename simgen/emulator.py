@@ -60,10 +60,11 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
     """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
     spectral flow (:mod:`simgen.spectral`, no coupling transforms), a convolutional U-Net
     denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
-    the VAE (side divisible by 8); otherwise MLPs, and a flow that first standardises x given
+    the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
     theta (``affine``), with coupling transforms for x of more than
     :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass per
-    feature: 500x slower on 32x32 maps)."""
+    feature: 500x slower on 32x32 maps), and an MLP diffusion denoiser that adds the exact one
+    of a Gaussian linear in theta (``gaussian``)."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
         return {"network": "spectral", "transforms": 0}
@@ -74,6 +75,8 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
         }
     if family == "diffusion" and side and side % 2 == 0:
         return {"network": "unet"}
+    if family == "diffusion":
+        return {"gaussian": True}
     if family == "vae" and side and side % 8 == 0:
         return {"network": "conv"}
     return {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 import zuko
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform
@@ -41,9 +42,10 @@ class FlowConfig:
             sampling takes one network pass per feature) or 2 (coupling: half the features
             condition the other half; sampling as fast as the density). Large x defaults to 2
             (:func:`simgen.emulator.defaults_for`).
-        affine: ``nsf`` only: first standardise x given theta,
-            :math:`(x - \\mu(\\theta)) e^{-a(\\theta)}` per feature with an MLP of theta
-            (zero-initialised: it starts at the identity), so the splines model the residual;
+        affine: ``nsf`` only: first standardise x given theta, an affine map per feature
+            whose shift and scale are linear in theta plus an MLP of theta
+            (:class:`ConditionalAffine`; it starts at the least-squares fit of the first
+            batch), so the splines model the residual;
             a simulator that adds noise to a deterministic signal of theta becomes a
             theta-independent problem. The default for new fits on vectors
             (:func:`simgen.emulator.defaults_for`); False here for files that predate it.
@@ -58,21 +60,48 @@ class FlowConfig:
 
 
 class ConditionalAffine(LazyTransform):
-    r"""Element-wise :math:`u = (x - \mu(\theta)) e^{-a(\theta)}`: an MLP of theta gives the
-    shift and log-scale of each of ``features`` values; its last layer starts at zero, so the
-    map starts at the identity."""
+    r"""Element-wise :math:`z = x e^{s(\theta)} + t(\theta)` over ``features`` values (zuko's
+    monotonic affine map: :math:`s = a / (1 + |a| / \log 10^3)`, a soft clamp of the raw
+    log-scale :math:`a`), with :math:`(t, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`.
+
+    The MLP's last layer and the linear part start at zero (the identity map); :meth:`fit_linear`
+    sets the linear part from the least-squares regression of x on theta, so that the flow
+    starts at the best linear-Gaussian model and the MLP learns only what is not linear (an MLP
+    alone approximates even a linear mean with errors that show up in every log-density).
+    """
 
     def __init__(self, features: int, d_theta: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
         self.hyper = MLP(d_theta, 2 * features, hidden, zero_last=True)
+        self.linear = nn.Linear(d_theta, 2 * features)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    @torch.no_grad()
+    def fit_linear(self, theta: Tensor, x: Tensor) -> None:
+        r"""Start at :math:`z = (x - A \theta - c) / \sigma`, where :math:`A, c` are the least
+        squares regression of x on theta over a batch ``theta (b, d_theta)``, ``x (b, features)``
+        and :math:`\sigma` the standard deviation of each feature's residuals."""
+        design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
+        coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, features)
+        residual = x.double() - design @ coef
+        log_scale = -residual.std(0).clamp_min(1e-6).log().clamp(-6.0, 6.0)  # s = -log(sigma)
+        raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s
+        features = x.shape[1]
+        self.linear.weight[:features] = (-coef[:-1].T * log_scale.exp()[:, None]).to(
+            self.linear.weight
+        )
+        self.linear.bias[:features] = (-coef[-1] * log_scale.exp()).to(self.linear.bias)
+        self.linear.bias[features:] = raw.to(self.linear.bias)
 
     def forward(self, c: Tensor) -> Transform:
-        shift, log_scale = self.hyper(c).chunk(2, dim=-1)
+        shift, log_scale = (self.linear(c) + self.hyper(c)).chunk(2, dim=-1)
         return DependentTransform(Affine(shift, log_scale), 1)
 
 
 class Flow(nn.Module):
-    """:math:`p(x \\mid \\theta)` as a conditional NSF over ``d_x`` features."""
+    """:math:`p(x \\mid \\theta)` as a conditional NSF over ``d_x`` features, whose spline
+    transforms start at the identity (zero last layer of each conditioner)."""
 
     def __init__(self, d_x: int, d_theta: int, config: FlowConfig) -> None:
         super().__init__()
@@ -94,6 +123,11 @@ class Flow(nn.Module):
                 bins=config.bins,
                 passes=config.passes,
             )
+            for transform in self.flow.transform.transforms:  # start at the identity
+                layers = (nn.Linear, zuko.nn.Linear)
+                last = [m for m in transform.hyper.modules() if isinstance(m, layers)][-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
             if config.affine:
                 affine = ConditionalAffine(d_x, d_theta, tuple(config.hidden))
                 self.flow.transform.transforms.insert(0, affine)
@@ -107,10 +141,13 @@ class Flow(nn.Module):
         return self.config.network == "spectral"
 
     def initialize(self, theta: Tensor, x: Tensor) -> None:
-        """Data-dependent starting values from a first batch (the ``spectral`` network: whiten
-        its modes); nothing for ``nsf``."""
+        """Data-dependent starting values from a first batch ``theta (b, d_theta)``,
+        ``x (b, d_x)``: the ``spectral`` network whitens its modes; the ``affine`` standardisation
+        of ``nsf`` starts at the least-squares regression of x on theta."""
         if self.config.network == "spectral":
             initialize(self.flow, theta, x)
+        elif self.config.affine:
+            self.flow.transform.transforms[0].fit_linear(theta, x.flatten(1))
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         """Negative log-likelihood per sample, ``(b,)``."""

@@ -5,9 +5,9 @@ the folder ``<data>.parts`` and renamed over ``<data>`` only when complete, so a
 moment (Ctrl-C, ``kill -9``, power loss) leaves the old file untouched. Every task (a chunk of
 rows) is a deterministic function of (seed, index), so what a stop loses can always be simulated
 again; the journal only saves time. A task is saved, atomically (temporary name, then rename),
-as ``<data>.parts/task-<index>.npy`` when simulating it again would cost more than saving it
-(:meth:`Journal.worth_saving`): slow simulators resume where they stopped, while fast ones are
-not slowed down by writing everything twice. A saved task that cannot be read is simulated again.
+as ``<data>.parts/task-<index>.npy`` when simulating it again would cost clearly more than
+saving it (:meth:`Journal.worth_saving`): slow simulators resume where they stopped, while fast
+ones are not slowed down by writing everything twice. A saved task that cannot be read is simulated again.
 """
 
 from __future__ import annotations
@@ -109,10 +109,14 @@ class Journal:
         return {int(p.stem.split("-")[1]) for p in self.dir.glob("task-*.npy")}
 
     @staticmethod
-    def worth_saving(result: ChunkResult, write_bytes_per_s: float = 2e8) -> bool:
-        """Whether simulating the task again would take longer than saving it (about 1 ms plus
-        the bytes at 200 MB/s)."""
-        return result.seconds > 1e-3 + result.nbytes / write_bytes_per_s
+    def worth_saving(
+        result: ChunkResult, write_bytes_per_s: float = 2e8, payoff: float = 3.0
+    ) -> bool:
+        """Whether simulating the task again would take ``payoff`` times longer than saving it
+        (about 1 ms plus the bytes at 200 MB/s). Every run pays for its saves, but only a
+        stopped run gains from them, so a task is saved only where that clearly pays; a stop
+        then loses at most ``payoff`` times the time its saves would have taken."""
+        return result.seconds > payoff * (1e-3 + result.nbytes / write_bytes_per_s)
 
     def write(self, index: int, result: ChunkResult) -> None:
         """Save one task atomically: three consecutive ``.npy`` arrays in one file."""

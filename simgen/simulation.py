@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +164,12 @@ def _tasks_in_order(
 
     Tasks saved in the journal are read back (and simulated again if damaged); the others run on
     the executor, at most a window of them at a time, are saved when
-    :meth:`Journal.worth_saving`, and are held until their turn. ``on_done(index)`` is called as
-    each task finishes or is found in the journal.
+    :meth:`Journal.worth_saving` (by a background thread, so that saving overlaps simulating),
+    and are held until their turn. ``on_done(index)`` is called as each task finishes or is
+    found in the journal.
+
+    Raises:
+        OSError: a task could not be saved in the journal (disk full, permissions).
     """
     saved = journal.indices() & set(indices)
     for index in sorted(saved):
@@ -173,7 +177,11 @@ def _tasks_in_order(
     todo = iter(i for i in indices if i not in saved)
     pending: dict[Future, int] = {}
     ready: dict[int, ChunkResult] = {}
-    with executor(workers, scheduler) as (pool, window):
+    saves: list[Future] = []
+    with (
+        executor(workers, scheduler) as (pool, window),
+        ThreadPoolExecutor(1, thread_name_prefix="simgen-journal") as saver,
+    ):
         task, payload = task_and_payload(run_chunk, sim, local=workers == 1 and scheduler is None)
 
         def fill() -> None:
@@ -191,11 +199,13 @@ def _tasks_in_order(
                     i = pending.pop(future)
                     ready[i] = future.result()
                     if journal.worth_saving(ready[i]):
-                        journal.write(i, ready[i])
+                        saves.append(saver.submit(journal.write, i, ready[i]))
                     on_done(i)
                 fill()
                 result = ready.pop(index, None)
             yield index, result
+    for save in saves:
+        save.result()
 
 
 def _metadata(sim: Simulator, identity: dict[str, Any], n: int) -> dict[str, Any]:

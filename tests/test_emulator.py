@@ -207,6 +207,7 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     the same weights give the same density with and without it."""
     assert defaults_for("flow", (100,)) == {"affine": True, "passes": 2}
     assert defaults_for("flow", (8,)) == {"affine": True}
+    assert defaults_for("diffusion", (8,)) == {"gaussian": True}
     torch.manual_seed(0)
     with_affine = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,), affine=True))
     plain = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,)))
@@ -214,3 +215,39 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     plain.flow.transform.transforms.load_state_dict(transforms[1:].state_dict())
     theta, x = torch.randn(5, 3), torch.randn(5, 6)
     torch.testing.assert_close(with_affine.dist(theta).log_prob(x), plain.dist(theta).log_prob(x))
+
+
+def test_affine_flow_starts_at_the_least_squares_fit():
+    """``initialize`` starts the standardisation at the regression of x on theta: on data
+    ``x = A theta + b + s * noise`` it maps x to the noise, to the sampling error of n = 4,000
+    rows (5 standard errors: of the coefficients, 5 s (1 + |theta|_1) / sqrt(n) before dividing
+    by s; of each scale, relatively 5 / sqrt(2 n))."""
+    generator = torch.Generator().manual_seed(0)
+    n, d_theta, d_x = 4000, 3, 4
+    a, b = torch.randn(d_x, d_theta, generator=generator), torch.randn(d_x, generator=generator)
+    scale = torch.tensor([0.1, 0.5, 1.0, 2.0])
+    theta = torch.randn(n, d_theta, generator=generator)
+    noise = torch.randn(n, d_x, generator=generator)
+    x = theta @ a.T + b + scale * noise
+    flow = Flow(d_x, d_theta, FlowConfig(transforms=1, hidden=(16,), affine=True))
+    affine = flow.flow.transform.transforms[0]
+    torch.testing.assert_close(affine(theta)(x), x)  # the identity before
+    flow.initialize(theta, x)
+    with torch.no_grad():
+        z = affine(theta)(x)
+    tolerance = (
+        5 / n**0.5 * (1 + theta.abs().sum(-1, keepdim=True)) + noise.abs() * 5 / (2 * n) ** 0.5
+    )
+    assert ((z - noise).abs() < tolerance).all()
+
+
+@pytest.mark.parametrize("d_x, passes", [(1, None), (3, None), (4, 2)])
+def test_nsf_starts_at_the_identity(d_x, passes):
+    """Each spline transform starts at the identity (element-wise, autoregressive, coupling):
+    the untrained flow is the standard normal base."""
+    flow = Flow(d_x, 2, FlowConfig(transforms=2, hidden=(8,), passes=passes))
+    theta, x = torch.randn(5, 2), torch.randn(5, d_x)
+    with torch.no_grad():
+        log_p = flow.dist(theta).log_prob(x)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(log_p, expected, atol=1e-5, rtol=0)
