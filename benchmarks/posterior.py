@@ -110,7 +110,7 @@ def calibration(posterior: Posterior, store: simgen.Store, cfg: dict) -> list[di
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = posterior.sample_batch(
-            pairs.x, 99, chains=11, warmup=cfg["sbc_warmup"], thin=3, progress=False
+            pairs.x, 99, chains=11, warmup=cfg["sbc_warmup"], thin=cfg["sbc_thin"], progress=False
         )
     ranks = sbc_ranks(pairs.theta, result.theta)
     pvalues = sbc_uniformity(ranks, 99)
@@ -143,7 +143,8 @@ def sbi_methods(
         train = inference.append_simulations(theta, x).train
         epochs = 2 if cfg["quick"] else 2**31 - 1
         train_s, _ = timed(train, max_num_epochs=epochs)
-        quick_mcmc = {"mcmc_parameters": {"warmup_steps": 10}} if cfg["quick"] else {}
+        quick = {"warmup_steps": 10, "thin": 1, "num_chains": 4}
+        quick_mcmc = {"mcmc_parameters": quick} if cfg["quick"] else {}
         posterior = inference.build_posterior(**(quick_mcmc if cls is NLE else {}))
         scores, seconds = [], []
         for obs, ref in zip(xs, refs, strict=True):
@@ -198,10 +199,11 @@ def main() -> None:
         "quick": args.quick,
         "n": 1000 if args.quick else args.n,
         "budget": 2.0 if args.quick else args.budget,
-        "draws": 60 if args.quick else args.draws,
+        "draws": 40 if args.quick else args.draws,
         "observations": 1 if args.quick else 5,
         "sbc_pairs": 10 if args.quick else 100,
         "sbc_warmup": 10 if args.quick else 100,
+        "sbc_thin": 1 if args.quick else 3,
         "warmup": 10 if args.quick else None,  # None: the sampler's default
         "calibrate": "two_moons" if args.quick else "gaussian_linear",
     }

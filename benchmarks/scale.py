@@ -97,8 +97,9 @@ def _family(pid: int) -> list[int]:
     return out
 
 
-def peak_memory(cmd: list[str], cap: int | None) -> int:
-    """Run ``cmd`` under an address-space cap; the peak over time of its processes' summed PSS.
+def peak_memory(cmd: list[str], cap: int | None, period: float = 0.02) -> int:
+    """Run ``cmd`` under an address-space cap; the peak over time of its processes' summed PSS,
+    sampled every ``period`` seconds.
 
     Raises:
         RuntimeError: the command failed (e.g. it ran out of the capped memory).
@@ -113,7 +114,7 @@ def peak_memory(cmd: list[str], cap: int | None) -> int:
         nonlocal peak
         while proc.poll() is None:
             peak = max(peak, sum(_pss(p) for p in _family(proc.pid)))
-            time.sleep(0.02)
+            time.sleep(period)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -154,8 +155,9 @@ def loader_rate(path: Path) -> float:
     return rows / (time.perf_counter() - start)
 
 
-def field_throughput(path: Path, device: str, seconds: float) -> dict[str, float]:
-    """Training samples/s (a fixed time budget) and sampling samples/s of the field VAE."""
+def field_throughput(path: Path, device: str, seconds: float, n: int) -> dict[str, float]:
+    """Training samples/s (a fixed time budget) and sampling samples/s (``n`` maps) of the
+    field VAE."""
     emulator = simgen.fit(
         path,
         "vae",
@@ -167,7 +169,6 @@ def field_throughput(path: Path, device: str, seconds: float) -> dict[str, float
     )
     theta = torch.zeros(2, device=emulator.theta_mean.device)
     emulator.sample(theta, 64)  # warm-up
-    n = 4096
     if emulator.theta_mean.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -189,9 +190,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="throughput fit seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="where the data go")
     args = parser.parse_args()
-    # quick: no cap (a capped Python with torch needs ~1.5 GiB), 4 MiB vs 16 MiB of data
+    # quick: no cap (a capped Python with torch needs ~1.5 GiB), 1 MiB vs 4 MiB of data, memory
+    # sampled every 0.1 s (the sampling itself costs CPU), 256 maps sampled
     cap = None if args.quick else int(args.cap_gib * 2**30)
-    small_bytes = 4 * 2**20 if args.quick else cap
+    small_bytes = 2**20 if args.quick else cap
+    period = 0.1 if args.quick else 0.02
     records = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
@@ -200,7 +203,9 @@ def main() -> None:
             sets[label] = folder / f"{label}.h5"
             n = nbytes // ROW_BYTES
             simgen.simulate(Speckle(), n, sets[label], workers=1, progress=not args.quick)
-        memory = {label: peak_memory(fit_command(p, folder), cap) for label, p in sets.items()}
+        memory = {
+            label: peak_memory(fit_command(p, folder), cap, period) for label, p in sets.items()
+        }
         rows = {label: len(simgen.open_store(path)) for label, path in sets.items()}
         records.append(
             record(BENCH, "speckle64", "simgen vae", "fit_peak_rss_ratio",
@@ -234,7 +239,8 @@ def main() -> None:
         )
         dev = resolve_device(args.device)
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-        speeds = field_throughput(sets["small"], str(dev), 2.0 if args.quick else args.budget)
+        budget, n = (2.0, 256) if args.quick else (args.budget, 4096)
+        speeds = field_throughput(sets["small"], str(dev), budget, n)
         for metric, value in speeds.items():
             records.append(
                 record(BENCH, "speckle64", f"simgen vae ({name})", metric, value, "samples/s",
