@@ -34,7 +34,7 @@ from zuko.transforms import FreeFormJacobianTransform
 
 from simgen.ddpm import DDPMDistribution, ancestral_sample
 from simgen.errors import UsageError
-from simgen.nn import MLP, TimeEmbedding
+from simgen.nn import MLP, TimeEmbedding, linear_gaussian_fit
 from simgen.unet import UNet
 
 __all__ = ["Diffusion", "DiffusionConfig", "vp_alpha_sigma", "vp_beta"]
@@ -151,12 +151,10 @@ class GaussianDenoiser(nn.Module):
     @torch.no_grad()
     def fit(self, theta: Tensor, x: Tensor) -> None:
         """Least squares of a batch ``x (b, d_x)`` on ``theta (b, d_theta)``."""
-        design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
-        coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, d_x)
-        residual = x.double() - design @ coef
-        self.mean.weight.copy_(coef[:-1].T)
-        self.mean.bias.copy_(coef[-1])
-        self.log_scale.copy_(residual.std(0).clamp_min(1e-6).log())
+        weight, bias, sigma = linear_gaussian_fit(theta, x)
+        self.mean.weight.copy_(weight)
+        self.mean.bias.copy_(bias)
+        self.log_scale.copy_(sigma.log())
 
     def forward(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, theta: Tensor, parameterization: str

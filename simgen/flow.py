@@ -20,7 +20,7 @@ from zuko.flows import LazyTransform
 from zuko.transforms import DependentTransform
 
 from simgen.errors import UsageError
-from simgen.nn import MLP
+from simgen.nn import MLP, linear_gaussian_fit
 from simgen.spectral import Affine, initialize, spectral_flow
 
 __all__ = ["Flow", "FlowConfig"]
@@ -82,17 +82,13 @@ class ConditionalAffine(LazyTransform):
         r"""Start at :math:`z = (x - A \theta - c) / \sigma`, where :math:`A, c` are the least
         squares regression of x on theta over a batch ``theta (b, d_theta)``, ``x (b, features)``
         and :math:`\sigma` the standard deviation of each feature's residuals."""
-        design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
-        coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, features)
-        residual = x.double() - design @ coef
-        log_scale = -residual.std(0).clamp_min(1e-6).log().clamp(-6.0, 6.0)  # s = -log(sigma)
+        weight, bias, sigma = linear_gaussian_fit(theta, x)
+        log_scale = -sigma.log().clamp(-6.0, 6.0)  # s = -log(sigma)
         raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s
         features = x.shape[1]
-        self.linear.weight[:features] = (-coef[:-1].T * log_scale.exp()[:, None]).to(
-            self.linear.weight
-        )
-        self.linear.bias[:features] = (-coef[-1] * log_scale.exp()).to(self.linear.bias)
-        self.linear.bias[features:] = raw.to(self.linear.bias)
+        self.linear.weight[:features] = -weight * log_scale.exp()[:, None]
+        self.linear.bias[:features] = -bias * log_scale.exp()
+        self.linear.bias[features:] = raw
 
     def forward(self, c: Tensor) -> Transform:
         shift, log_scale = (self.linear(c) + self.hyper(c)).chunk(2, dim=-1)

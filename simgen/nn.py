@@ -1,4 +1,5 @@
-"""Network blocks: an MLP and a sinusoidal time embedding.
+"""Network blocks: an MLP, a sinusoidal time embedding, and the least-squares fit that starts
+the Gaussian parts of the flow and the diffusion denoiser.
 
 Conditioning is by concatenation: a block that needs ``theta`` (or ``t``) receives it as extra
 input features.
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "TimeEmbedding"]
+__all__ = ["MLP", "TimeEmbedding", "linear_gaussian_fit"]
 
 
 class MLP(nn.Sequential):
@@ -62,3 +63,18 @@ class TimeEmbedding(nn.Module):
         """``t`` of shape ``(*,)`` -> features ``(*, features)``."""
         angles = t[..., None] * self.freqs
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+@torch.no_grad()
+def linear_gaussian_fit(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The least-squares fit :math:`x \approx W \theta + b` over a batch ``theta (n, d_theta)``,
+    ``x (n, d_x)``, in double precision.
+
+    Returns:
+        ``W (d_x, d_theta)``, ``b (d_x,)`` and the standard deviation of each feature's
+        residuals ``(d_x,)`` (at least 1e-6), all double.
+    """
+    design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
+    coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, d_x)
+    residual = x.double() - design @ coef
+    return coef[:-1].T, coef[-1], residual.std(0).clamp_min(1e-6)
