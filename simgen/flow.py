@@ -119,8 +119,8 @@ class Flow(nn.Module):
                 bins=config.bins,
                 passes=config.passes,
             )
+            layers = (nn.Linear, zuko.nn.Linear)
             for transform in self.flow.transform.transforms:  # start at the identity
-                layers = (nn.Linear, zuko.nn.Linear)
                 last = [m for m in transform.hyper.modules() if isinstance(m, layers)][-1]
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)

@@ -36,6 +36,7 @@ def _write(dataset: h5py.Dataset, start: int, block: np.ndarray) -> None:
     size = dataset.chunks[0]
     direct = (
         start % size == 0
+        and dataset.chunks[1:] == block.shape[1:]  # a chunk holds whole rows
         and block.dtype == dataset.dtype
         and block.flags.c_contiguous
         and dataset.id.get_create_plist().get_nfilters() == 0
