@@ -16,8 +16,9 @@ For each task, with ``n`` simulations (1e4) and a fixed CPU training budget per 
   uniform ranks give values above 0.01 / d with probability 0.99), and the largest deviation of
   the expected coverage from the diagonal over credibility levels (``coverage_max_deviation``).
 
-Run: ``python -m benchmarks.posterior [--quick] [--tasks ...] [--families ...]``; writes
-``benchmarks/results/posterior.json`` after each task.
+Run: ``python -m benchmarks.posterior [--quick] [--tasks ...] [--families ...] [--no-sbi]``;
+writes ``benchmarks/results/posterior.json`` after each task, keeping the rows of the tasks and
+methods it does not rerun.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 import simgen
-from benchmarks.records import RESULTS, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save
 from benchmarks.references import reference_posterior
 from simgen.diagnostics import (
     c2st,
@@ -170,7 +171,9 @@ def sbi_methods(
     return records
 
 
-def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
+def run_task(
+    name: str, families: list[str], cfg: dict, records: list, include_sbi: bool = True
+) -> None:
     sim = simgen.get_simulator(name)
     DATA.mkdir(exist_ok=True)
     n = cfg["n"]
@@ -179,7 +182,8 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
     refs = [reference_posterior(sim, x, cfg["draws"], seed=i) for i, x in enumerate(xs)]
     for family in families:
         records += simgen_family(family, store, xs, refs, cfg)
-    records += sbi_methods(sim, store, xs, refs, cfg)
+    if include_sbi:
+        records += sbi_methods(sim, store, xs, refs, cfg)
 
 
 def main() -> None:
@@ -192,6 +196,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds per fit")
     parser.add_argument("--draws", type=int, default=1000, help="posterior draws per observation")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--no-sbi", action="store_true", help="skip sbi's NPE and NLE")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,10 +215,17 @@ def main() -> None:
     tasks = ["two_moons"] if args.quick else args.tasks
     families = ["flow"] if args.quick else args.families
     torch.manual_seed(0)
-    records: list = []
     name = "posterior-quick" if args.quick else "posterior"
+
+    def rerun(r: dict) -> bool:
+        """Whether this run measures record ``r`` again (then the old one is dropped)."""
+        sbi = r["method"].startswith("sbi") and not args.no_sbi
+        ours = r["method"].split(" (")[0] in {f"simgen {f}" for f in families}
+        return r["task"] in tasks and (ours or sbi)
+
+    records = [r for r in load(name, args.out) if not rerun(r)]
     for task in tasks:
-        run_task(task, families, cfg, records)
+        run_task(task, families, cfg, records, not args.no_sbi)
         path = save(name, records, args.out or RESULTS)
     print(markdown_table(records))
     print(f"\nwritten to {path}")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import zuko
 from torch import Tensor, nn
-from torch.distributions import Distribution, Transform
+from torch.distributions import Distribution, Transform, constraints
 from zuko.flows import LazyTransform
-from zuko.transforms import DependentTransform
+from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
 from simgen.nn import MLP, linear_gaussian_fit
@@ -49,6 +49,11 @@ class FlowConfig:
             a simulator that adds noise to a deterministic signal of theta becomes a
             theta-independent problem. The default for new fits on vectors
             (:func:`simgen.emulator.defaults_for`); False here for files that predate it.
+        correlated: With ``affine``: the standardisation also decorrelates x, a unit
+            lower-triangular map whose entries are linear in theta plus an MLP of theta, so
+            that it is a full covariance given theta (the least-squares start whitens the
+            residuals). The default for new fits on vectors of at most
+            :data:`simgen.emulator.CORRELATED_MAX` values.
     """
 
     network: str = "nsf"
@@ -57,12 +62,41 @@ class FlowConfig:
     bins: int = 8
     passes: int | None = None
     affine: bool = False
+    correlated: bool = False
+
+
+class UnitLower(Transform):
+    r""":math:`z = (I + C)^{-1} u` for a strictly lower-triangular :math:`C` ``(*, d, d)``
+    (a triangular solve; the inverse is :math:`u = z + C z`); :math:`\log |\det| = 0`.
+    ``C`` broadcasts against ``u (*, d)`` like torch.distributions parameters."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, lower: Tensor) -> None:
+        super().__init__()
+        self.lower = lower
+
+    def _call(self, u: Tensor) -> Tensor:
+        solve = torch.linalg.solve_triangular
+        return solve(self.lower, u[..., None], upper=False, unitriangular=True)[..., 0]
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return z + (self.lower @ z[..., None])[..., 0]
+
+    def log_abs_det_jacobian(self, u: Tensor, z: Tensor) -> Tensor:
+        return u.new_zeros(torch.broadcast_shapes(u.shape[:-1], self.lower.shape[:-2]))
 
 
 class ConditionalAffine(LazyTransform):
-    r"""Element-wise :math:`z = x e^{s(\theta)} + t(\theta)` over ``features`` values (zuko's
+    r"""Element-wise :math:`u = x e^{s(\theta)} + t(\theta)` over ``features`` values (zuko's
     monotonic affine map: :math:`s = a / (1 + |a| / \log 10^3)`, a soft clamp of the raw
-    log-scale :math:`a`), with :math:`(t, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`.
+    log-scale :math:`a`), with :math:`(t, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`;
+    ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the strictly
+    lower entries of :math:`C` computed the same way, so that
+    :math:`\mathrm{Cov}(x \mid \theta) = E (I + C)(I + C)^\top E` with :math:`E = e^{-s}` is any
+    covariance when z is white.
 
     The MLP's last layer and the linear part start at zero (the identity map); :meth:`fit_linear`
     sets the linear part from the least-squares regression of x on theta, so that the flow
@@ -70,29 +104,55 @@ class ConditionalAffine(LazyTransform):
     alone approximates even a linear mean with errors that show up in every log-density).
     """
 
-    def __init__(self, features: int, d_theta: int, hidden: tuple[int, ...]) -> None:
+    def __init__(
+        self, features: int, d_theta: int, hidden: tuple[int, ...], correlated: bool = False
+    ) -> None:
         super().__init__()
-        self.hyper = MLP(d_theta, 2 * features, hidden, zero_last=True)
-        self.linear = nn.Linear(d_theta, 2 * features)
+        self.features = features
+        rows, cols = torch.tril_indices(features, features, -1) if correlated else ((), ())
+        self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.long), persistent=False)
+        self.register_buffer("cols", torch.as_tensor(cols, dtype=torch.long), persistent=False)
+        outputs = 2 * features + len(self.rows)
+        self.hyper = MLP(d_theta, outputs, hidden, zero_last=True)
+        self.linear = nn.Linear(d_theta, outputs)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     @torch.no_grad()
     def fit_linear(self, theta: Tensor, x: Tensor) -> None:
-        r"""Start at :math:`z = (x - A \theta - c) / \sigma`, where :math:`A, c` are the least
+        r"""Start at :math:`z = M^{-1} (x - A \theta - c)`, where :math:`A, c` are the least
         squares regression of x on theta over a batch ``theta (b, d_theta)``, ``x (b, features)``
-        and :math:`\sigma` the standard deviation of each feature's residuals."""
+        and :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
+        diagonal of their standard deviations: :math:`e^{-s} = \mathrm{diag}(M)` and
+        :math:`C = \mathrm{diag}(M)^{-1} M - I`."""
         weight, bias, sigma = linear_gaussian_fit(theta, x)
+        if len(self.rows):
+            design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
+            residual = x.double() - design @ torch.cat([weight.T, bias[None]])
+            covariance = residual.T @ residual / max(len(x) - 1, 1)
+            factor, singular = torch.linalg.cholesky_ex(covariance)
+            if singular:  # collinear features: a little ridge
+                ridge = 1e-6 * covariance.diagonal().mean() * torch.eye(self.features).double()
+                factor = torch.linalg.cholesky(covariance + ridge)
+            sigma = factor.diagonal()
+            lower = factor / sigma[:, None]
+            self.linear.bias[2 * self.features :] = lower[self.rows, self.cols]
         log_scale = -sigma.log().clamp(-6.0, 6.0)  # s = -log(sigma)
         raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s
-        features = x.shape[1]
+        features = self.features
         self.linear.weight[:features] = -weight * log_scale.exp()[:, None]
         self.linear.bias[:features] = -bias * log_scale.exp()
-        self.linear.bias[features:] = raw
+        self.linear.bias[features : 2 * features] = raw
 
     def forward(self, c: Tensor) -> Transform:
-        shift, log_scale = (self.linear(c) + self.hyper(c)).chunk(2, dim=-1)
-        return DependentTransform(Affine(shift, log_scale), 1)
+        out = self.linear(c) + self.hyper(c)
+        shift, log_scale = out[..., : 2 * self.features].chunk(2, dim=-1)
+        affine = DependentTransform(Affine(shift, log_scale), 1)
+        if not len(self.rows):
+            return affine
+        lower = out.new_zeros(*out.shape[:-1], self.features, self.features)
+        lower[..., self.rows, self.cols] = out[..., 2 * self.features :]
+        return ComposedTransform(affine, UnitLower(lower))
 
 
 class Flow(nn.Module):
@@ -111,6 +171,8 @@ class Flow(nn.Module):
                 )
             self.flow = spectral_flow(side, d_theta, config.transforms, config.hidden, config.bins)
         elif config.network == "nsf":
+            if config.correlated and not config.affine:
+                raise UsageError("flow setting correlated = true needs affine = true")
             self.flow = zuko.flows.NSF(
                 features=d_x,
                 context=d_theta,
@@ -125,7 +187,7 @@ class Flow(nn.Module):
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
             if config.affine:
-                affine = ConditionalAffine(d_x, d_theta, tuple(config.hidden))
+                affine = ConditionalAffine(d_x, d_theta, tuple(config.hidden), config.correlated)
                 self.flow.transform.transforms.insert(0, affine)
         else:
             raise UsageError(f"unknown flow network '{config.network}'; use nsf or spectral")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,11 @@ from typing import Any
 import numpy as np
 
 from simgen.errors import StoreError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 __all__ = ["ChunkResult", "Journal", "fsync_path"]
 
@@ -68,6 +75,34 @@ class Journal:
     def exists(self) -> bool:
         """Whether an earlier run left a journal."""
         return self.manifest.exists()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the journal folder (made if missing) for one run: an exclusive advisory lock
+        (``flock``), released on exit, also when the process dies, so that a second run on the
+        same data file is refused instead of mixing its tasks into the first one's.
+
+        Raises:
+            StoreError: another run holds the lock.
+        """
+        self.dir.mkdir(exist_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(
+                        f"another simgen run is writing {self.dir.name.removesuffix('.parts')} "
+                        f"(it holds {self.dir}): wait for it to finish, or stop it first"
+                    ) from None
+            yield
+        finally:
+            os.close(fd)
+            try:
+                self.dir.rmdir()  # only when empty: a refused run leaves no folder behind
+            except OSError:
+                pass
 
     def identity(self) -> dict[str, Any] | None:
         """The run identity recorded by the run that started the journal."""

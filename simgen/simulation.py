@@ -280,14 +280,32 @@ def simulate(
         raise UsageError(
             f"options of simulator '{sim.name}' must be JSON values: {error}"
         ) from None
-    n_old, failed_old = _rows_done(path, identity)
     journal = Journal(path)
+    with journal.locked():
+        report = _run(sim, n, path, journal, identity, workers, scheduler, progress)
+    report.seconds = time.perf_counter() - started
+    if on_report is not None:
+        on_report(report)
+    return open_store(path)
+
+
+def _run(
+    sim: Simulator,
+    n: int,
+    path: Path,
+    journal: Journal,
+    identity: dict[str, Any],
+    workers: int,
+    scheduler: str | None,
+    progress: bool | None,
+) -> SimulationReport:
+    """The body of :func:`simulate`, under the journal's lock (``seconds`` left at 0)."""
+    seed, chunk_size = identity["seed"], identity["chunk_size"]
+    n_old, failed_old = _rows_done(path, identity)
     if n <= n_old:
-        if journal.identity() == identity:  # a stop between the final rename and the clean-up
+        if journal.identity() in (identity, None):  # a stop between the rename and clean-up
             journal.remove()
-        if on_report is not None:
-            on_report(SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0))
-        return open_store(path)
+        return SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0)
 
     journal.open(identity)
     indices = range(n_old // chunk_size, math.ceil(n / chunk_size))
@@ -339,9 +357,4 @@ def simulate(
     os.replace(journal.building, path)
     fsync_path(path.parent if str(path.parent) else Path("."))
     journal.remove()
-    if on_report is not None:
-        seconds = time.perf_counter() - started
-        on_report(
-            SimulationReport(n - n_old, failed_new, rows_total, failed_total, seconds, resumed)
-        )
-    return open_store(path)
+    return SimulationReport(n - n_old, failed_new, rows_total, failed_total, 0.0, resumed)

@@ -206,7 +206,8 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     """The theta-conditioned standardisation in front of the splines starts at the identity:
     the same weights give the same density with and without it."""
     assert defaults_for("flow", (100,)) == {"affine": True, "passes": 2}
-    assert defaults_for("flow", (8,)) == {"affine": True}
+    assert defaults_for("flow", (40,)) == {"affine": True}
+    assert defaults_for("flow", (8,)) == {"affine": True, "correlated": True}
     assert defaults_for("diffusion", (8,)) == {"gaussian": True}
     torch.manual_seed(0)
     with_affine = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,), affine=True))
@@ -239,6 +240,44 @@ def test_affine_flow_starts_at_the_least_squares_fit():
         5 / n**0.5 * (1 + theta.abs().sum(-1, keepdim=True)) + noise.abs() * 5 / (2 * n) ** 0.5
     )
     assert ((z - noise).abs() < tolerance).all()
+
+
+def test_correlated_affine_start_is_the_least_squares_gaussian():
+    """With ``correlated``, the start is the Gaussian of the regression of x on theta with the
+    residuals' full covariance: on its own batch z is white (mean 0, covariance I, exactly up
+    to float32 rounding), and the untrained flow's density is that
+    multivariate normal's (computed here independently); sampling inverts the map."""
+    generator = torch.Generator().manual_seed(1)
+    n, d_theta, d_x = 2000, 2, 4
+    factor = torch.tensor(
+        [[0.5, 0, 0, 0], [0.9, 0.2, 0, 0], [-0.3, 0.4, 1.0, 0], [0.1, 0.1, 0.1, 0.05]]
+    )
+    theta = torch.randn(n, d_theta, generator=generator)
+    x = (
+        theta @ torch.randn(d_theta, d_x, generator=generator)
+        + torch.randn(n, d_x, generator=generator) @ factor.T
+    )
+    flow = Flow(d_x, d_theta, FlowConfig(transforms=1, hidden=(8,), affine=True, correlated=True))
+    flow.initialize(theta, x)
+    with torch.no_grad():
+        z = flow.flow.transform.transforms[0](theta)(x)
+        torch.testing.assert_close(z.mean(0), torch.zeros(d_x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.cov(z.T), torch.eye(d_x), atol=1e-4, rtol=0)
+        design = torch.cat([theta, torch.ones(n, 1)], 1).double()
+        coef = torch.linalg.lstsq(design, x.double()).solution
+        residual = x.double() - design @ coef
+        exact = torch.distributions.MultivariateNormal(design @ coef, torch.cov(residual.T))
+        torch.testing.assert_close(
+            flow.dist(theta).log_prob(x).double(), exact.log_prob(x.double()), atol=2e-3, rtol=0
+        )
+        draws = flow.dist(theta[:3]).sample((5,))
+        assert draws.shape == (5, 3, d_x)
+        back = flow.flow.transform.transforms[0](theta[:3]).inv(
+            flow.flow.transform.transforms[0](theta[:3])(draws)
+        )
+        torch.testing.assert_close(back, draws, atol=1e-5, rtol=0)
+    with pytest.raises(UsageError, match="needs affine"):
+        Flow(d_x, d_theta, FlowConfig(correlated=True))
 
 
 @pytest.mark.parametrize("d_x, passes", [(1, None), (3, None), (4, 2)])

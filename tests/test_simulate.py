@@ -158,3 +158,15 @@ def test_journal_saves_only_tasks_worth_saving():
     assert Journal.worth_saving(dataclasses.replace(result, seconds=4e-3))
     slow = run_chunk(simgen.get_simulator("sims_for_tests:Slow", delay=0.05), 0, 0, 10)
     assert Journal.worth_saving(slow)
+
+
+def test_a_second_run_on_the_same_file_is_refused(tmp_path):
+    """While one run holds a data file's journal, another run on that file stops with a clear
+    error and touches nothing; once the lock is released, the run goes through."""
+    path = tmp_path / "d.h5"
+    with Journal(path).locked():
+        with pytest.raises(StoreError, match="another simgen run is writing d.h5"):
+            simgen.simulate("two_moons", 100, path, workers=1, progress=False)
+        assert not path.exists()
+    store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
+    assert len(store) == 100 and not Journal(path).dir.exists()
