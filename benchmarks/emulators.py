@@ -13,7 +13,9 @@ Run: ``python -m benchmarks.emulators [--quick] [--tasks ...] [--families ...]``
 ``benchmarks/results/emulators.json`` after each task, so a long run keeps what it has measured,
 and keeps the rows of tasks and methods it does not rerun. ``--families`` also takes the
 diffusion variants ``diffusion-x0``, ``diffusion-score`` (parameterizations; the default
-predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO).
+predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO), and
+``flow-gaussian``: the flow without spline transforms (``transforms = 0``), i.e. its
+theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ FAMILIES = ("flow", "vae", "diffusion")
 # what --families accepts: a family, or a diffusion variant (the parameterization table)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "flow": ("flow", {}),
+    # the flow's theta-conditioned standardisation alone, with a deeper MLP: a Gaussian given
+    # theta (full covariance up to 32 values), for signal-plus-noise simulators
+    "flow-gaussian": ("flow", {"transforms": 0, "hidden": [256, 256, 256, 256]}),
     "vae": ("vae", {}),
     "diffusion": ("diffusion", {}),
     "diffusion-x0": ("diffusion", {"parameterization": "x0"}),
@@ -174,7 +179,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds per fit")
     parser.add_argument(
         "--families", nargs="*", default=list(FAMILIES), choices=list(VARIANTS),
-        help="families, or diffusion variants (diffusion-x0, -score, -ddpm)",
+        help="families, or variants (flow-gaussian, diffusion-x0, -score, -ddpm)",
     )  # fmt: skip
     parser.add_argument("--no-sbi", action="store_true", help="skip sbi's NLE")
     args = parser.parse_args()

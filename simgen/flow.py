@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import torch
 import zuko
 from torch import Tensor, nn
-from torch.distributions import Distribution, Transform, constraints
+from torch.distributions import Distribution, Transform
 from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
 from simgen.nn import MLP, linear_gaussian_fit
-from simgen.spectral import Affine, initialize, spectral_flow
+from simgen.spectral import initialize, spectral_flow
+from simgen.transforms import Affine, UnitLower
 
 __all__ = ["Flow", "FlowConfig"]
 
@@ -65,30 +66,6 @@ class FlowConfig:
     correlated: bool = False
 
 
-class UnitLower(Transform):
-    r""":math:`z = (I + C)^{-1} u` for a strictly lower-triangular :math:`C` ``(*, d, d)``
-    (a triangular solve; the inverse is :math:`u = z + C z`); :math:`\log |\det| = 0`.
-    ``C`` broadcasts against ``u (*, d)`` like torch.distributions parameters."""
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
-    def __init__(self, lower: Tensor) -> None:
-        super().__init__()
-        self.lower = lower
-
-    def _call(self, u: Tensor) -> Tensor:
-        solve = torch.linalg.solve_triangular
-        return solve(self.lower, u[..., None], upper=False, unitriangular=True)[..., 0]
-
-    def _inverse(self, z: Tensor) -> Tensor:
-        return z + (self.lower @ z[..., None])[..., 0]
-
-    def log_abs_det_jacobian(self, u: Tensor, z: Tensor) -> Tensor:
-        return u.new_zeros(torch.broadcast_shapes(u.shape[:-1], self.lower.shape[:-2]))
-
-
 class ConditionalAffine(LazyTransform):
     r"""Element-wise :math:`u = x e^{s(\theta)} + t(\theta)` over ``features`` values (zuko's
     monotonic affine map: :math:`s = a / (1 + |a| / \log 10^3)`, a soft clamp of the raw
@@ -125,17 +102,11 @@ class ConditionalAffine(LazyTransform):
         and :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
         diagonal of their standard deviations: :math:`e^{-s} = \mathrm{diag}(M)` and
         :math:`C = \mathrm{diag}(M)^{-1} M - I`."""
-        weight, bias, sigma = linear_gaussian_fit(theta, x)
-        if len(self.rows):
-            design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
-            residual = x.double() - design @ torch.cat([weight.T, bias[None]])
-            covariance = residual.T @ residual / max(len(x) - 1, 1)
-            factor, singular = torch.linalg.cholesky_ex(covariance)
-            if singular:  # collinear features: a little ridge
-                ridge = 1e-6 * covariance.diagonal().mean() * torch.eye(self.features).double()
-                factor = torch.linalg.cholesky(covariance + ridge)
-            sigma = factor.diagonal()
-            lower = factor / sigma[:, None]
+        correlated = bool(len(self.rows))
+        weight, bias, scale = linear_gaussian_fit(theta, x, full=correlated)
+        sigma = scale.diagonal().clamp_min(1e-6) if correlated else scale
+        if correlated:
+            lower = scale / sigma[:, None]
             self.linear.bias[2 * self.features :] = lower[self.rows, self.cols]
         log_scale = -sigma.log().clamp(-6.0, 6.0)  # s = -log(sigma)
         raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s

@@ -66,15 +66,26 @@ class TimeEmbedding(nn.Module):
 
 
 @torch.no_grad()
-def linear_gaussian_fit(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def linear_gaussian_fit(
+    theta: Tensor, x: Tensor, full: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""The least-squares fit :math:`x \approx W \theta + b` over a batch ``theta (n, d_theta)``,
     ``x (n, d_x)``, in double precision.
 
     Returns:
         ``W (d_x, d_theta)``, ``b (d_x,)`` and the standard deviation of each feature's
-        residuals ``(d_x,)`` (at least 1e-6), all double.
+        residuals ``(d_x,)`` (at least 1e-6), all double; ``full``: instead of the standard
+        deviations, the lower Cholesky factor ``(d_x, d_x)`` of the residuals' covariance (a
+        ridge of 1e-6 of its mean variance where the features are collinear).
     """
     design = torch.cat([theta, torch.ones_like(theta[:, :1])], dim=1).double()
     coef = torch.linalg.lstsq(design, x.double()).solution  # (d_theta + 1, d_x)
     residual = x.double() - design @ coef
-    return coef[:-1].T, coef[-1], residual.std(0).clamp_min(1e-6)
+    if not full:
+        return coef[:-1].T, coef[-1], residual.std(0).clamp_min(1e-6)
+    covariance = torch.cov(residual.T).reshape(x.shape[1], x.shape[1])
+    factor, singular = torch.linalg.cholesky_ex(covariance)
+    if singular:
+        ridge = 1e-6 * covariance.diagonal().mean().clamp_min(1e-12)
+        factor = torch.linalg.cholesky(covariance + ridge * torch.eye(len(covariance)).double())
+    return coef[:-1].T, coef[-1], factor

@@ -39,18 +39,13 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from zuko.distributions import DiagNormal
 from zuko.flows import LazyTransform, UnconditionalDistribution
-from zuko.transforms import (
-    ComposedTransform,
-    DependentTransform,
-    MonotonicAffineTransform,
-    MonotonicRQSTransform,
-)
+from zuko.transforms import ComposedTransform, DependentTransform, MonotonicRQSTransform
 
 from simgen.nn import MLP
+from simgen.transforms import Affine
 
 __all__ = [
     "RANK",
-    "Affine",
     "Hartley",
     "ModeScale",
     "PixelTransform",
@@ -229,15 +224,6 @@ class ModeScale(LazyTransform):
         log_scale = (-std.log()).clamp(-0.9 * limit, 0.9 * limit)
         raw = torch.stack([log_scale / (1 - log_scale.abs() / limit), -mean / std])
         self.offset += raw - self._raw(c[:1])[0]
-
-
-class Affine(MonotonicAffineTransform):
-    """zuko's element-wise affine map whose parameters, computed from theta alone, broadcast
-    against x like torch.distributions (zuko's expands them to x's shape, which fails when x
-    has more batch dimensions than theta)."""
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
 
 
 class _Fixed(LazyTransform):

@@ -1,0 +1,44 @@
+"""Bijections that the flows share, as ``torch.distributions.Transform``: zuko's element-wise
+affine map with parameters that broadcast, and a unit lower-triangular linear map."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Transform, constraints
+from zuko.transforms import MonotonicAffineTransform
+
+__all__ = ["Affine", "UnitLower"]
+
+
+class Affine(MonotonicAffineTransform):
+    """zuko's element-wise affine map whose parameters, computed from theta alone, broadcast
+    against x like torch.distributions (zuko's expands them to x's shape, which fails when x
+    has more batch dimensions than theta)."""
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
+
+
+class UnitLower(Transform):
+    r""":math:`z = (I + C)^{-1} u` for a strictly lower-triangular :math:`C` ``(*, d, d)``
+    (a triangular solve; the inverse is :math:`u = z + C z`); :math:`\log |\det| = 0`.
+    ``C`` broadcasts against ``u (*, d)`` like torch.distributions parameters."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, lower: Tensor) -> None:
+        super().__init__()
+        self.lower = lower
+
+    def _call(self, u: Tensor) -> Tensor:
+        solve = torch.linalg.solve_triangular
+        return solve(self.lower, u[..., None], upper=False, unitriangular=True)[..., 0]
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return z + (self.lower @ z[..., None])[..., 0]
+
+    def log_abs_det_jacobian(self, u: Tensor, z: Tensor) -> Tensor:
+        return u.new_zeros(torch.broadcast_shapes(u.shape[:-1], self.lower.shape[:-2]))
