@@ -188,17 +188,20 @@ def main() -> None:
     torch.manual_seed(0)
     name = "emulators-quick" if args.quick else "emulators"
     # keep what this run does not redo: other tasks, other methods (and sbi unless rerun)
-    redone = {label(v) for v in args.families} | {"simulator"}
+    ours = {label(v) for v in args.families} | {"simulator"}
 
-    def rerun(r: dict) -> bool:
+    def redone(r: dict, done: set[str]) -> bool:
+        """Whether this run has measured record ``r`` again (then the old one is dropped)."""
         sbi = r["method"].startswith("sbi") and not args.no_sbi
-        return r["task"] in tasks and (r["method"] in redone or sbi)
+        return r["task"] in done and (r["method"] in ours or sbi)
 
-    records = [r for r in load(name, args.out) if not rerun(r)]
+    old, records, done = load(name, args.out), [], set()
     for task in tasks:
         run_task(task, n, budget, args.quick, records, args.families, not args.no_sbi)
-        path = save(name, records, args.out or RESULTS)
-    print(markdown_table(records))
+        done.add(task)
+        kept = [r for r in old if not redone(r, done)]
+        path = save(name, kept + records, args.out or RESULTS)
+    print(markdown_table(kept + records))
     print(f"\nwritten to {path}")
 
 

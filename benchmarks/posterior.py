@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import simgen
+from benchmarks.emulators import VARIANTS, label
 from benchmarks.records import RESULTS, load, markdown_table, record, save
 from benchmarks.references import reference_posterior
 from simgen.diagnostics import (
@@ -64,16 +65,24 @@ def observations(sim: simgen.Simulator, count: int) -> tuple[np.ndarray, np.ndar
     return result.theta.astype(np.float64), result.x.astype(np.float64)
 
 
+def sampled(variant: str, sampler: str) -> str:
+    """The method name of a variant's posterior with a sampler: ``simgen flow (slice)``,
+    ``simgen flow (gaussian, hmc)``."""
+    family, _, detail = variant.partition("-")
+    return f"simgen {family} ({detail + ', ' if detail else ''}{sampler})"
+
+
 def simgen_family(
-    family: str, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
+    variant: str, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
 ) -> list[dict]:
-    """Fit one family, sample each observation's posterior, score and time it."""
+    """Fit one family (or variant, :data:`benchmarks.emulators.VARIANTS`), sample each
+    observation's posterior, score and time it."""
     name, n = store.metadata["simulator"], len(store)
+    family, config = VARIANTS[variant]
     train = {"max_seconds": cfg["budget"], "epochs": 10_000, "patience": 30}
-    train_s, emulator = timed(fit, store, family, None, train=train, progress=False)
+    train_s, emulator = timed(fit, store, family, None, train=train, config=config, progress=False)
     posterior = Posterior(emulator)
-    method = f"simgen {family}"
-    records = [record(BENCH, name, method, "train_seconds", train_s, "s", n)]
+    records = [record(BENCH, name, label(variant), "train_seconds", train_s, "s", n)]
     for sampler in ("slice", "hmc"):
         scores, seconds = [], []
         for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
@@ -94,12 +103,12 @@ def simgen_family(
             if sampler == "hmc":  # HMC is timed (and scored) on the first observation only
                 break
         draws_per_s = cfg["draws"] / float(np.mean(seconds))
-        label = f"{method} ({sampler})"
+        method = sampled(variant, sampler)
         records += [
-            record(BENCH, name, label, "posterior_c2st", float(np.mean(scores)), "accuracy", n),
-            record(BENCH, name, label, "posterior_samples_per_s", draws_per_s, "draws/s", n),
+            record(BENCH, name, method, "posterior_c2st", float(np.mean(scores)), "accuracy", n),
+            record(BENCH, name, method, "posterior_samples_per_s", draws_per_s, "draws/s", n),
         ]
-    if name == cfg["calibrate"] and family == "flow":
+    if name == cfg["calibrate"] and variant == "flow":
         records += calibration(posterior, store, cfg)
     return records
 
@@ -191,7 +200,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
-    parser.add_argument("--families", nargs="*", default=["flow", "vae"])
+    parser.add_argument(
+        "--families", nargs="*", default=["flow", "vae"], choices=list(VARIANTS),
+        help="families, or variants of benchmarks.emulators (flow-gaussian, diffusion-x0, ...)",
+    )  # fmt: skip
     parser.add_argument("--n", type=int, default=10_000, help="simulations per task")
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds per fit")
     parser.add_argument("--draws", type=int, default=1000, help="posterior draws per observation")
@@ -217,17 +229,22 @@ def main() -> None:
     torch.manual_seed(0)
     name = "posterior-quick" if args.quick else "posterior"
 
-    def rerun(r: dict) -> bool:
-        """Whether this run measures record ``r`` again (then the old one is dropped)."""
-        sbi = r["method"].startswith("sbi") and not args.no_sbi
-        ours = r["method"].split(" (")[0] in {f"simgen {f}" for f in families}
-        return r["task"] in tasks and (ours or sbi)
+    ours = {label(v) for v in families} | {
+        sampled(v, s) for v in families for s in ("slice", "hmc")
+    }
 
-    records = [r for r in load(name, args.out) if not rerun(r)]
+    def redone(r: dict, done: set[str]) -> bool:
+        """Whether this run has measured record ``r`` again (then the old one is dropped)."""
+        sbi = r["method"].startswith("sbi") and not args.no_sbi
+        return r["task"] in done and (r["method"] in ours or sbi)
+
+    old, records, done = load(name, args.out), [], set()
     for task in tasks:
         run_task(task, families, cfg, records, not args.no_sbi)
-        path = save(name, records, args.out or RESULTS)
-    print(markdown_table(records))
+        done.add(task)
+        kept = [r for r in old if not redone(r, done)]
+        path = save(name, kept + records, args.out or RESULTS)
+    print(markdown_table(kept + records))
     print(f"\nwritten to {path}")
 
 

