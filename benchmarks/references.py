@@ -13,9 +13,16 @@ r"""Reference posteriors :math:`p(\theta \mid x_{obs})` of the benchmark tasks, 
   |S / k|^{1/2}`, so the posterior factorises into the marginal of the covariance parameters,
   :math:`g(\theta_{3:5}) \propto \prod_j N(x_j; \bar x, S) \, |S|^{1/2}` on the prior's
   box, and :math:`m \mid S \sim N(\bar x, S / k)` restricted to the box. :math:`g` is evaluated
-  with the simulator's own exact likelihood on a 300^3 grid (cells of 0.02), cells are drawn by
-  their mass and points uniformly within them, :math:`m` is drawn given each, and draws whose
-  :math:`m` leaves the box are rejected (exact rejection sampling of the restriction).
+  with the simulator's own exact likelihood on a 300^3 grid of
+  :math:`(\log|\theta_3|, \log|\theta_4|, \theta_5)` (g depends on theta_3 and theta_4
+  through their squares, so their signs are drawn uniformly: the four modes), from
+  :math:`|\theta| = 10^{-6}` to 3, so that relative cells of 5% resolve scales near zero (with
+  theta_3 ~ 0.015, the posterior of theta_3 is a peak of width ~0.015 with a power-law tail that
+  a uniform grid of 0.02 cells cannot represent: C2ST 0.90 against samples of the exact
+  likelihood); then again over the box of the cells that hold all but 1e-9 of the mass, until
+  that box stops shrinking. Cells are drawn by their mass and points uniformly within them,
+  :math:`m` is drawn given each, and draws whose :math:`m` leaves the box are rejected (exact
+  rejection sampling of the restriction).
 """
 
 from __future__ import annotations
@@ -71,29 +78,52 @@ def _grid(
     return grid[pick] + step * (rng.random((n, 2)) - 0.5)
 
 
+def _slcp_log_g(sim: simgen.Simulator, x_obs: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    r""":math:`\log g + u_3 + u_4` on the grid ``axes[0] x axes[1] x axes[2]`` of
+    :math:`(u_3, u_4, \theta_5)`, :math:`u = \log \theta > 0` (the last two terms: the
+    Jacobian of :math:`\theta = e^u`), flattened in that order."""
+    mean = x_obs.reshape(-1, 2).mean(0)
+    b, c = np.meshgrid(axes[1], axes[2], indexing="ij")
+    bc = np.stack([np.exp(b.ravel()), c.ravel()], -1)
+    rows = []
+    for a in axes[0]:  # over the (u_4, theta_5) plane at u_3 = a
+        theta = np.column_stack([np.tile(mean, (len(bc), 1)), np.full(len(bc), np.exp(a)), bc])
+        _, s1, s2, rho = _slcp_moments(theta)
+        log_det_half = np.log(s1 * s2 * np.sqrt(1 - rho**2))
+        log_g = sim.log_likelihood(np.tile(x_obs, (len(bc), 1)), theta) + log_det_half
+        rows.append(log_g + a + np.log(bc[:, 0]))
+    return np.concatenate(rows)
+
+
 def _slcp(
-    sim: simgen.Simulator, x_obs: np.ndarray, n: int, seed: int, cells: int = 300
+    sim: simgen.Simulator, x_obs: np.ndarray, n: int, seed: int, cells: int = 300, rounds: int = 4
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = x_obs.reshape(-1, 2)
     k, mean = len(x), x.mean(0)
-    step = 6.0 / cells
-    axis = -3.0 + step * (np.arange(cells) + 0.5)
-    b, c = np.meshgrid(axis, axis, indexing="ij")
-    bc = np.stack([b.ravel(), c.ravel()], -1)
-    rows = []
-    for a in axis:  # log g over the (theta_4, theta_5) plane at theta_3 = a
-        theta = np.column_stack([np.tile(mean, (len(bc), 1)), np.full(len(bc), a), bc])
-        _, s1, s2, rho = _slcp_moments(theta)
-        log_det_half = np.log(s1 * s2 * np.sqrt(1 - rho**2))
-        rows.append(sim.log_likelihood(np.tile(x_obs, (len(bc), 1)), theta) + log_det_half)
-    log_g = np.concatenate(rows)
-    grid = np.column_stack([np.repeat(axis, len(bc)), np.tile(bc, (cells, 1))])
+    top = np.array([np.log(3.0), np.log(3.0), 3.0])
+    lo, hi = np.array([np.log(1e-6), np.log(1e-6), -3.0]), top.copy()
+    for _ in range(rounds):  # zoom in until the box of the mass stops shrinking
+        step = (hi - lo) / cells
+        axes = [lo[j] + step[j] * (np.arange(cells) + 0.5) for j in range(3)]
+        log_g = _slcp_log_g(sim, x_obs, axes)
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        mass = np.sort(np.exp(log_g - log_g.max()))[::-1]
+        floor = mass[np.searchsorted(np.cumsum(mass), (1 - 1e-9) * mass.sum())]
+        alive = grid[np.exp(log_g - log_g.max()) >= floor]  # cells with all but 1e-9 of it
+        new_lo = np.maximum(alive.min(0) - step, lo)
+        new_hi = np.minimum(alive.max(0) + step, hi)
+        if np.all(new_hi - new_lo > 0.5 * (hi - lo)):
+            break
+        lo, hi = new_lo, new_hi
     weights = np.exp(log_g - log_g.max())
     kept: list[np.ndarray] = []
     while sum(len(block) for block in kept) < n:
         pick = rng.choice(len(grid), size=2 * n, p=weights / weights.sum())
-        scale = grid[pick] + step * (rng.random((2 * n, 3)) - 0.5)
+        cell = grid[pick] + step * (rng.random((2 * n, 3)) - 0.5)
+        # g is even in theta_3 and theta_4 (through their squares): each sign with probability 1/2
+        signs = rng.choice([-1.0, 1.0], size=(2 * n, 2))
+        scale = np.column_stack([signs * np.exp(cell[:, :2]), cell[:, 2]])
         _, s1, s2, rho = _slcp_moments(np.column_stack([np.zeros((2 * n, 2)), scale]))
         # m | S ~ N(mean, S / k): S's Cholesky factor [[s1, 0], [rho s2, sqrt(1 - rho^2) s2]]
         z = rng.standard_normal((2 * n, 2)) / np.sqrt(k)
