@@ -7,6 +7,9 @@ For each task, with ``n`` simulations (1e4) and a fixed CPU training budget per 
   grid), averaged over 5 observations ``x_o ~ p(x | theta_o)``, ``theta_o`` from the prior; for
   each simgen family (slice sampler) and, in the same run and on the same data, sbi's NPE and
   NLE (its ``slice_np_vectorized`` MCMC).
+* the same C2ST for simgen's slice sampler on the simulator's exact likelihood
+  (``simgen exact likelihood (slice)``): what the sampler alone leaves, so that the distance of
+  a family from it is what its learned likelihood costs.
 * ``posterior_samples_per_s``: draws per second of wall-clock time, warm-up and initialisation
   included, per family and sampler (slice and HMC; ``draws / 5`` chains of 5 draws after the
   default warm-up: chains cannot cross between separated modes, so the share of chains that
@@ -67,6 +70,48 @@ def observations(sim: simgen.Simulator, count: int) -> tuple[np.ndarray, np.ndar
     """``count`` pairs ``(theta_o, x_o)`` from streams no training row uses."""
     result = run_chunk(sim, seed=7, index=10**9, size=count)
     return result.theta.astype(np.float64), result.x.astype(np.float64)
+
+
+class ExactLikelihood:
+    """A simulator's exact ``log_likelihood`` with the interface :class:`Posterior` uses, so
+    that the same sampler runs on the true likelihood: the C2ST it leaves is the floor that the
+    sampler alone sets (slice only: HMC needs gradients, which numpy does not give)."""
+
+    def __init__(self, sim: simgen.Simulator, x_mean: torch.Tensor, x_std: torch.Tensor) -> None:
+        self.sim, self.x_shape, self.d_theta = sim, tuple(sim.x_shape), sim.d_theta
+        self.x_mean, self.x_std = x_mean, x_std  # for the extrapolation warning
+
+    def prior(self) -> torch.distributions.Distribution:
+        return self.sim.prior()
+
+    def log_prob(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``log p(x | theta)`` broadcast over ``x (*, *x_shape)`` and ``theta (*, d)``."""
+        batch = torch.broadcast_shapes(x.shape[: x.ndim - len(self.x_shape)], theta.shape[:-1])
+        xs = x.expand(*batch, *self.x_shape).reshape(-1, *self.x_shape).double().numpy()
+        ts = theta.expand(*batch, self.d_theta).reshape(-1, self.d_theta).double().numpy()
+        return torch.from_numpy(self.sim.log_likelihood(xs, ts)).float().reshape(batch)
+
+
+EXACT = "simgen exact likelihood (slice)"
+
+
+def exact_floor(store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict) -> list[dict]:
+    """The posterior C2ST of simgen's slice sampler on the simulator's exact likelihood."""
+    meta = store.metadata
+    sim = simgen.get_simulator(meta["simulator"], **meta["simulator_options"])
+    x = torch.from_numpy(store.x[:]).reshape(len(store), -1)
+    posterior = Posterior(ExactLikelihood(sim, x.mean(0), x.std(0)))
+    scores = []
+    for i, (obs, ref) in enumerate(zip(xs, refs, strict=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = posterior.sample(
+                obs, cfg["draws"], chains=max(4, cfg["draws"] // 5), warmup=cfg["warmup"],
+                seed=i, progress=False,
+            )  # fmt: skip
+        scores.append(c2st(result.theta, ref))
+    value = float(np.mean(scores))
+    return [record(BENCH, sim.name, EXACT, "posterior_c2st", value, "accuracy", len(store))]
 
 
 def sampled(variant: str, sampler: str) -> str:
@@ -195,6 +240,7 @@ def run_task(
     refs = [reference_posterior(sim, x, cfg["draws"], seed=i) for i, x in enumerate(xs)]
     for family in families:
         records += simgen_family(family, store, xs, refs, cfg)
+    records += exact_floor(store, xs, refs, cfg)
     if include_sbi:
         records += sbi_methods(sim, store, xs, refs, cfg)
 
@@ -233,7 +279,7 @@ def main() -> None:
     torch.manual_seed(0)
     name = "posterior-quick" if args.quick else "posterior"
 
-    ours = {label(v) for v in families} | {
+    ours = {EXACT, *(label(v) for v in families)} | {
         sampled(v, s) for v in families for s in ("slice", "hmc")
     }
 

@@ -127,6 +127,7 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
     import torch
 
     import simgen
+    from benchmarks.posterior import ExactLikelihood
     from benchmarks.references import _slcp
     from simgen.diagnostics import c2st
     from simgen.posterior import Posterior
@@ -135,19 +136,7 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
     theta_o = np.array([[2.979, -0.376, -0.015, -0.518, 1.493]])
     x_obs = sim.simulate(theta_o, np.random.default_rng(3))[0]
 
-    class Exact:  # the exact likelihood, with the interface Posterior uses
-        x_shape, d_theta = (8,), 5
-        x_mean, x_std = torch.zeros(8), torch.full((8,), 3.0)
-
-        def prior(self):
-            return sim.prior()
-
-        def log_prob(self, x, theta):
-            shape = torch.broadcast_shapes(x.shape[:-1], theta.shape[:-1])
-            xs = x.expand(*shape, 8).reshape(-1, 8).double().numpy()
-            ts = theta.expand(*shape, 5).reshape(-1, 5).double().numpy()
-            return torch.from_numpy(sim.log_likelihood(xs, ts)).float().reshape(shape)
-
     reference = _slcp(sim, x_obs, 1000, seed=0, cells=100)
-    result = Posterior(Exact()).sample(x_obs, 1000, chains=200, seed=0, progress=False)
+    exact = ExactLikelihood(sim, torch.zeros(8), torch.full((8,), 3.0))
+    result = Posterior(exact).sample(x_obs, 1000, chains=200, seed=0, progress=False)
     assert c2st(reference, result.theta.numpy(), seed=0) < 0.6
