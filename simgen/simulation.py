@@ -265,6 +265,13 @@ def simulate(
 
     Returns:
         The data file, opened for reading.
+
+    Raises:
+        UsageError: a bad argument (sizes, options that are not JSON values).
+        StoreError: the file belongs to another run identity, or another run is writing it
+            right now (one run per data file: :meth:`Journal.locked`).
+        SimulatorError: the simulator broke its contract (shape, dtype, every row raised).
+        RunError: interrupted (the journal keeps finished tasks) or a worker process died.
     """
     started = time.perf_counter()
     sim = get_simulator(simulator) if isinstance(simulator, str) else simulator
