@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import simgen
-from benchmarks.records import RESULTS, load, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
 from simgen.diagnostics import c2st
 from simgen.simulation import run_chunk
 from simgen.train import fit
@@ -187,19 +187,13 @@ def main() -> None:
     tasks = ["gaussian_linear"] if args.quick else args.tasks
     torch.manual_seed(0)
     name = "emulators-quick" if args.quick else "emulators"
-    # keep what this run does not redo: other tasks, other methods (and sbi unless rerun)
     ours = {label(v) for v in args.families} | {"simulator"}
-
-    def redone(r: dict, done: set[str]) -> bool:
-        """Whether this run has measured record ``r`` again (then the old one is dropped)."""
-        sbi = r["method"].startswith("sbi") and not args.no_sbi
-        return r["task"] in done and (r["method"] in ours or sbi)
 
     old, records, done = load(name, args.out), [], set()
     for task in tasks:
         run_task(task, n, budget, args.quick, records, args.families, not args.no_sbi)
         done.add(task)
-        kept = [r for r in old if not redone(r, done)]
+        kept = still_valid(old, done, ours, sbi=not args.no_sbi)
         path = save(name, kept + records, args.out or RESULTS)
     print(markdown_table(kept + records))
     print(f"\nwritten to {path}")

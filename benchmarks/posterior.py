@@ -42,7 +42,7 @@ import torch
 
 import simgen
 from benchmarks.emulators import VARIANTS, label
-from benchmarks.records import RESULTS, load, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
 from benchmarks.references import reference_posterior
 from simgen.diagnostics import (
     c2st,
@@ -95,10 +95,10 @@ class ExactLikelihood:
 EXACT = "simgen exact likelihood (slice)"
 
 
-def exact_floor(store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict) -> list[dict]:
+def exact_floor(
+    sim: simgen.Simulator, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
+) -> list[dict]:
     """The posterior C2ST of simgen's slice sampler on the simulator's exact likelihood."""
-    meta = store.metadata
-    sim = simgen.get_simulator(meta["simulator"], **meta["simulator_options"])
     x = torch.from_numpy(store.x[:]).reshape(len(store), -1)
     posterior = Posterior(ExactLikelihood(sim, x.mean(0), x.std(0)))
     scores = []
@@ -240,7 +240,7 @@ def run_task(
     refs = [reference_posterior(sim, x, cfg["draws"], seed=i) for i, x in enumerate(xs)]
     for family in families:
         records += simgen_family(family, store, xs, refs, cfg)
-    records += exact_floor(store, xs, refs, cfg)
+    records += exact_floor(sim, store, xs, refs, cfg)
     if include_sbi:
         records += sbi_methods(sim, store, xs, refs, cfg)
 
@@ -283,16 +283,11 @@ def main() -> None:
         sampled(v, s) for v in families for s in ("slice", "hmc")
     }
 
-    def redone(r: dict, done: set[str]) -> bool:
-        """Whether this run has measured record ``r`` again (then the old one is dropped)."""
-        sbi = r["method"].startswith("sbi") and not args.no_sbi
-        return r["task"] in done and (r["method"] in ours or sbi)
-
     old, records, done = load(name, args.out), [], set()
     for task in tasks:
         run_task(task, families, cfg, records, not args.no_sbi)
         done.add(task)
-        kept = [r for r in old if not redone(r, done)]
+        kept = still_valid(old, done, ours, sbi=not args.no_sbi)
         path = save(name, kept + records, args.out or RESULTS)
     print(markdown_table(kept + records))
     print(f"\nwritten to {path}")

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "load", "machine", "markdown_table", "record", "save"]
+__all__ = ["RESULTS", "load", "machine", "markdown_table", "record", "save", "still_valid"]
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,6 +62,21 @@ def save(name: str, records: list[dict[str, Any]], out: Path | None = None) -> P
     tmp.write_text(json.dumps(records, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def still_valid(
+    old: list[dict[str, Any]], done: set[str], methods: set[str], sbi: bool
+) -> list[dict[str, Any]]:
+    """The records of ``old`` that a run has not measured again: those of tasks it has not
+    finished (``done``), and of methods it does not run (``methods``; and sbi's unless
+    ``sbi``). A run saves them beside its own after each task, so a stopped or partial run
+    keeps every other row."""
+
+    def redone(r: dict[str, Any]) -> bool:
+        ours = r["method"] in methods or (sbi and r["method"].startswith("sbi"))
+        return r["task"] in done and ours
+
+    return [r for r in old if not redone(r)]
 
 
 def load(name: str, out: Path | None = None) -> list[dict[str, Any]]:

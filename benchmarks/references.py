@@ -101,22 +101,22 @@ def _slcp(
     rng = np.random.default_rng(seed)
     x = x_obs.reshape(-1, 2)
     k, mean = len(x), x.mean(0)
-    top = np.array([np.log(3.0), np.log(3.0), 3.0])
-    lo, hi = np.array([np.log(1e-6), np.log(1e-6), -3.0]), top.copy()
+    lo = np.array([np.log(1e-6), np.log(1e-6), -3.0])
+    hi = np.array([np.log(3.0), np.log(3.0), 3.0])
     for _ in range(rounds):  # zoom in until the box of the mass stops shrinking
         step = (hi - lo) / cells
         axes = [lo[j] + step[j] * (np.arange(cells) + 0.5) for j in range(3)]
         log_g = _slcp_log_g(sim, x_obs, axes)
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        mass = np.sort(np.exp(log_g - log_g.max()))[::-1]
+        weights = np.exp(log_g - log_g.max())
+        mass = np.sort(weights)[::-1]
         floor = mass[np.searchsorted(np.cumsum(mass), (1 - 1e-9) * mass.sum())]
-        alive = grid[np.exp(log_g - log_g.max()) >= floor]  # cells with all but 1e-9 of it
+        alive = grid[weights >= floor]  # the cells that hold all but 1e-9 of the mass
         new_lo = np.maximum(alive.min(0) - step, lo)
         new_hi = np.minimum(alive.max(0) + step, hi)
         if np.all(new_hi - new_lo > 0.5 * (hi - lo)):
             break
         lo, hi = new_lo, new_hi
-    weights = np.exp(log_g - log_g.max())
     kept: list[np.ndarray] = []
     while sum(len(block) for block in kept) < n:
         pick = rng.choice(len(grid), size=2 * n, p=weights / weights.sum())

@@ -16,6 +16,7 @@ import torch
 import zuko
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform
+from torch.distributions.utils import tril_matrix_to_vec, vec_to_tril_matrix
 from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
@@ -85,11 +86,8 @@ class ConditionalAffine(LazyTransform):
         self, features: int, d_theta: int, hidden: tuple[int, ...], correlated: bool = False
     ) -> None:
         super().__init__()
-        self.features = features
-        rows, cols = torch.tril_indices(features, features, -1) if correlated else ((), ())
-        self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.long), persistent=False)
-        self.register_buffer("cols", torch.as_tensor(cols, dtype=torch.long), persistent=False)
-        outputs = 2 * features + len(self.rows)
+        self.features, self.correlated = features, correlated
+        outputs = 2 * features + (features * (features - 1) // 2 if correlated else 0)
         self.hyper = MLP(d_theta, outputs, hidden, zero_last=True)
         self.linear = nn.Linear(d_theta, outputs)
         nn.init.zeros_(self.linear.weight)
@@ -102,12 +100,10 @@ class ConditionalAffine(LazyTransform):
         and :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
         diagonal of their standard deviations: :math:`e^{-s} = \mathrm{diag}(M)` and
         :math:`C = \mathrm{diag}(M)^{-1} M - I`."""
-        correlated = bool(len(self.rows))
-        weight, bias, scale = linear_gaussian_fit(theta, x, full=correlated)
-        sigma = scale.diagonal().clamp_min(1e-6) if correlated else scale
-        if correlated:
-            lower = scale / sigma[:, None]
-            self.linear.bias[2 * self.features :] = lower[self.rows, self.cols]
+        weight, bias, scale = linear_gaussian_fit(theta, x, full=self.correlated)
+        sigma = scale.diagonal().clamp_min(1e-6) if self.correlated else scale
+        if self.correlated:
+            self.linear.bias[2 * self.features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
         log_scale = -sigma.log().clamp(-6.0, 6.0)  # s = -log(sigma)
         raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s
         features = self.features
@@ -119,10 +115,9 @@ class ConditionalAffine(LazyTransform):
         out = self.linear(c) + self.hyper(c)
         shift, log_scale = out[..., : 2 * self.features].chunk(2, dim=-1)
         affine = DependentTransform(Affine(shift, log_scale), 1)
-        if not len(self.rows):
+        if not self.correlated:
             return affine
-        lower = out.new_zeros(*out.shape[:-1], self.features, self.features)
-        lower[..., self.rows, self.cols] = out[..., 2 * self.features :]
+        lower = vec_to_tril_matrix(out[..., 2 * self.features :], diag=-1)
         return ComposedTransform(affine, UnitLower(lower))
 
 
