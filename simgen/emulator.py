@@ -33,7 +33,7 @@ from simgen.errors import StoreError, UsageError
 
 __all__ = ["FAMILIES", "MODEL_FORMAT", "Emulator", "build_family", "defaults_for", "load"]
 
-MODEL_FORMAT = "simgen-model/1"
+MODEL_FORMAT = "simgen-model/2"
 PROBE_ROWS = 256  # rows of the call that measures memory per row on a GPU
 CPU_ROWS = 16_384  # rows per batched call on CPU
 MAX_ROWS = 1 << 22
@@ -309,8 +309,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Emulato
     if not isinstance(fmt, str) or not fmt.startswith("simgen-model/"):
         raise StoreError(f"{path} is a torch file but not a simgen model")
     if fmt != MODEL_FORMAT:
+        newer = int(fmt.rpartition("/")[2] or 0) > int(MODEL_FORMAT.rpartition("/")[2])
         raise StoreError(
             f"{path} has format '{fmt}', newer than this simgen reads: upgrade simgen"
+            if newer
+            else f"{path} has format '{fmt}', older than this simgen's '{MODEL_FORMAT}' "
+            "(the networks changed): refit it with this version"
         )
     info = state["info"]
     family = state["family"]

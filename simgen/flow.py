@@ -23,9 +23,13 @@ from zuko.transforms import ComposedTransform, DependentTransform
 from simgen.errors import UsageError
 from simgen.nn import MLP, linear_gaussian_fit
 from simgen.spectral import initialize, spectral_flow
-from simgen.transforms import Affine, UnitLower
+from simgen.transforms import LocationScale, UnitLower
 
 __all__ = ["Flow", "FlowConfig"]
+
+# largest factor by which the theta-conditioned standardisation scales x (standardised over the
+# data set): noise a million times below the data's spread
+MAX_SCALE = 1e6
 
 
 @dataclass
@@ -68,18 +72,21 @@ class FlowConfig:
 
 
 class ConditionalAffine(LazyTransform):
-    r"""Element-wise :math:`u = x e^{s(\theta)} + t(\theta)` over ``features`` values (zuko's
-    monotonic affine map: :math:`s = a / (1 + |a| / \log 10^3)`, a soft clamp of the raw
-    log-scale :math:`a`), with :math:`(t, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`;
-    ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the strictly
-    lower entries of :math:`C` computed the same way, so that
+    r"""Element-wise :math:`u = (x - \mu(\theta)) e^{s(\theta)}` over ``features`` values
+    (:class:`LocationScale`: the log-scale softly bounded by :math:`\log 10^6`), with
+    :math:`(\mu, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`, :math:`a` the raw
+    log-scale; ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the
+    strictly lower entries of :math:`C` computed the same way, so that
     :math:`\mathrm{Cov}(x \mid \theta) = E (I + C)(I + C)^\top E` with :math:`E = e^{-s}` is any
     covariance when z is white.
 
     The MLP's last layer and the linear part start at zero (the identity map); :meth:`fit_linear`
     sets the linear part from the least-squares regression of x on theta, so that the flow
     starts at the best linear-Gaussian model and the MLP learns only what is not linear (an MLP
-    alone approximates even a linear mean with errors that show up in every log-density).
+    alone approximates even a linear mean with errors that show up in every log-density). The
+    mean is a direct output, not zuko's shift :math:`t = -\mu e^{s}`: a mean linear in theta
+    stays linear however the scale varies (slcp: :math:`\mu = (\theta_1, \theta_2)`, scales
+    :math:`\theta_3^2, \theta_4^2`).
     """
 
     def __init__(
@@ -104,17 +111,17 @@ class ConditionalAffine(LazyTransform):
         sigma = scale.diagonal().clamp_min(1e-6) if self.correlated else scale
         if self.correlated:
             self.linear.bias[2 * self.features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
-        log_scale = -sigma.log().clamp(-6.0, 6.0)  # s = -log(sigma)
-        raw = log_scale / (1 - log_scale.abs() / math.log(1e3))  # the a that gives s
+        bound = math.log(MAX_SCALE)
+        log_scale = -sigma.log().clamp(-0.8 * bound, 0.8 * bound)  # s = -log(sigma)
         features = self.features
-        self.linear.weight[:features] = -weight * log_scale.exp()[:, None]
-        self.linear.bias[:features] = -bias * log_scale.exp()
-        self.linear.bias[features : 2 * features] = raw
+        self.linear.weight[:features] = weight
+        self.linear.bias[:features] = bias
+        self.linear.bias[features : 2 * features] = log_scale / (1 - log_scale.abs() / bound)
 
     def forward(self, c: Tensor) -> Transform:
         out = self.linear(c) + self.hyper(c)
-        shift, log_scale = out[..., : 2 * self.features].chunk(2, dim=-1)
-        affine = DependentTransform(Affine(shift, log_scale), 1)
+        loc, raw = out[..., : 2 * self.features].chunk(2, dim=-1)
+        affine = DependentTransform(LocationScale(loc, raw, MAX_SCALE), 1)
         if not self.correlated:
             return affine
         lower = vec_to_tril_matrix(out[..., 2 * self.features :], diag=-1)

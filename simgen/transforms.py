@@ -1,14 +1,17 @@
 """Bijections that the flows share, as ``torch.distributions.Transform``: zuko's element-wise
-affine map with parameters that broadcast, and a unit lower-triangular linear map."""
+affine map with parameters that broadcast, a location-scale map, and a unit lower-triangular
+linear map."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 from torch.distributions import Transform, constraints
 from zuko.transforms import MonotonicAffineTransform
 
-__all__ = ["Affine", "UnitLower"]
+__all__ = ["Affine", "LocationScale", "UnitLower"]
 
 
 class Affine(MonotonicAffineTransform):
@@ -17,6 +20,38 @@ class Affine(MonotonicAffineTransform):
     has more batch dimensions than theta)."""
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
+
+
+class LocationScale(Transform):
+    r"""Element-wise :math:`u = (x - \mu) e^{s}`, the log-scale softly bounded:
+    :math:`s = a / (1 + |a| / L)` with :math:`L = \log(` ``max_scale`` :math:`)`, so that
+    :math:`|s| < L` whatever the raw :math:`a`. ``loc`` (:math:`\mu`) and ``raw``
+    (:math:`a`) broadcast against x.
+
+    zuko's affine map :math:`u = x e^{s} + t` has the shift :math:`t = -\mu e^{s}` where this
+    one has the mean: when the mean is linear in theta and the noise level is not (a signal plus
+    noise), t is as nonlinear as the scale, and an error in t is an error of :math:`t e^{-s}` in
+    the mean, however small the noise.
+    """
+
+    domain = constraints.real
+    codomain = constraints.real
+    bijective = True
+    sign = +1
+
+    def __init__(self, loc: Tensor, raw: Tensor, max_scale: float) -> None:
+        super().__init__()
+        self.loc = loc
+        self.log_scale = raw / (1 + raw.abs() / math.log(max_scale))
+
+    def _call(self, x: Tensor) -> Tensor:
+        return (x - self.loc) * self.log_scale.exp()
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return u * (-self.log_scale).exp() + self.loc
+
+    def log_abs_det_jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
 
 

@@ -168,7 +168,11 @@ def test_bad_model_files(tmp_path, trained):
     torch.save(state, tmp_path / "newer.pt")
     with pytest.raises(StoreError, match="newer than this simgen reads"):
         load(tmp_path / "newer.pt")
-    torch.save({"format": "simgen-model/1", "payload": Exploit()}, tmp_path / "evil.pt")
+    state["format"] = "simgen-model/1"
+    torch.save(state, tmp_path / "older.pt")
+    with pytest.raises(StoreError, match="older than this simgen's 'simgen-model/2'.*refit"):
+        load(tmp_path / "older.pt")
+    torch.save({"format": "simgen-model/2", "payload": Exploit()}, tmp_path / "evil.pt")
     with pytest.raises(StoreError, match="cannot be loaded safely"):
         load(tmp_path / "evil.pt")
     assert not EXPLOITED
@@ -240,6 +244,33 @@ def test_affine_flow_starts_at_the_least_squares_fit():
         5 / n**0.5 * (1 + theta.abs().sum(-1, keepdim=True)) + noise.abs() * 5 / (2 * n) ** 0.5
     )
     assert ((z - noise).abs() < tolerance).all()
+
+
+def test_affine_mean_stays_linear_whatever_the_scale():
+    """The standardisation outputs the mean and the log-scale apart (not zuko's shift
+    t = -mean * scale): after the least-squares start, an MLP that changes only the log-scales
+    leaves the median of x given theta (the image of z = 0) at the regression line, and the
+    inverse and the log-determinant agree with the forward map (autograd Jacobian)."""
+    generator = torch.Generator().manual_seed(2)
+    n, d_theta, d_x = 500, 2, 3
+    theta = torch.randn(n, d_theta, generator=generator)
+    x = theta @ torch.randn(d_theta, d_x, generator=generator) + torch.randn(n, d_x) * 0.1
+    flow = Flow(d_x, d_theta, FlowConfig(transforms=1, hidden=(8,), affine=True))
+    flow.initialize(theta, x)
+    affine = flow.flow.transform.transforms[0]
+    with torch.no_grad():
+        median, before = affine(theta).inv(torch.zeros(n, d_x)), affine(theta)(x)
+        last = affine.hyper[-1]
+        last.weight[d_x : 2 * d_x] = 3 * torch.randn(d_x, last.weight.shape[1])
+        transform = affine(theta)
+        torch.testing.assert_close(transform.inv(torch.zeros(n, d_x)), median)
+        assert (transform(x) - before).abs().mean() > 0.1  # the scales did change
+        torch.testing.assert_close(transform.inv(transform(x)), x, atol=1e-5, rtol=1e-5)
+    jacobian = torch.func.jacrev(lambda v: affine(theta[:1])(v))(x[:1])[0, :, 0, :]
+    torch.testing.assert_close(
+        transform.log_abs_det_jacobian(x[:1], transform(x[:1]))[0],
+        torch.linalg.slogdet(jacobian).logabsdet,
+    )
 
 
 def test_correlated_affine_start_is_the_least_squares_gaussian():
