@@ -49,7 +49,7 @@ class FlowConfig:
             condition the other half; sampling as fast as the density). Large x defaults to 2
             (:func:`simgen.emulator.defaults_for`).
         affine: ``nsf`` only: first standardise x given theta, an affine map per feature
-            whose shift and scale are linear in theta plus an MLP of theta
+            whose mean and log-scale are linear in theta plus an MLP of theta
             (:class:`ConditionalAffine`; it starts at the least-squares fit of the first
             batch), so the splines model the residual;
             a simulator that adds noise to a deterministic signal of theta becomes a
