@@ -112,7 +112,8 @@ class ConditionalAffine(LazyTransform):
         if self.correlated:
             self.linear.bias[2 * self.features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
         bound = math.log(MAX_SCALE)
-        log_scale = -sigma.log().clamp(-0.8 * bound, 0.8 * bound)  # s = -log(sigma)
+        # s = -log(sigma), kept off the bound, where ds/da = (1 - |s| / bound)^2 vanishes
+        log_scale = -sigma.log().clamp(-0.8 * bound, 0.8 * bound)
         features = self.features
         self.linear.weight[:features] = weight
         self.linear.bias[:features] = bias

@@ -31,8 +31,9 @@ class LocationScale(Transform):
 
     zuko's affine map :math:`u = x e^{s} + t` has the shift :math:`t = -\mu e^{s}` where this
     one has the mean: when the mean is linear in theta and the noise level is not (a signal plus
-    noise), t is as nonlinear as the scale, and an error in t is an error of :math:`t e^{-s}` in
-    the mean, however small the noise.
+    noise), t is as nonlinear as the scale and as large as the mean over the noise (slcp:
+    :math:`\theta_1 / \theta_3^2`, unbounded near :math:`\theta_3 = 0`), where here the mean
+    stays linear and only the scale has to be learned.
     """
 
     domain = constraints.real
