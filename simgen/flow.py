@@ -143,6 +143,11 @@ class Flow(nn.Module):
                     f"flow network 'spectral' needs square maps; x has {d_x} values: "
                     "use network 'nsf'"
                 )
+            if config.affine or config.correlated:
+                raise UsageError(
+                    "flow settings affine and correlated apply to network 'nsf'; the spectral "
+                    "network standardises each Fourier mode itself: remove them"
+                )
             self.flow = spectral_flow(side, d_theta, config.transforms, config.hidden, config.bins)
         elif config.network == "nsf":
             if config.correlated and not config.affine:

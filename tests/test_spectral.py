@@ -51,6 +51,9 @@ def test_spectral_is_the_flow_default_on_square_maps_only():
         Flow(10, 2, FlowConfig(network="spectral"))
     with pytest.raises(UsageError, match="unknown flow network"):
         Flow(16, 2, FlowConfig(network="fft"))
+    for setting in ({"affine": True}, {"affine": True, "correlated": True}):
+        with pytest.raises(UsageError, match="apply to network 'nsf'"):
+            Flow(16, 2, FlowConfig(network="spectral", **setting))
 
 
 @pytest.fixture(scope="module")
