@@ -309,7 +309,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Emulato
     if not isinstance(fmt, str) or not fmt.startswith("simgen-model/"):
         raise StoreError(f"{path} is a torch file but not a simgen model")
     if fmt != MODEL_FORMAT:
-        newer = int(fmt.rpartition("/")[2] or 0) > int(MODEL_FORMAT.rpartition("/")[2])
+        version = fmt.rpartition("/")[2]
+        newer = not version.isdigit() or int(version) > int(MODEL_FORMAT.rpartition("/")[2])
         raise StoreError(
             f"{path} has format '{fmt}', newer than this simgen reads: upgrade simgen"
             if newer

@@ -254,14 +254,17 @@ def test_affine_mean_stays_linear_whatever_the_scale():
     generator = torch.Generator().manual_seed(2)
     n, d_theta, d_x = 500, 2, 3
     theta = torch.randn(n, d_theta, generator=generator)
-    x = theta @ torch.randn(d_theta, d_x, generator=generator) + torch.randn(n, d_x) * 0.1
+    noise = torch.randn(n, d_x, generator=generator)
+    x = theta @ torch.randn(d_theta, d_x, generator=generator) + 0.1 * noise
     flow = Flow(d_x, d_theta, FlowConfig(transforms=1, hidden=(8,), affine=True))
     flow.initialize(theta, x)
     affine = flow.flow.transform.transforms[0]
     with torch.no_grad():
         median, before = affine(theta).inv(torch.zeros(n, d_x)), affine(theta)(x)
         last = affine.hyper[-1]
-        last.weight[d_x : 2 * d_x] = 3 * torch.randn(d_x, last.weight.shape[1])
+        last.weight[d_x : 2 * d_x] = 3 * torch.randn(
+            d_x, last.weight.shape[1], generator=generator
+        )
         transform = affine(theta)
         torch.testing.assert_close(transform.inv(torch.zeros(n, d_x)), median)
         assert (transform(x) - before).abs().mean() > 0.1  # the scales did change
