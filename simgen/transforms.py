@@ -33,7 +33,10 @@ class LocationScale(Transform):
     one has the mean: when the mean is linear in theta and the noise level is not (a signal plus
     noise), t is as nonlinear as the scale and as large as the mean over the noise (slcp:
     :math:`\theta_1 / \theta_3^2`, unbounded near :math:`\theta_3 = 0`), where here the mean
-    stays linear and only the scale has to be learned.
+    stays linear and only the scale has to be learned. The bound is zuko's soft clamp (its
+    ``slope`` is ``1 / max_scale``); the map is not written as zuko's with
+    :math:`t = -\mu e^{s}`, because :math:`x e^{s} - \mu e^{s}` cancels two large float32
+    numbers where the noise is small, and :math:`(x - \mu) e^{s}` does not.
     """
 
     domain = constraints.real
