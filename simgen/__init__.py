@@ -18,6 +18,7 @@ _EXPORTS = {
     "simulators": "simgen.simulator",
     "get_simulator": "simgen.simulator",
     "simulate": "simgen.simulation",
+    "merge": "simgen.merging",
     "open_store": "simgen.store",
     "Store": "simgen.store",
     "Emulator": "simgen.emulator",
@@ -47,6 +48,7 @@ __all__ = [
     "fit",
     "get_simulator",
     "load",
+    "merge",
     "open_store",
     "register",
     "simulate",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from simgen.check import check
     from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
+    from simgen.merging import merge
     from simgen.posterior import Posterior
     from simgen.simulation import simulate
     from simgen.simulator import Simulator, get_simulator, register, simulators

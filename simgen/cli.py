@@ -110,8 +110,20 @@ def simulators_command(as_json: JsonOut = False) -> None:
 @app.command("simulate")
 def simulate_command(
     name: Annotated[str, typer.Argument(help="Registered name or import path pkg.module:Class.")],
-    n: Annotated[int, typer.Option("-n", "--n", help="Rows to simulate in total.", min=1)],
     out: Annotated[Path, typer.Option("-o", "--out", help="HDF5 file to write or extend.")],
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "-n", "--n", help="Rows to simulate in total (with --theta-file: all).", min=1
+        ),
+    ] = None,
+    theta_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Simulate these thetas instead of prior draws: .npy (n, d), .csv rows, or the "
+            "HDF5 file of `simgen sample --observed` (its posterior draws)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Root random seed.")] = 0,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: all cores).", min=1)
@@ -130,17 +142,23 @@ def simulate_command(
 ) -> None:
     """Simulate (theta, x) pairs into an HDF5 file; rerun to resume or to add rows."""
     with _errors():
+        from simgen.errors import UsageError
         from simgen.simulation import simulate
         from simgen.simulator import get_simulator, parse_option, simulator_class
 
         cls = simulator_class(name)
         options = dict(parse_option(cls, text) for text in option or [])
         sim = get_simulator(name, **options)
+        given = None if theta_file is None else _theta_rows(theta_file)
+        if n is None and given is None:
+            raise UsageError("give -n (rows to simulate) or --theta-file")
+        n = len(given) if n is None else n
         reports = []
         simulate(
             sim,
             n,
             out,
+            theta=given,
             seed=seed,
             workers=workers,
             chunk_size=chunk_size,
@@ -169,6 +187,26 @@ def simulate_command(
                 "simulator raised or gave NaN/inf); their theta is kept under failed/theta",
                 err=True,
             )
+
+
+@app.command("merge")
+def merge_command(
+    files: Annotated[list[Path], typer.Argument(help="Data files of one simulator and prior.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="New HDF5 file to write.")],
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Merge data files (runs with other seeds, rounds of sequential inference) into one, for
+    `simgen fit`; the last file's last rows validate."""
+    with _errors():
+        from simgen.merging import merge
+
+        store = merge(files, out, progress=_progress(quiet, as_json))
+        summary = {"path": str(out), "rows": len(store), "sources": [str(f) for f in files]}
+        if as_json:
+            _print_json(summary)
+        elif not quiet:
+            typer.echo(f"wrote {len(store):,} rows of {len(files)} files to {out}", err=True)
 
 
 @app.command("info")
@@ -269,6 +307,31 @@ def _writable(path: Path) -> None:
     check_writable(path)
 
 
+def _theta_rows(path: Path) -> Any:
+    """Parameters from ``path``: a .npy array, .csv rows, or the ``theta`` of an HDF5 file
+    (posterior samples of ``simgen sample --observed``, or a data file)."""
+    import h5py
+    import numpy as np
+
+    from simgen.errors import UsageError
+
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                if "theta" not in f:
+                    raise UsageError(f"{path} holds no 'theta' data set")
+                values = f["theta"][:]
+        else:
+            values = np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError as error:
+        raise UsageError(f"cannot read thetas from {path}: {error}") from None
+    return np.atleast_2d(values)
+
+
 def _thetas(
     emulator: Any, theta: str | None, theta_file: Path | None, from_prior: int | None, seed: int
 ) -> Any:
@@ -286,16 +349,7 @@ def _thetas(
         except ValueError:
             raise UsageError(f"--theta '{theta}' should be numbers separated by commas") from None
     elif theta_file is not None:
-        if not theta_file.is_file():
-            raise UsageError(f"no such file: {theta_file}")
-        try:
-            if theta_file.suffix == ".npy":
-                values = np.load(theta_file, allow_pickle=False)
-            else:
-                values = np.loadtxt(theta_file, delimiter=",", ndmin=2)
-        except ValueError as error:
-            raise UsageError(f"cannot read thetas from {theta_file}: {error}") from None
-        values = np.atleast_2d(values).astype(np.float32)
+        values = _theta_rows(theta_file).astype(np.float32)
     else:
         torch.manual_seed(seed)
         values = emulator.prior().sample((from_prior,)).numpy().astype(np.float32)

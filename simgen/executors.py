@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import torch
 
 from simgen.errors import UsageError
@@ -33,7 +34,9 @@ def default_workers() -> int:
 _WORKER_SIMULATORS: dict[bytes, Simulator] = {}
 
 
-def _run_pickled(payload: bytes, seed: int, index: int, size: int) -> ChunkResult:
+def _run_pickled(
+    payload: bytes, seed: int, index: int, size: int, theta: np.ndarray | None = None
+) -> ChunkResult:
     """:func:`simgen.simulation.run_chunk` in a worker, the simulator sent once by value."""
     from simgen.simulation import run_chunk
 
@@ -41,7 +44,7 @@ def _run_pickled(payload: bytes, seed: int, index: int, size: int) -> ChunkResul
     if key not in _WORKER_SIMULATORS:
         _WORKER_SIMULATORS.clear()
         _WORKER_SIMULATORS[key] = cloudpickle.loads(payload)
-    return run_chunk(_WORKER_SIMULATORS[key], seed, index, size)
+    return run_chunk(_WORKER_SIMULATORS[key], seed, index, size, theta)
 
 
 def task_and_payload(

@@ -11,6 +11,7 @@ how stops are survived.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import simgen
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import default_workers, executor, task_and_payload
 from simgen.journal import ChunkResult, Journal, fsync_path
+from simgen.merging import check_not_merged
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator, describe_prior, get_simulator
 from simgen.store import Store, check_writable, create, open_store
@@ -66,11 +68,14 @@ class SimulationReport:
 _TORCH_RNG_LOCK = threading.Lock()
 
 
-def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
+def run_chunk(
+    sim: Simulator, seed: int, index: int, size: int, theta: np.ndarray | None = None
+) -> ChunkResult:
     r"""Simulate task ``index``: ``size`` rows with their own deterministic random streams.
 
-    The parameters are drawn from ``sim.prior()`` under a torch seed, and the simulations from a
-    numpy ``Generator``, both derived from ``SeedSequence(seed, spawn_key=(index,))``. When the
+    The parameters are drawn from ``sim.prior()`` under a torch seed (or are the given
+    ``theta (size, d_theta)``), and the simulations from a numpy ``Generator``, both derived
+    from ``SeedSequence(seed, spawn_key=(index,))``. When the
     batched call raises, each row is retried alone with its own stream, so that only the rows
     that raise are lost; rows that raise or contain NaN/inf are marked failed.
 
@@ -80,11 +85,15 @@ def run_chunk(sim: Simulator, seed: int, index: int, size: int) -> ChunkResult:
     """
     started = time.perf_counter()
     prior_seq, sim_seq = np.random.SeedSequence(seed, spawn_key=(index,)).spawn(2)
-    with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        # the CPU generator alone: torch.manual_seed would also queue seeds for accelerators
-        torch.default_generator.manual_seed(int(prior_seq.generate_state(1, np.uint64)[0] >> 1))
-        theta_t = sim.prior().sample((size,))
-    theta = theta_t.detach().cpu().numpy().astype(np.float32).reshape(size, -1)
+    if theta is None:
+        with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            # the CPU generator alone: torch.manual_seed would also queue seeds for accelerators
+            torch.default_generator.manual_seed(
+                int(prior_seq.generate_state(1, np.uint64)[0] >> 1)
+            )
+            theta_t = sim.prior().sample((size,))
+        theta = theta_t.detach().cpu().numpy()
+    theta = np.asarray(theta, dtype=np.float32).reshape(size, -1)
     if theta.shape[1] != sim.d_theta:
         raise SimulatorError(
             f"simulator '{sim.name}': prior draws have {theta.shape[1]} components, but "
@@ -126,12 +135,17 @@ def _row_by_row(sim: Simulator, theta: np.ndarray, seq: np.random.SeedSequence) 
     return x
 
 
-def _identity(sim: Simulator, seed: int, chunk_size: int) -> dict[str, Any]:
+def _identity(
+    sim: Simulator, seed: int, chunk_size: int, given: np.ndarray | None = None
+) -> dict[str, Any]:
+    """What makes two runs the same run; with ``given`` parameters, their SHA-256 digest."""
+    digest = None if given is None else hashlib.sha256(given.tobytes()).hexdigest()
     return {
         "simulator": sim.name,
         "simulator_options": json.loads(json.dumps(sim.options)),
         "seed": int(seed),
         "chunk_size": int(chunk_size),
+        "theta_sha256": digest,
     }
 
 
@@ -159,8 +173,10 @@ def _tasks_in_order(
     workers: int,
     scheduler: str | None,
     on_done: Callable[[int], None],
+    given: np.ndarray | None = None,
 ) -> Iterator[tuple[int, ChunkResult]]:
-    """Yield ``(index, result)`` for every task in ``indices``, in order.
+    """Yield ``(index, result)`` for every task in ``indices``, in order (with ``given``
+    parameters, task ``i`` simulates rows ``[i * chunk_size, (i + 1) * chunk_size)`` of them).
 
     Tasks saved in the journal are read back (and simulated again if damaged); the others run on
     the executor, at most a window of them at a time, are saved when
@@ -184,15 +200,22 @@ def _tasks_in_order(
     ):
         task, payload = task_and_payload(run_chunk, sim, local=workers == 1 and scheduler is None)
 
+        def arguments(i: int) -> tuple[int, np.ndarray | None]:
+            """The size and given parameters of task ``i``."""
+            if given is None:
+                return chunk_size, None
+            part = given[i * chunk_size : (i + 1) * chunk_size]
+            return len(part), part
+
         def fill() -> None:
             while len(pending) < window and (i := next(todo, None)) is not None:
-                pending[pool.submit(task, payload, seed, i, chunk_size)] = i
+                pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
 
         fill()
         for index in indices:
             result = ready.pop(index, None)
             if result is None and index in saved:
-                result = journal.read(index) or run_chunk(sim, seed, index, chunk_size)
+                result = journal.read(index) or run_chunk(sim, seed, index, *arguments(index))
             while result is None:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -210,7 +233,7 @@ def _tasks_in_order(
 
 def _metadata(sim: Simulator, identity: dict[str, Any], n: int) -> dict[str, Any]:
     return {
-        **identity,
+        **{k: v for k, v in identity.items() if v is not None},
         "simulator_path": f"{type(sim).__module__}:{type(sim).__qualname__}",
         "parameters": list(sim.parameters),
         "x_shape": list(sim.x_shape),
@@ -221,12 +244,43 @@ def _metadata(sim: Simulator, identity: dict[str, Any], n: int) -> dict[str, Any
     }
 
 
+def given_parameters(sim: Simulator, theta: Any, n: int) -> np.ndarray:
+    """``theta`` as a float32 ``(n, d_theta)`` array, after checking it fits ``sim``.
+
+    Raises:
+        UsageError: another shape, NaN/inf, or a row outside the prior's support.
+    """
+    given = np.ascontiguousarray(np.asarray(theta, dtype=np.float32))
+    d = sim.d_theta
+    if given.ndim != 2 or given.shape[1] != d:
+        raise UsageError(
+            f"theta has shape {given.shape}; simulator '{sim.name}' needs (n, {d}) parameters "
+            f"({', '.join(sim.parameters)})"
+        )
+    if len(given) != n:
+        raise UsageError(f"theta has {len(given):,} rows but n = {n:,}: they must agree")
+    if not np.isfinite(given).all():
+        row = int(np.flatnonzero(~np.isfinite(given).all(axis=1))[0])
+        raise UsageError(f"theta row {row} is not finite ({given[row].tolist()})")
+    inside = sim.prior().support.check(torch.from_numpy(given).double())
+    if inside.ndim > 1:
+        inside = inside.all(-1)
+    if not bool(inside.all()):
+        row = int(np.flatnonzero(~inside.numpy())[0])
+        raise UsageError(
+            f"theta row {row} ({given[row].tolist()}) lies outside the prior's support; "
+            "the prior's density there is 0, so no posterior can use it"
+        )
+    return given
+
+
 def _rows_done(path: Path, identity: dict[str, Any]) -> tuple[int, int]:
     """Rows attempted and rows failed in an existing file of the same run (0, 0 if none)."""
     if not path.exists():
         return 0, 0
     old = open_store(path)
     try:
+        check_not_merged(old)
         _check_identity(old, identity)
         return int(old.metadata["n_simulated"]), old.n_failed
     finally:
@@ -244,8 +298,10 @@ def simulate(
     scheduler: str | None = None,
     progress: bool | None = None,
     on_report: Callable[[SimulationReport], None] | None = None,
+    theta: Any = None,
 ) -> Store:
-    """Simulate ``n`` rows ``(theta ~ prior, x ~ simulator(theta))`` into the HDF5 file ``path``.
+    """Simulate ``n`` rows ``(theta ~ prior, x ~ simulator(theta))`` into the HDF5 file ``path``,
+    or the simulations of given parameters ``theta``.
 
     Resumable and extendable: rerunning after any stop finishes the same rows, and asking a
     finished file for more rows appends them, in both cases giving exactly the file that one
@@ -262,6 +318,11 @@ def simulate(
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
         on_report: Called with the :class:`SimulationReport` at the end.
+        theta: Parameters to simulate instead of prior draws, ``(n, d_theta)`` (array-like),
+            inside the prior's support: e.g. posterior samples, for a second round of
+            simulations where the posterior is (:func:`simgen.sequential`). The file's
+            ``prior`` stays the simulator's; the parameters' digest is part of the run's
+            identity, so a file is resumed only with the same parameters.
 
     Returns:
         The data file, opened for reading.
@@ -280,16 +341,17 @@ def simulate(
     workers = default_workers() if workers is None else int(workers)
     if n < 1 or chunk_size < 1 or workers < 1:
         raise UsageError("n, chunk_size and workers must be positive integers")
+    given = None if theta is None else given_parameters(sim, theta, n)
     check_writable(path)
     try:
-        identity = _identity(sim, seed, chunk_size)
+        identity = _identity(sim, seed, chunk_size, given)
     except TypeError as error:
         raise UsageError(
             f"options of simulator '{sim.name}' must be JSON values: {error}"
         ) from None
     journal = Journal(path)
     with journal.locked():
-        report = _run(sim, n, path, journal, identity, workers, scheduler, progress)
+        report = _run(sim, n, path, journal, identity, workers, scheduler, progress, given)
     report.seconds = time.perf_counter() - started
     if on_report is not None:
         on_report(report)
@@ -305,6 +367,7 @@ def _run(
     workers: int,
     scheduler: str | None,
     progress: bool | None,
+    given: np.ndarray | None,
 ) -> SimulationReport:
     """The body of :func:`simulate`, under the journal's lock (``seconds`` left at 0)."""
     seed, chunk_size = identity["seed"], identity["chunk_size"]
@@ -343,6 +406,7 @@ def _run(
                     workers,
                     scheduler,
                     on_done=lambda i: bar.advance(rows_of(i).stop - rows_of(i).start),
+                    given=given,
                 )
                 for index, result in tasks:
                     rows = rows_of(index)

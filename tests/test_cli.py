@@ -101,6 +101,41 @@ def test_simulate_and_info(tmp_path):
     assert again.exit_code == 0 and "nothing to do" in again.stderr
 
 
+def test_simulate_given_thetas_then_merge(tmp_path):
+    first = tmp_path / "a.h5"
+    assert (
+        invoke("simulate", "two_moons", "-n", "200", "-o", str(first), "--workers", "1").exit_code
+        == 0
+    )
+    with h5py.File(tmp_path / "posterior.h5", "w") as f:  # as `simgen sample --observed` writes
+        f["theta"] = np.full((50, 2), 0.25, np.float32)
+    second = tmp_path / "b.h5"
+    result = invoke(
+        "simulate", "two_moons", "-o", str(second), "--theta-file", str(tmp_path / "posterior.h5"),
+        "--workers", "1", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows_new"] == 50
+    assert (simgen.open_store(second).theta == 0.25).all()
+    merged = tmp_path / "ab.h5"
+    result = invoke("merge", str(first), str(second), "-o", str(merged), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"] == 250 == len(simgen.open_store(merged))
+    one_line_error(invoke("merge", str(first), str(second), "-o", str(merged)), 2)
+    line = one_line_error(invoke("simulate", "two_moons", "-o", str(tmp_path / "c.h5")), 2)
+    assert "give -n" in line
+    np.save(tmp_path / "far.npy", np.full((3, 2), 7.0))
+    far = invoke(
+        "simulate",
+        "two_moons",
+        "-o",
+        str(tmp_path / "c.h5"),
+        "--theta-file",
+        str(tmp_path / "far.npy"),
+    )
+    assert "outside the prior's support" in one_line_error(far, 2)
+
+
 def test_failed_rows_are_reported(tmp_path):
     result = invoke(
         "simulate",

@@ -170,3 +170,45 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
         assert not path.exists()
     store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
     assert len(store) == 100 and not Journal(path).dir.exists()
+
+
+def test_given_parameters_are_simulated_with_the_runs_streams(reference, tmp_path):
+    # the same seed and tasks: the simulator's random streams do not depend on where the
+    # parameters came from, so the prior's own draws, given back, give the same x
+    theta = reference.theta
+    given = simgen.simulate(
+        "slcp", len(theta), tmp_path / "g.h5", theta=theta, workers=2, chunk_size=128,
+        progress=False,
+    )  # fmt: skip
+    _same(reference, given)
+    assert given.metadata["prior"] == reference.metadata["prior"]
+    again = simgen.simulate(
+        "slcp", len(theta), tmp_path / "g.h5", theta=theta, workers=1, chunk_size=128,
+        progress=False,
+    )  # fmt: skip
+    _same(reference, again)
+    before = (tmp_path / "g.h5").read_bytes()
+    with pytest.raises(StoreError, match="theta_sha256"):
+        simgen.simulate(
+            "slcp", len(theta), tmp_path / "g.h5", theta=theta[::-1], chunk_size=128,
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(StoreError, match="theta_sha256"):  # nor extended with prior draws
+        simgen.simulate("slcp", 2000, tmp_path / "g.h5", chunk_size=128, progress=False)
+    assert (tmp_path / "g.h5").read_bytes() == before
+
+
+def test_bad_given_parameters(tmp_path):
+    path = tmp_path / "g.h5"
+    theta = np.zeros((10, 5), np.float32)
+    with pytest.raises(UsageError, match=r"shape \(10, 4\); simulator 'slcp' needs \(n, 5\)"):
+        simgen.simulate("slcp", 10, path, theta=theta[:, :4])
+    with pytest.raises(UsageError, match="10 rows but n = 20"):
+        simgen.simulate("slcp", 20, path, theta=theta)
+    theta[3, 1] = np.nan
+    with pytest.raises(UsageError, match="row 3 is not finite"):
+        simgen.simulate("slcp", 10, path, theta=theta)
+    theta[3, 1], theta[7, 0] = 0.0, 5.0  # slcp's prior is U(-3, 3)
+    with pytest.raises(UsageError, match=r"row 7 \(\[5.0, 0.0, 0.0, 0.0, 0.0\]\) lies outside"):
+        simgen.simulate("slcp", 10, path, theta=theta)
+    assert not path.exists()

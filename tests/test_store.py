@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 import simgen
-from simgen.errors import StoreError
+from simgen.errors import StoreError, UsageError
 from simgen.store import FORMAT, REQUIRED_ATTRS, open_store
 
 
@@ -150,3 +152,27 @@ def test_appended_blocks_read_back_whatever_their_alignment(tmp_path, compressio
             _extend(dataset, [block])
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f["x"][:], np.concatenate(blocks))
+
+
+def test_merge_keeps_every_row_in_order_and_refuses_what_does_not_fit(tmp_path):
+    a = simgen.simulate("slcp", 300, tmp_path / "a.h5", workers=1, chunk_size=128, progress=False)
+    b = simgen.simulate(
+        "slcp", 200, tmp_path / "b.h5", seed=1, workers=1, chunk_size=64, progress=False
+    )
+    merged = simgen.merge([a.path, b.path], tmp_path / "ab.h5", progress=False)
+    np.testing.assert_array_equal(merged.theta, np.concatenate([a.theta, b.theta]))
+    np.testing.assert_array_equal(merged.x[:], np.concatenate([a.x[:], b.x[:]]))
+    assert merged.metadata["prior"] == a.metadata["prior"]
+    assert [s["seed"] for s in json.loads(merged.metadata["sources"])] == [0, 1]
+    before = merged.path.read_bytes()
+    with pytest.raises(UsageError, match="merges .*a.h5.*b.h5: simulate into a new file"):
+        simgen.simulate("slcp", 600, merged.path, workers=1, chunk_size=128, progress=False)
+    with pytest.raises(UsageError, match="exists; merge writes a new file"):
+        simgen.merge([a.path, b.path], merged.path)
+    assert merged.path.read_bytes() == before
+    other = simgen.simulate("two_moons", 10, tmp_path / "m.h5", workers=1, progress=False)
+    with pytest.raises(UsageError, match="differ in simulator"):
+        simgen.merge([a.path, other.path], tmp_path / "am.h5")
+    with pytest.raises(UsageError, match="at least two"):
+        simgen.merge([a.path], tmp_path / "a2.h5")
+    assert not (tmp_path / "am.h5").exists() and not (tmp_path / "a2.h5").exists()

@@ -1,0 +1,124 @@
+"""``merge()``: one data file from several of the same simulator and prior, e.g. runs with
+different seeds on different machines, or the rounds of sequential inference
+(:func:`simgen.sequential`), so that :func:`simgen.fit` trains on all of them.
+
+The rows keep their order, file after file; :func:`simgen.fit` validates on the last rows, so
+the last file holds the validation rows. The merged file records where its rows came from
+(``sources``: path, seed, rows and, for given parameters, their digest) and is written
+atomically; it is not extended by :func:`simgen.simulate` (which would continue only one of
+the runs): simulate into a new file and merge again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from simgen.errors import UsageError
+from simgen.journal import fsync_path
+from simgen.progress import progress_bar
+from simgen.store import Store, check_writable, create, open_store
+
+__all__ = ["SAME", "check_not_merged", "merge"]
+
+# what the files must share: their rows are then draws of the same x given theta, and the
+# posterior of a model fitted to all of them has the same prior
+SAME = ("simulator", "simulator_options", "parameters", "x_shape", "prior")
+
+
+def merge(
+    paths: Sequence[str | os.PathLike], out: str | os.PathLike, progress: bool | None = None
+) -> Store:
+    """Write the rows of the data files ``paths``, in order, into the new data file ``out``.
+
+    Args:
+        paths: Data files of the same simulator, options and prior (:data:`SAME`).
+        out: The merged file; it must not exist yet.
+        progress: Progress bar on stderr (default: when stderr is a terminal).
+
+    Returns:
+        The merged file, opened for reading.
+
+    Raises:
+        UsageError: fewer than two files, files that differ in :data:`SAME`, ``out`` among
+            them or already there.
+        StoreError: a path that is not a simgen data file.
+    """
+    out = Path(out)
+    if len(paths) < 2:
+        raise UsageError("merge needs at least two data files")
+    stores = [open_store(p) for p in paths]
+    if any(out.resolve() == s.path.resolve() for s in stores) or out.exists():
+        raise UsageError(f"{out} exists; merge writes a new file: choose another -o path")
+    check_writable(out)
+    first = stores[0].metadata
+    for store in stores[1:]:
+        meta = store.metadata
+        for key in SAME:
+            if meta.get(key) != first.get(key):
+                raise UsageError(
+                    f"{stores[0].path} and {store.path} differ in {key} ({first.get(key)!r} "
+                    f"against {meta.get(key)!r}); only data of the same simulator and prior merge"
+                )
+    sources = [
+        {
+            "path": str(s.path),
+            "seed": s.metadata["seed"],
+            "rows": len(s),
+            **(
+                {"theta_sha256": s.metadata["theta_sha256"]}
+                if "theta_sha256" in s.metadata
+                else {}
+            ),
+        }
+        for s in stores
+    ]
+    attempted = sum(int(s.metadata["n_simulated"]) for s in stores)
+    metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
+    metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
+    tmp = out.with_name(f".{out.name}.merging")
+    try:
+        _copy(stores, tmp, metadata, progress)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(tmp)
+    os.replace(tmp, out)
+    fsync_path(out.parent if str(out.parent) else Path("."))
+    return open_store(out)
+
+
+def _copy(stores: list[Store], tmp: Path, metadata: dict, progress: bool | None) -> None:
+    """Create ``tmp`` with ``metadata`` and copy the rows of ``stores`` into it, block by
+    block (memory stays bounded by one HDF5 chunk of x)."""
+    total = sum(len(s) for s in stores)
+    with create(tmp, metadata) as f, progress_bar(total, "merge", enabled=progress) as bar:
+        for name in ("theta", "x", "failed/theta", "chunks"):
+            f[name].resize(sum(s.file[name].shape[0] for s in stores), axis=0)
+        start, failed, chunks = 0, 0, 0
+        for store in stores:
+            for lo in range(0, len(store), store.block_rows):
+                hi = min(lo + store.block_rows, len(store))
+                f["theta"][start + lo : start + hi] = store.file["theta"][lo:hi]
+                f["x"][start + lo : start + hi] = store.x[lo:hi]
+                bar.advance(hi - lo)
+            start += len(store)
+            for name, offset in (("failed/theta", failed), ("chunks", chunks)):
+                part = store.file[name][:]
+                f[name][offset : offset + len(part)] = part
+            failed += store.n_failed
+            chunks += store.file["chunks"].shape[0]
+            store.close()
+
+
+def check_not_merged(store: Store) -> None:
+    """Refuse to extend a merged file (:func:`simgen.simulate` would continue one run only).
+
+    Raises:
+        UsageError: ``store`` is the output of :func:`merge`.
+    """
+    if "sources" in store.file.attrs:
+        names = ", ".join(s["path"] for s in json.loads(store.file.attrs["sources"]))
+        raise UsageError(f"{store.path} merges {names}: simulate into a new file and merge again")
