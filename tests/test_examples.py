@@ -16,6 +16,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
     [
         ("hierarchical.py", "population mean: MAP"),
         ("measurement_noise.py", "with read-out noise: posterior mean"),
+        ("sequential.py", "round 2: n more from it: C2ST against the exact posterior"),
     ],
 )
 def test_example_runs(script, expect, tmp_path):
