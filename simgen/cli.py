@@ -383,6 +383,10 @@ def sample_command(
         int | None,
         typer.Option(help="Posterior warm-up iterations (default: the sampler's).", min=0),
     ] = None,
+    chains: Annotated[
+        int | None,
+        typer.Option(help="Posterior chains (default: n / 5, at most 200).", min=1),
+    ] = None,
     plot: Annotated[bool, typer.Option(help="Write a corner plot PNG beside -o.")] = False,
     log_prob: Annotated[bool, typer.Option(help="Store log p(x|theta) of each sample.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -405,7 +409,7 @@ def sample_command(
             if any(v is not None for v in (theta, theta_file, from_prior)):
                 raise UsageError("--observed samples the posterior: drop --theta/--from-prior")
             summary = _posterior(
-                emulator, observed, n, sampler, warmup, seed, out, plot, quiet, as_json
+                emulator, observed, n, sampler, warmup, chains, seed, out, plot, quiet, as_json
             )
         else:
             thetas = _thetas(emulator, theta, theta_file, from_prior, seed)
@@ -448,6 +452,7 @@ def _posterior(
     n: int,
     sampler: str,
     warmup: int | None,
+    chains: int | None,
     seed: int,
     out: Path,
     plot: bool,
@@ -467,7 +472,13 @@ def _posterior(
     except ValueError as error:
         raise UsageError(f"cannot read {observed} as a .npy array: {error}") from None
     result = Posterior(emulator).sample(
-        x_obs, n, sampler=sampler, warmup=warmup, seed=seed, progress=_progress(quiet, as_json)
+        x_obs,
+        n,
+        sampler=sampler,
+        chains=chains,
+        warmup=warmup,
+        seed=seed,
+        progress=_progress(quiet, as_json),
     )
     diagnostics = result.diagnostics
     write_samples(

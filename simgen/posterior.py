@@ -134,7 +134,11 @@ class Posterior:
             x_obs: One observation ``x_shape``, or ``(k, *x_shape)`` i.i.d. observations.
             n: Draws returned.
             sampler: ``"slice"`` or ``"hmc"``.
-            chains: Parallel chains (default: ``min(100, max(4, n // 100))``).
+            chains: Parallel chains (default: ``max(4, min(n // 5, 200))``: many short
+                chains, because chains seldom cross between separated modes, so the share
+                of chains that starts in each mode sets its weight; on slcp's four modes,
+                1,000 draws in 200 chains instead of 10 took C2ST from 0.63 to 0.52 for
+                1.7 times the time).
             warmup: Iterations discarded per chain (default: 100 slice, 200 HMC).
             thin: Keep one iteration in ``thin``.
             init_draws: Prior draws from which chains start.
@@ -145,7 +149,7 @@ class Posterior:
             ``theta`` ``(n, d)``, ``log_prob`` ``(n,)`` and ``diagnostics``.
         """
         x = self._observed(x_obs)
-        chains = chains or min(100, max(4, n // 100))
+        chains = chains or max(4, min(n // 5, 200))
         result = self._run(
             x[:, None], n, sampler, chains, warmup, thin, init_draws, seed, progress
         )

@@ -136,6 +136,8 @@ def test_cli_posterior_with_plot(tmp_path):
             "300",
             "--warmup",
             "20",
+            "--chains",
+            "30",
             "-o",
             str(tmp_path / "post.h5"),
             "--plot",
@@ -150,6 +152,7 @@ def test_cli_posterior_with_plot(tmp_path):
     with h5py.File(tmp_path / "post.h5") as f:
         assert f["theta"].shape == (300, 2) and f["log_prob"].shape == (300,)
         assert f.attrs["kind"] == "posterior" and "rhat" in f.attrs["diagnostics"]
+        assert __import__("json").loads(f.attrs["diagnostics"])["chains"] == 30
     np.save(tmp_path / "bad.npy", np.zeros(3, np.float32))
     done = runner.invoke(
         app,
