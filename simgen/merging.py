@@ -1,6 +1,6 @@
 """``merge()``: one data file from several of the same simulator and prior, e.g. runs with
 different seeds on different machines, or the rounds of sequential inference
-(:func:`simgen.sequential`), so that :func:`simgen.fit` trains on all of them.
+(``examples/sequential.py``), so that :func:`simgen.fit` trains on all of them.
 
 The rows keep their order, file after file; :func:`simgen.fit` validates on the last rows, so
 the last file holds the validation rows. The merged file records where its rows came from
@@ -42,15 +42,15 @@ def merge(
         The merged file, opened for reading.
 
     Raises:
-        UsageError: fewer than two files, files that differ in :data:`SAME`, ``out`` among
-            them or already there.
+        UsageError: fewer than two files, files that differ in :data:`SAME`, or ``out``
+            already there (one of the inputs, say).
         StoreError: a path that is not a simgen data file.
     """
     out = Path(out)
     if len(paths) < 2:
         raise UsageError("merge needs at least two data files")
     stores = [open_store(p) for p in paths]
-    if any(out.resolve() == s.path.resolve() for s in stores) or out.exists():
+    if out.exists():  # the inputs among them
         raise UsageError(f"{out} exists; merge writes a new file: choose another -o path")
     check_writable(out)
     first = stores[0].metadata
