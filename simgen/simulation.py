@@ -152,9 +152,15 @@ def _identity(
 def _check_identity(store: Store, identity: dict[str, Any]) -> None:
     meta = store.metadata
     found = {k: meta.get(k) for k in identity}
+
+    def shown(key: str, value: Any) -> str:
+        if key == "theta_sha256":  # a digest says little: say what it stands for
+            return "prior draws" if value is None else f"given parameters {value[:12]}..."
+        return repr(value)
+
     if found != identity:
         diff = ", ".join(
-            f"{k}={found[k]!r} (you asked {identity[k]!r})"
+            f"{k}={shown(k, found[k])} (you asked {shown(k, identity[k])})"
             for k in identity
             if found[k] != identity[k]
         )
