@@ -119,18 +119,19 @@ class Journal:
         """
         self.dir.mkdir(exist_ok=True)
         found = self.identity()
-        # a key missing on one side reads as None (journals that predate theta_sha256)
-        diff = ", ".join(
-            f"{k}={found.get(k)!r} (now {identity.get(k)!r})"
-            for k in sorted({*identity, *(found or {})})
-            if found is not None and found.get(k) != identity.get(k)
-        )
-        if diff:
-            raise StoreError(
-                f"{self.dir} holds an unfinished run with {diff}: rerun with the same "
-                "arguments to finish it, or delete that folder to start over"
+        if found is not None:
+            # a key missing on one side reads as None (journals that predate theta_sha256)
+            diff = ", ".join(
+                f"{k}={found.get(k)!r} (now {identity.get(k)!r})"
+                for k in sorted({*identity, *found})
+                if found.get(k) != identity.get(k)
             )
-        if found is None:
+            if diff:
+                raise StoreError(
+                    f"{self.dir} holds an unfinished run with {diff}: rerun with the same "
+                    "arguments to finish it, or delete that folder to start over"
+                )
+        else:
             tmp = self.dir / "manifest.json.tmp"
             tmp.write_text(json.dumps(identity, sort_keys=True))
             os.replace(tmp, self.manifest)

@@ -53,9 +53,9 @@ def merge(
     if out.exists():  # the inputs among them
         raise UsageError(f"{out} exists; merge writes a new file: choose another -o path")
     check_writable(out)
-    first = stores[0].metadata
-    for store in stores[1:]:
-        meta = store.metadata
+    metas = [s.metadata for s in stores]  # each reads the file's attributes
+    first = metas[0]
+    for store, meta in zip(stores[1:], metas[1:], strict=True):
         for key in SAME:
             if meta.get(key) != first.get(key):
                 raise UsageError(
@@ -63,19 +63,11 @@ def merge(
                     f"against {meta.get(key)!r}); only data of the same simulator and prior merge"
                 )
     sources = [
-        {
-            "path": str(s.path),
-            "seed": s.metadata["seed"],
-            "rows": len(s),
-            **(
-                {"theta_sha256": s.metadata["theta_sha256"]}
-                if "theta_sha256" in s.metadata
-                else {}
-            ),
-        }
-        for s in stores
+        {"path": str(s.path), "seed": meta["seed"], "rows": len(s)}
+        | ({"theta_sha256": meta["theta_sha256"]} if "theta_sha256" in meta else {})
+        for s, meta in zip(stores, metas, strict=True)
     ]
-    attempted = sum(int(s.metadata["n_simulated"]) for s in stores)
+    attempted = sum(int(meta["n_simulated"]) for meta in metas)
     metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
     metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
     tmp = out.with_name(f".{out.name}.merging")

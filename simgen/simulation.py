@@ -250,7 +250,7 @@ def _metadata(sim: Simulator, identity: dict[str, Any], n: int) -> dict[str, Any
     }
 
 
-def given_parameters(sim: Simulator, theta: Any, n: int) -> np.ndarray:
+def _given_parameters(sim: Simulator, theta: Any, n: int) -> np.ndarray:
     """``theta`` as a float32 ``(n, d_theta)`` array, after checking it fits ``sim``.
 
     Raises:
@@ -347,7 +347,7 @@ def simulate(
     workers = default_workers() if workers is None else int(workers)
     if n < 1 or chunk_size < 1 or workers < 1:
         raise UsageError("n, chunk_size and workers must be positive integers")
-    given = None if theta is None else given_parameters(sim, theta, n)
+    given = None if theta is None else _given_parameters(sim, theta, n)
     check_writable(path)
     try:
         identity = _identity(sim, seed, chunk_size, given)
