@@ -18,6 +18,11 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
   deviation) and ``overlap_fraction`` (configurations with a Lennard-Jones pair closer than
   0.6, emulated and simulated): a few overlapping beads, at r^-12 energies, make the
   Wasserstein distance.
+  For the flow, the same metrics of its samples corrected by the simulator's exact
+  unnormalised density (``simgen flow + Metropolis (exact density)``:
+  :func:`simgen.metropolis.metropolized_sample`, with its ``metropolis_acceptance``), and of
+  a second, independent run of the simulator (``simulator, independent run``): the distances
+  that ``m`` samples alone leave.
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
@@ -43,6 +48,7 @@ from simgen.diagnostics import (
     power_spectrum,
     wasserstein_relative,
 )
+from simgen.metropolis import metropolized_sample
 from simgen.plots import plot_fields
 from simgen.posterior import Posterior
 from simgen.simulation import run_chunk
@@ -55,22 +61,39 @@ DATA = Path(__file__).parent / ".data"
 
 def compare(
     emulator: simgen.Emulator, sim: simgen.Simulator, thetas: np.ndarray, m: int
-) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-    """Simulated and emulated samples at each theta, and the speed-up at the first one."""
-    sims, emus, speedup = [], [], 0.0
+) -> tuple[list[np.ndarray], list[np.ndarray], float, float]:
+    """Simulated and emulated samples at each theta, the seconds the simulator took at the
+    first one and the speed-up there."""
+    sims, emus, sim_s, speedup = [], [], 0.0, 0.0
     for i, theta in enumerate(thetas):
         start = time.perf_counter()
         simulated = sim.simulate(np.tile(theta, (m, 1)), np.random.default_rng([11, i]))
-        sim_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         torch.manual_seed(i)
         start = time.perf_counter()
         emulated = emulator.sample(torch.as_tensor(theta, dtype=torch.float32), m).numpy()
-        emu_s = time.perf_counter() - start
         if i == 0:
-            speedup = sim_s / emu_s
+            sim_s, speedup = seconds, seconds / (time.perf_counter() - start)
         sims.append(simulated)
         emus.append(emulated.astype(np.float64))
-    return sims, emus, speedup
+    return sims, emus, sim_s, speedup
+
+
+def metropolized(
+    emulator: simgen.Emulator, sim: simgen.Simulator, thetas: np.ndarray, m: int
+) -> tuple[list[np.ndarray], float, float]:
+    """Samples of the emulator corrected by the simulator's exact unnormalised density
+    (:func:`simgen.metropolis.metropolized_sample`, default chains and burn-in) at each theta,
+    the mean acceptance rate and the seconds taken at the first theta."""
+    samples, acceptance, seconds = [], [], 0.0
+    for i, theta in enumerate(thetas):
+        start = time.perf_counter()
+        out = metropolized_sample(emulator, sim.log_unnormalized, theta, m, seed=i)
+        if i == 0:
+            seconds = time.perf_counter() - start
+        samples.append(out.x.double().numpy())
+        acceptance.append(out.acceptance)
+    return samples, float(np.mean(acceptance)), seconds
 
 
 def field_metrics(
@@ -161,7 +184,9 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
     for family in families:
         train = {"max_seconds": cfg["budget"], "epochs": 10_000, "patience": 30}
         train_s, emulator = timed_fit(store, family, train)
-        sims, emus, speedup = compare(emulator, sim, thetas, cfg["m"])
+        sims, emus, sim_s, speedup = compare(emulator, sim, thetas, cfg["m"])
+        if name == "molecular" and family == "flow":
+            metropolis_rows(emulator, sim, thetas, sims, sim_s, cfg, records)
         if name == "cosmology":
             figure = (cfg["out"] / f"cosmology-{family}.png") if cfg["out"] else None
             metrics = field_metrics(emulator, sim, sims, emus, {**cfg, "figure": figure})
@@ -176,6 +201,37 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
         for metric, value in metrics.items():
             unit = UNITS.get(metric, "s" if metric == "train_seconds" else "ratio")
             records.append(record(BENCH, name, method, metric, value, unit, n))
+
+
+def metropolis_rows(
+    emulator: simgen.Emulator,
+    sim: simgen.Simulator,
+    thetas: np.ndarray,
+    sims: list,
+    sim_s: float,
+    cfg: dict,
+    records: list,
+) -> None:
+    """Rows of the flow corrected by the exact Boltzmann density, and of a second, independent
+    run of the simulator: the distances that finite samples alone leave."""
+    n, m = cfg["n"], cfg["m"]
+    corrected, acceptance, seconds = metropolized(emulator, sim, thetas, m)
+    metrics = molecule_metrics(sim, thetas, sims, corrected)
+    metrics.pop("simulated_overlap_fraction")
+    metrics["emulator_speedup"] = sim_s / seconds
+    metrics["metropolis_acceptance"] = acceptance
+    method = "simgen flow + Metropolis (exact density)"
+    for metric, value in metrics.items():
+        unit = UNITS.get(metric, "ratio")
+        records.append(record(BENCH, "molecular", method, metric, value, unit, n))
+    again = [
+        sim.simulate(np.tile(theta, (m, 1)), np.random.default_rng([14, i]))
+        for i, theta in enumerate(thetas)
+    ]
+    floor = molecule_metrics(sim, thetas, sims, again)
+    for metric in ("energy_wasserstein", "rg_wasserstein", "energy_median_shift"):
+        method = "simulator, independent run"
+        records.append(record(BENCH, "molecular", method, metric, floor[metric], "ratio", n))
 
 
 def timed_fit(store: simgen.Store, family: str, train: dict) -> tuple[float, simgen.Emulator]:

@@ -375,6 +375,13 @@ def sample_command(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Diffusion sampler steps.", min=1)] = None,
     method: Annotated[str | None, typer.Option(help="Diffusion sampler: ode or sde.")] = None,
+    metropolis: Annotated[
+        bool,
+        typer.Option(
+            help="Make the samples exact: Metropolis-Hastings with the simulator's "
+            "unnormalised density (flow models of simulators that have one, e.g. molecular)."
+        ),
+    ] = False,
     observed: Annotated[
         Path | None, typer.Option(help="Observation(s) .npy: sample the posterior instead.")
     ] = None,
@@ -406,8 +413,10 @@ def sample_command(
         emulator = load(model)
         _writable(out)
         if observed is not None:
-            if any(v is not None for v in (theta, theta_file, from_prior)):
-                raise UsageError("--observed samples the posterior: drop --theta/--from-prior")
+            if any(v is not None for v in (theta, theta_file, from_prior)) or metropolis:
+                raise UsageError(
+                    "--observed samples the posterior: drop --theta/--from-prior/--metropolis"
+                )
             summary = _posterior(
                 emulator, observed, n, sampler, warmup, chains, seed, out, plot, quiet, as_json
             )
@@ -419,23 +428,34 @@ def sample_command(
             if method not in (None, "ode", "sde"):
                 raise UsageError(f"--method must be ode or sde, not '{method}'")
             torch.manual_seed(seed)
-            result = emulate(
-                emulator,
-                thetas,
-                n,
-                log_prob=log_prob,
-                progress=_progress(quiet, as_json),
-                **kwargs,
-            )
+            if metropolis:
+                from simgen.check import simulator_of
+                from simgen.metropolis import emulate_exact
+
+                sim = simulator_of(emulator)
+                progress = _progress(quiet, as_json)
+                result = emulate_exact(emulator, sim, thetas, n, seed=seed, progress=progress)
+            else:
+                result = emulate(
+                    emulator,
+                    thetas,
+                    n,
+                    log_prob=log_prob,
+                    progress=_progress(quiet, as_json),
+                    **kwargs,
+                )
             attrs = {
                 "kind": "emulation",
                 "model": emulator.identity,
                 "family": emulator.family,
                 "seed": seed,
                 "parameters": list(emulator.parameters_names),
+                "metropolis": metropolis,
             }
             write_samples(out, result, attrs)
             summary = {"path": str(out), "thetas": len(thetas), "samples_per_theta": n}
+            if metropolis:
+                summary["mean_acceptance"] = float(result["acceptance"].mean())
             if log_prob:
                 summary["mean_log_prob"] = float(result["log_prob"].mean())
             if not quiet and not as_json:

@@ -137,6 +137,31 @@ class Simulator:
         """Whether the subclass implements :meth:`log_likelihood`."""
         return type(self).log_likelihood is not Simulator.log_likelihood
 
+    def log_unnormalized(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        r""":math:`\log p(x \mid \theta) + c(\theta)`: the log density up to a constant in x,
+        where the normaliser is unknown (a Boltzmann density :math:`e^{-U(x) / T}`), and
+        ``-inf`` outside the support of x. :func:`simgen.metropolis.metropolized_sample` uses
+        it to make emulated samples exact. Defaults to :meth:`log_likelihood`.
+
+        Args:
+            x: Values, shape ``(n, *x_shape)``, float64.
+            theta: Parameters, shape ``(n, d_theta)``, float64.
+
+        Returns:
+            Log densities, shape ``(n,)``.
+        """
+        if self.has_log_likelihood:
+            return self.log_likelihood(x, theta)
+        raise NotImplementedError(f"simulator '{self.name}' has no unnormalised log density")
+
+    @property
+    def has_log_unnormalized(self) -> bool:
+        """Whether :meth:`log_unnormalized` is available (implemented, or an exact
+        :meth:`log_likelihood`)."""
+        return self.has_log_likelihood or (
+            type(self).log_unnormalized is not Simulator.log_unnormalized
+        )
+
     def check_output(self, x: Any, n: int) -> np.ndarray:
         """Validate what :meth:`simulate` returned for ``n`` rows; return it as float32.
 

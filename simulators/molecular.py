@@ -9,11 +9,17 @@ Parameters: temperature :math:`T \sim U(0.5, 1.5)` and Lennard-Jones strength
       + \sum_i k_a \left(1 - \frac{b_i \cdot b_{i+1}}{|b_i| |b_{i+1}|}\right)
       + \sum_{|i - j| \ge 3} 4 \epsilon \left(r_{ij}^{-12} - r_{ij}^{-6}\right).
 
-Sampling: the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996), one
-independent chain per row, vectorised over rows, started from a straight chain with a random
-kink and run for ``steps`` steps (burn-in; the chain's last state is the sample, so rows are
-independent draws and need no decorrelation). The step size is ``step * T / k_b``, which keeps
-the stiff bonds stable and the acceptance near 0.6 at every temperature.
+Sampling: the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996), each step
+followed by a pivot move (:func:`pivot_move`: the chain beyond a random bead turns about it,
+accepted by Metropolis; Lal 1969, Madras & Sokal 1988), one independent chain per row,
+vectorised over rows, started from a straight chain with a random kink and run for ``steps``
+steps (burn-in; the chain's last state is the sample, so rows are independent draws and need no
+decorrelation). The MALA step size is ``step * T / k_b``, which keeps the stiff bonds stable and
+the acceptance near 0.6 at every temperature; the pivot angles are normal with standard
+deviation ``pivot`` radians (0: MALA alone). MALA alone needs about 30,000 steps to fold the
+straight start into the compact chain of low temperatures (T = 0.5, epsilon = 1: radius of
+gyration 1.90 after 3,000 steps, 1.38 after 30,000, 1.35 after 90,000); with pivot moves 1,000
+steps reach it (1.356).
 
 Output (``coordinates``), invariant to translation and rotation, ``3 * beads - 6`` values:
 
@@ -45,6 +51,8 @@ __all__ = [
     "energy_and_grad",
     "from_internal",
     "internal_coordinates",
+    "jacobian_log_det",
+    "pivot_move",
     "positions",
     "standard_frame",
 ]
@@ -152,6 +160,67 @@ def from_internal(q: np.ndarray) -> np.ndarray:
     return r
 
 
+def jacobian_log_det(x: np.ndarray, coordinates: str) -> np.ndarray:
+    r""":math:`\log J(x)` ``(n,)`` of coordinates ``(n, 3 * beads - 6)``: the volume element
+    of the Cartesian positions is :math:`d^3 r_0 \, dR \, J(x) \, dx` (translation, rotation
+    by the Haar measure, x), with
+
+    * ``"internal"``: :math:`J = \prod_i l_i^2 \prod_i \sin \beta_i` (spherical coordinates of
+      each bond about the one before), on :math:`l_i > 0`, :math:`0 < \beta_i < \pi`,
+      :math:`-\pi < \phi_i \le \pi`;
+    * ``"cartesian"``: :math:`J = x_1^2 \, y_2` (bead 1 at distance :math:`x_1` on the x axis,
+      bead 2 at distance :math:`y_2` from it), on :math:`x_1 > 0`, :math:`y_2 > 0`.
+
+    ``-inf`` outside the support.
+    """
+    x = np.asarray(x, np.float64)
+    beads = (x.shape[1] + 6) // 3
+    if coordinates == "cartesian":
+        inside = (x[:, 0] > 0) & (x[:, 2] > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(inside, 2 * np.log(x[:, 0]) + np.log(x[:, 2]), -np.inf)
+    length, bend = x[:, : beads - 1], x[:, beads - 1 : 2 * beads - 3]
+    dihedral = x[:, 2 * beads - 3 :]
+    inside = (
+        (length > 0).all(1)
+        & ((bend > 0) & (bend < np.pi)).all(1)
+        & ((dihedral > -np.pi) & (dihedral <= np.pi)).all(1)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_j = 2 * np.log(length).sum(1) + np.log(np.sin(bend)).sum(1)
+    return np.where(inside, log_j, -np.inf)
+
+
+def pivot_move(r: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    r"""A pivot proposal for each chain of ``r`` ``(n, beads, 3)``: the beads after a random
+    inner bead :math:`k` turn about it, by an angle :math:`\alpha \sim N(0, \text{scale}^2)`
+    about a uniformly random axis (Rodrigues' formula).
+
+    The move is its own inverse's mirror (the same :math:`k` and axis with :math:`-\alpha`, as
+    likely), and a rotation about a bead that does not move keeps volume, so the Metropolis
+    ratio is :math:`e^{-\Delta U / T}` alone. It changes the chain's shape at once, which
+    MALA's small steps (bounded by the stiff bonds) take tens of thousands of steps to do.
+    """
+    n, beads, _ = r.shape
+    k = rng.integers(1, beads - 1, size=n)
+    axis = rng.standard_normal((n, 3))
+    axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+    alpha = scale * rng.standard_normal(n)
+    cross = np.zeros((n, 3, 3))  # [axis]_x
+    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    cross -= cross.transpose(0, 2, 1)
+    eye = np.eye(3)
+    rotation = (
+        eye
+        + np.sin(alpha)[:, None, None] * cross
+        + (1 - np.cos(alpha))[:, None, None] * cross @ cross
+    )
+    centre = r[np.arange(n), k][:, None, :]
+    turned = centre + np.einsum("nab,nkb->nka", rotation, r - centre)
+    tail = np.arange(beads)[None, :, None] > k[:, None, None]
+    return np.where(tail, turned, r)
+
+
 def energy(x: np.ndarray, epsilon: np.ndarray, bond_k: float, angle_k: float) -> np.ndarray:
     """Potential energy ``(n,)`` of standard-orientation coordinates ``(n, 3 * beads - 6)``."""
     return energy_and_grad(positions(x), np.asarray(epsilon, np.float64), bond_k, angle_k)[0]
@@ -172,18 +241,19 @@ class BeadSpringChain(simgen.Simulator):
         steps: int = 3000,
         step: float = 0.5,
         coordinates: str = "cartesian",
+        pivot: float = 1.0,
     ) -> None:
         if beads < 4:
             raise simgen.UsageError(f"molecular: beads must be >= 4, got {beads}")
-        if bond_k <= 0 or angle_k < 0 or steps < 1 or step <= 0:
-            raise simgen.UsageError("molecular: bond_k, step > 0, angle_k >= 0, steps >= 1")
+        if bond_k <= 0 or angle_k < 0 or steps < 1 or step <= 0 or pivot < 0:
+            raise simgen.UsageError("molecular: bond_k, step > 0, angle_k, pivot >= 0, steps >= 1")
         if coordinates not in ("cartesian", "internal"):
             raise simgen.UsageError(
                 f"molecular: coordinates must be 'cartesian' or 'internal', got '{coordinates}'"
             )
         self.coordinates = coordinates
         self.beads, self.bond_k, self.angle_k = beads, bond_k, angle_k
-        self.steps, self.step = steps, step
+        self.steps, self.step, self.pivot = steps, step, pivot
         self.x_shape = (3 * beads - 6,)
 
     def prior(self) -> torch.distributions.Distribution:
@@ -192,8 +262,8 @@ class BeadSpringChain(simgen.Simulator):
     def sample_positions(
         self, theta: np.ndarray, rng: np.random.Generator, steps: int | None = None
     ) -> tuple[np.ndarray, float]:
-        """MALA from a kinked straight chain: positions ``(n, beads, 3)`` after ``steps``
-        steps, and the mean acceptance rate."""
+        """MALA, each step followed by a pivot move (``pivot``), from a kinked straight chain:
+        positions ``(n, beads, 3)`` after ``steps`` steps, and the mean MALA acceptance rate."""
         theta = np.asarray(theta, np.float64)
         n = len(theta)
         temperature, epsilon = theta[:, 0], theta[:, 1]
@@ -217,6 +287,14 @@ class BeadSpringChain(simgen.Simulator):
             u = np.where(accept, u_new, u)
             g = np.where(accept[:, None, None], g_new, g)
             accepted += accept.mean()
+            if self.pivot:
+                proposal = pivot_move(r, rng, self.pivot)
+                u_new, g_new = energy_and_grad(proposal, epsilon, self.bond_k, self.angle_k)
+                log_alpha = -(u_new - u) / temperature
+                accept = np.log(rng.random(n)) < np.nan_to_num(log_alpha, nan=-np.inf)
+                r = np.where(accept[:, None, None], proposal, r)
+                u = np.where(accept, u_new, u)
+                g = np.where(accept[:, None, None], g_new, g)
         return r, accepted / (steps or self.steps)
 
     def summaries(self, x: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -229,6 +307,22 @@ class BeadSpringChain(simgen.Simulator):
             "radius_of_gyration": radius_of_gyration(r),
             "bond_length": bond_lengths(r).mean(1),
         }
+
+    def log_unnormalized(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        r"""The Boltzmann density of this simulator's output, up to a constant in x:
+        :math:`-U / T + \log J`, ``x`` ``(n, 3 * beads - 6)``, ``theta`` ``(n, 2)`` -> ``(n,)``.
+
+        :math:`J` is the volume of the Cartesian positions per unit of x, the six rigid-body
+        degrees of freedom integrated out (they are uniform: translations, and rotations by
+        the Haar measure): :func:`jacobian_log_det`. Outside the support of x (a negative
+        length, an angle outside its range): ``-inf``.
+        """
+        x, theta = np.asarray(x, np.float64), np.asarray(theta, np.float64)
+        r = self.positions(x)
+        with np.errstate(all="ignore"):  # overlapping beads: an infinite energy, density 0
+            u = energy_and_grad(r, theta[:, 1].copy(), self.bond_k, self.angle_k)[0]
+        log_j = jacobian_log_det(x, self.coordinates)
+        return np.where(np.isfinite(log_j), -u / theta[:, 0] + log_j, -np.inf)
 
     def positions(self, x: np.ndarray) -> np.ndarray:
         """This simulator's output ``(n, 3 * beads - 6)`` -> positions ``(n, beads, 3)``."""

@@ -99,6 +99,9 @@ def test_scientific_benchmark_quick(tmp_path):
     found = {(r["task"], r["metric"]) for r in records}
     for metric in ("energy_wasserstein", "rg_wasserstein", "emulator_speedup"):
         assert ("molecular", metric) in found
+    methods = {(r["method"], r["metric"]) for r in records if r["task"] == "molecular"}
+    assert ("simgen flow + Metropolis (exact density)", "metropolis_acceptance") in methods
+    assert ("simulator, independent run", "energy_wasserstein") in methods
     for metric in (
         "power_spectrum_rel_error",
         "field_log_prob_error_per_pixel",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import integrate, stats
+from scipy.spatial.transform import Rotation
 
 import simgen
 from simgen.diagnostics import (
@@ -22,6 +23,8 @@ from simulators.molecular import (
     energy_and_grad,
     from_internal,
     internal_coordinates,
+    jacobian_log_det,
+    pivot_move,
     positions,
 )
 
@@ -121,15 +124,38 @@ def test_free_chain_bond_energy_equals_its_exact_value():
 
 
 def test_interacting_chain_is_equilibrated_by_its_burn_in():
-    # the default burn-in agrees with a run twice as long (collapsed chain, T = 0.5, eps = 1)
-    sim = BeadSpringChain()
-    theta = np.tile([0.5, 1.0], (300, 1))
+    # at the prior's coldest, most attractive corner (T = 0.5, eps = 1: a compact chain) the
+    # default burn-in agrees with a run three times as long in radius of gyration and energy;
+    # MALA alone (pivot = 0), for the same steps, is still folding from the straight start
+    # and fails the same comparison (it can fail)
+    sim, rows = BeadSpringChain(), 200
+    theta = np.tile([0.5, 1.0], (rows, 1))
     short, _ = sim.sample_positions(theta, np.random.default_rng(6))
-    long, _ = sim.sample_positions(theta, np.random.default_rng(7), steps=2 * sim.steps)
-    for stat in (radius_of_gyration, lambda r: energy_and_grad(r, theta[:, 1], 100.0, 2.0)[0]):
-        a, b = stat(short), stat(long)
-        se = np.sqrt(a.var() / len(a) + b.var() / len(b))
-        assert abs(a.mean() - b.mean()) < 4 * se
+    long, _ = sim.sample_positions(theta, np.random.default_rng(7), steps=3 * sim.steps)
+    mala, _ = BeadSpringChain(pivot=0.0).sample_positions(theta, np.random.default_rng(6))
+
+    def z(a: np.ndarray, b: np.ndarray) -> float:
+        return abs(a.mean() - b.mean()) / np.sqrt(a.var() / len(a) + b.var() / len(b))
+
+    energy_of = lambda r: energy_and_grad(r, theta[:, 1], 100.0, 2.0)[0]
+    for stat in (radius_of_gyration, energy_of):
+        assert z(stat(short), stat(long)) < 4
+    assert z(radius_of_gyration(mala), radius_of_gyration(long)) > 4
+
+
+def test_pivot_move_keeps_the_chain_and_turns_its_tail():
+    rng = np.random.default_rng(11)
+    r = np.cumsum(rng.normal(0, 0.6, (50, 7, 3)) + [1, 0, 0], axis=1)
+    moved = pivot_move(r, rng, 1.0)
+    # bond lengths and the distances within each side are kept; some bead stays, some moves
+    np.testing.assert_allclose(bond_lengths(moved), bond_lengths(r), atol=1e-12)
+    still = np.isclose(moved, r).all(-1)
+    assert still[:, :2].all() and not still[:, -1].any()
+    for row in range(50):
+        k = int(np.argmin(still[row])) - 1  # the pivot: the last bead that stays
+        d_before = np.linalg.norm(r[row, k:, None] - r[row, None, k:], axis=-1)
+        d_after = np.linalg.norm(moved[row, k:, None] - moved[row, None, k:], axis=-1)
+        np.testing.assert_allclose(d_after, d_before, atol=1e-12)
 
 
 def test_molecular_output_is_invariant_and_rebuilds_the_chain():
@@ -164,6 +190,37 @@ def test_internal_coordinates_describe_the_same_chain():
         np.testing.assert_allclose(a[name], b[name], atol=1e-10)
     with pytest.raises(simgen.UsageError, match="coordinates"):
         simgen.get_simulator("molecular", coordinates="polar")
+
+
+@pytest.mark.parametrize("coordinates", ["internal", "cartesian"])
+def test_molecular_density_has_the_volume_of_the_positions(coordinates):
+    """J(x) of log_unnormalized is the volume element: the map (translation a, ZYZ Euler
+    angles, x) -> positions (5 beads: 15 -> 15) has |det| = sin(Euler beta) J(x) (the Haar
+    measure times J), by central finite differences."""
+    sim = simgen.get_simulator("molecular", beads=5, steps=300, coordinates=coordinates)
+    theta = np.array([[1.0, 0.5], [0.6, 0.9]])
+    x = sim.simulate(theta, np.random.default_rng(10))
+
+    def cartesian(v: np.ndarray) -> np.ndarray:
+        rotation = Rotation.from_euler("ZYZ", v[3:6]).as_matrix()
+        return (sim.positions(v[None, 6:])[0] @ rotation.T + v[:3]).ravel()
+
+    h = 1e-6
+    for row in x:
+        v = np.concatenate([[0.3, -0.2, 0.5], [0.4, 1.1, -0.7], row])
+        columns = [(cartesian(v + h * e) - cartesian(v - h * e)) / (2 * h) for e in np.eye(len(v))]
+        log_det = np.linalg.slogdet(np.stack(columns, axis=1))[1]
+        expected = np.log(np.sin(1.1)) + jacobian_log_det(row[None], coordinates)[0]
+        assert abs(log_det - expected) < 1e-5
+    # outside the support of x the density is 0
+    outside = x.copy()
+    outside[0, 0] = -outside[0, 0]  # a negative length, or bead 1 on the -x axis
+    if coordinates == "cartesian":
+        outside[1, 2] = -outside[1, 2]  # bead 2 at y < 0
+    else:
+        outside[1, 4] = 4.0  # the first bending angle above pi
+    lp = sim.log_unnormalized(outside, theta)
+    assert np.isneginf(lp).all() and np.isfinite(sim.log_unnormalized(x, theta)).all()
 
 
 def test_wasserstein_relative():

@@ -135,6 +135,21 @@ def test_cli_fit_sample_log_prob(data, tmp_path):
     with h5py.File(samples) as f:
         assert f["x"].shape == (1, 50, 2) and f["log_prob"].shape == (1, 50)
         assert f.attrs["model"] == load(model).identity and f.attrs["kind"] == "emulation"
+    # --metropolis: the same emulator, corrected by two_moons' exact density; after two
+    # epochs it is far from the crescent, and a warning says so (chains that never reached the
+    # crescent, or a low acceptance rate)
+    exact = tmp_path / "exact.h5"
+    with pytest.warns(UserWarning, match="outside the target's support|acceptance rate"):
+        done = runner.invoke(
+            app,
+            ["sample", str(model), "--theta", "0.1,-0.3", "-n", "200", "-o", str(exact)]
+            + ["--metropolis", "--json"],
+        )
+    assert done.exit_code == 0, done.output
+    assert 0 < json.loads(done.stdout)["mean_acceptance"] <= 1
+    with h5py.File(exact) as f:
+        assert f["x"].shape == (1, 200, 2) and f.attrs["metropolis"]
+        assert np.isfinite(f["log_prob"][()]).all() and f["acceptance"].shape == (1,)
     np.save(tmp_path / "thetas.npy", np.zeros((3, 2), np.float32))
     done = runner.invoke(
         app,
@@ -185,6 +200,11 @@ def test_cli_bad_input(data, tmp_path):
         (
             ["sample", str(data.path), "--theta", "0,0", "-o", str(tmp_path / "s.h5")],
             "not a simgen model file",
+        ),
+        (
+            ["sample", str(model), "--observed", str(tmp_path / "o.npy"), "--metropolis"]
+            + ["-o", str(tmp_path / "s.h5")],
+            "drop --theta/--from-prior/--metropolis",
         ),
         (["fit", str(data.path), "-o", str(tmp_path / "no" / "m.pt")], "cannot write"),
         (
