@@ -27,7 +27,9 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
 ``benchmarks/results/scientific.json`` after each task (rows of tasks not rerun are kept), and
-``cosmology-FAMILY.png`` (maps and power spectra at the first held-out parameters) beside it.
+``cosmology-FAMILY.png`` (maps and power spectra at the first held-out parameters) and
+``molecular-flow.png`` (histograms of energy, radius of gyration and bond length, simulated,
+emulated and corrected, at the first held-out parameters) beside it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from simgen.diagnostics import (
     wasserstein_relative,
 )
 from simgen.metropolis import metropolized_sample
-from simgen.plots import plot_fields
+from simgen.plots import plot_fields, plot_summaries
 from simgen.posterior import Posterior
 from simgen.simulation import run_chunk
 from simgen.train import fit
@@ -186,7 +188,7 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
         train_s, emulator = timed_fit(store, family, train)
         sims, emus, sim_s, speedup = compare(emulator, sim, thetas, cfg["m"])
         if name == "molecular" and family == "flow":
-            metropolis_rows(emulator, sim, thetas, sims, sim_s, cfg, records)
+            metropolis_rows(emulator, sim, thetas, sims, emus, sim_s, cfg, records)
         if name == "cosmology":
             figure = (cfg["out"] / f"cosmology-{family}.png") if cfg["out"] else None
             metrics = field_metrics(emulator, sim, sims, emus, {**cfg, "figure": figure})
@@ -208,14 +210,23 @@ def metropolis_rows(
     sim: simgen.Simulator,
     thetas: np.ndarray,
     sims: list,
+    emus: list,
     sim_s: float,
     cfg: dict,
     records: list,
 ) -> None:
     """Rows of the flow corrected by the exact Boltzmann density, and of a second, independent
-    run of the simulator: the distances that finite samples alone leave."""
+    run of the simulator: the distances that finite samples alone leave; with ``cfg["out"]``,
+    ``molecular-flow.png``: the statistics' histograms at the first held-out theta."""
     n, m = cfg["n"], cfg["m"]
     corrected, acceptance, seconds = metropolized(emulator, sim, thetas, m)
+    if cfg["out"]:
+        tiled = np.tile(thetas[0], (m, 1))
+        summaries = {
+            "flow": sim.summaries(emus[0], tiled),
+            "flow + Metropolis": sim.summaries(corrected[0], tiled),
+        }
+        plot_summaries(sim.summaries(sims[0], tiled), summaries, cfg["out"] / "molecular-flow.png")
     metrics = molecule_metrics(sim, thetas, sims, corrected)
     metrics.pop("simulated_overlap_fraction")
     metrics["emulator_speedup"] = sim_s / seconds

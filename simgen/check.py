@@ -203,7 +203,7 @@ def _physics(
         for name in a:
             found[f"{name}_wasserstein"] = wasserstein_relative(a[name], b[name])
         if out is not None:
-            plot_summaries(a, b, out / "summaries.png")
+            plot_summaries(a, {"emulator": b}, out / "summaries.png")
     return found
 
 

@@ -249,19 +249,35 @@ def plot_fields(
 
 
 def plot_summaries(
-    simulated: dict[str, np.ndarray], emulated: dict[str, np.ndarray], path: str | os.PathLike
+    simulated: dict[str, np.ndarray],
+    emulated: dict[str, dict[str, np.ndarray]],
+    path: str | os.PathLike,
 ) -> None:
-    """Histograms of each summary statistic, simulated vs emulated, as a PNG."""
+    """Histograms of each summary statistic, simulated (grey) against one or more emulators
+    (``emulated``: label -> statistics), as a PNG. The bins span the simulated values; the
+    share of an emulator's values beyond them is given in its label."""
     names = list(simulated)
+    colors = ["tab:orange", "tab:blue", "tab:green", "tab:red"]
     fig = Figure(figsize=(3.6 * len(names), 3.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names)))
     for ax, name in zip(axes, names, strict=True):
-        both = np.concatenate([simulated[name], emulated[name]])
-        edges = np.linspace(*np.quantile(both, [0.005, 0.995]), 50)
-        ax.hist(simulated[name], bins=edges, density=True, alpha=0.5, color="tab:gray")
-        ax.hist(emulated[name], bins=edges, density=True, histtype="step", color="tab:orange")
+        lo, hi = np.quantile(simulated[name], [0.005, 0.995])
+        edges = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 31)
+        ax.hist(
+            simulated[name],
+            bins=edges,
+            density=True,
+            alpha=0.5,
+            color="tab:gray",
+            label="simulator",
+        )
+        for (label, stats), color in zip(emulated.items(), colors, strict=False):
+            values = stats[name]
+            beyond = np.mean((values < edges[0]) | (values > edges[-1]))
+            shown = f"{label} ({beyond:.1%} beyond)" if beyond else label
+            ax.hist(values, bins=edges, density=True, histtype="step", color=color, label=shown)
         ax.set(title=name, yticks=[])
-    axes[0].legend(["simulator", "emulator"])
+        ax.legend(fontsize="small")
     fig.savefig(path, dpi=100)
 
 
