@@ -435,6 +435,8 @@ def sample_command(
                 sim = simulator_of(emulator)
                 progress = _progress(quiet, as_json)
                 result = emulate_exact(emulator, sim, thetas, n, seed=seed, progress=progress)
+                if not log_prob:
+                    del result["log_prob"]
             else:
                 result = emulate(
                     emulator,

@@ -12,8 +12,8 @@ Metropolis-Hastings rule removes (the Boltzmann generators of Noe et al. 2019): 
 
 which leaves :math:`p(x \mid \theta)` invariant. A proposal outside the simulator's support, or
 one the simulator's physics forbids (two beads on top of each other), has :math:`w \approx 0`
-and is never accepted. Proposals do not depend on the state, so all of them are drawn and
-weighed in one batch; only the accept/reject walk is sequential, and costs nothing.
+and is (practically) never accepted. Proposals do not depend on the state, so all of them are
+drawn and weighed in one batch; only the accept/reject walk is sequential, and it costs little.
 """
 
 from __future__ import annotations

@@ -196,9 +196,9 @@ def pivot_move(r: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndar
     inner bead :math:`k` turn about it, by an angle :math:`\alpha \sim N(0, \text{scale}^2)`
     about a uniformly random axis (Rodrigues' formula).
 
-    The move is its own inverse's mirror (the same :math:`k` and axis with :math:`-\alpha`, as
-    likely), and a rotation about a bead that does not move keeps volume, so the Metropolis
-    ratio is :math:`e^{-\Delta U / T}` alone. It changes the chain's shape at once, which
+    Its inverse is the same move with :math:`-\alpha`, which is as likely, and a rotation
+    about a bead that does not move keeps volume, so the Metropolis ratio is
+    :math:`e^{-\Delta U / T}` alone. It changes the chain's shape at once, which
     MALA's small steps (bounded by the stiff bonds) take tens of thousands of steps to do.
     """
     n, beads, _ = r.shape

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import simgen
-from simgen.metropolis import independence_chains, metropolized_sample
+from simgen.metropolis import emulate_exact, independence_chains, metropolized_sample
 from simgen.train import fit
 
 
@@ -79,6 +79,8 @@ def test_metropolized_sample_refuses_what_it_cannot_correct(emulator, monkeypatc
         metropolized_sample(emulator, sim.log_unnormalized, np.zeros(2), 10, chains=0)
     with pytest.warns(UserWarning, match="outside the target.s support"):
         metropolized_sample(emulator, lambda x, t: np.full(len(x), -np.inf), np.zeros(2), 10)
+    with pytest.raises(simgen.UsageError, match="neither log_unnormalized nor log_likelihood"):
+        emulate_exact(emulator, simgen.get_simulator("lotka_volterra"), np.zeros((1, 2)), 10)
     monkeypatch.setattr(emulator, "family", "vae")
     with pytest.raises(simgen.UsageError, match="use a flow emulator"):
         metropolized_sample(emulator, sim.log_unnormalized, np.zeros(2), 10)
