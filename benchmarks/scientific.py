@@ -86,8 +86,9 @@ def metropolized(
 ) -> tuple[list[np.ndarray], float, float]:
     """Samples of the emulator corrected by the simulator's exact unnormalised density
     (:func:`simgen.metropolis.metropolized_sample`, default chains and burn-in) at each theta,
-    the mean acceptance rate and the seconds taken at the first theta."""
-    samples, acceptance, seconds = [], [], 0.0
+    the mean acceptance rate and share of distinct samples, and the seconds taken at the
+    first theta."""
+    samples, acceptance, distinct, seconds = [], [], [], 0.0
     for i, theta in enumerate(thetas):
         start = time.perf_counter()
         out = metropolized_sample(emulator, sim.log_unnormalized, theta, m, seed=i)
@@ -95,7 +96,8 @@ def metropolized(
             seconds = time.perf_counter() - start
         samples.append(out.x.double().numpy())
         acceptance.append(out.acceptance)
-    return samples, float(np.mean(acceptance)), seconds
+        distinct.append(out.distinct / m)
+    return samples, float(np.mean(acceptance)), float(np.mean(distinct)), seconds
 
 
 def field_metrics(
@@ -219,7 +221,7 @@ def metropolis_rows(
     run of the simulator: the distances that finite samples alone leave; with ``cfg["out"]``,
     ``molecular-flow.png``: the statistics' histograms at the first held-out theta."""
     n, m = cfg["n"], cfg["m"]
-    corrected, acceptance, seconds = metropolized(emulator, sim, thetas, m)
+    corrected, acceptance, distinct, seconds = metropolized(emulator, sim, thetas, m)
     if cfg["out"]:
         tiled = np.tile(thetas[0], (m, 1))
         summaries = {
@@ -231,6 +233,7 @@ def metropolis_rows(
     metrics.pop("simulated_overlap_fraction")
     metrics["emulator_speedup"] = sim_s / seconds
     metrics["metropolis_acceptance"] = acceptance
+    metrics["metropolis_distinct_fraction"] = distinct
     method = "simgen flow + Metropolis (exact density)"
     for metric, value in metrics.items():
         unit = UNITS.get(metric, "ratio")

@@ -458,6 +458,7 @@ def sample_command(
             summary = {"path": str(out), "thetas": len(thetas), "samples_per_theta": n}
             if metropolis:
                 summary["mean_acceptance"] = float(result["acceptance"].mean())
+                summary["mean_distinct"] = float(result["distinct"].mean())
             if log_prob:
                 summary["mean_log_prob"] = float(result["log_prob"].mean())
             if not quiet and not as_json:

@@ -46,11 +46,15 @@ class MetropolisSample:
         x: ``(n, *x_shape)``: the chains' states after burn-in, chain after chain.
         acceptance: Share of the proposals accepted (after the first state of each chain).
         proposals: Proposals drawn in all.
+        distinct: Distinct proposals among the ``n`` samples: a chain repeats its state where
+            it refuses, so this bounds how many samples carry their own information (well
+            below ``n``: the emulator is far from the target where it gives too little mass).
     """
 
     x: Tensor
     acceptance: float
     proposals: int
+    distinct: int
 
 
 def independence_chains(
@@ -182,7 +186,8 @@ def metropolized_sample(
             "samples are strongly correlated; train the emulator longer or raise burn_in",
             stacklevel=2,
         )
-    return MetropolisSample(x[torch.from_numpy(rows).to(x.device)], acceptance, steps * chains)
+    samples = x[torch.from_numpy(rows).to(x.device)]
+    return MetropolisSample(samples, acceptance, steps * chains, len(np.unique(rows)))
 
 
 def emulate_exact(
@@ -199,7 +204,8 @@ def emulate_exact(
 
     Returns:
         ``x`` ``(m, n, *x_shape)``, ``theta`` ``(m, d)``, the emulator's ``log_prob`` ``(m, n)``
-        of each sample and the ``acceptance`` rate ``(m,)`` of each theta's chains.
+        of each sample, and per theta the ``acceptance`` rate and the ``distinct`` samples
+        ``(m,)`` (:class:`MetropolisSample`).
 
     Raises:
         UsageError: the simulator has no unnormalised density, or the emulator is no flow.
@@ -210,7 +216,7 @@ def emulate_exact(
             "without its density, emulated samples cannot be corrected"
         )
     theta = np.atleast_2d(np.asarray(theta, np.float32))
-    xs, log_probs, acceptance = [], [], []
+    xs, log_probs, acceptance, distinct = [], [], [], []
     with progress_bar(
         len(theta) * n, "emulate (Metropolis)", unit="samples", enabled=progress
     ) as bar:
@@ -220,10 +226,12 @@ def emulate_exact(
                 log_probs.append(emulator.log_prob(out.x, torch.from_numpy(row)).cpu().numpy())
             xs.append(out.x.cpu().numpy())
             acceptance.append(out.acceptance)
+            distinct.append(out.distinct)
             bar.advance(n)
     return {
         "x": np.stack(xs),
         "theta": theta,
         "log_prob": np.stack(log_probs),
         "acceptance": np.array(acceptance),
+        "distinct": np.array(distinct),
     }

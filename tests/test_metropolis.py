@@ -63,6 +63,7 @@ def test_metropolized_samples_follow_the_target_not_the_emulator(emulator):
     n = 2000
     out = metropolized_sample(emulator, log_target, theta, n, chains=n, burn_in=20, seed=0)
     assert out.x.shape == (n, 2) and out.proposals == 21 * n
+    assert out.distinct == len(np.unique(out.x.numpy(), axis=0)) <= n
     assert 0.3 < out.acceptance <= 1
     raw = emulator.sample(theta, n).numpy()
     for j in range(2):

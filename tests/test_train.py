@@ -146,7 +146,8 @@ def test_cli_fit_sample_log_prob(data, tmp_path):
             + ["--metropolis", "--json"],
         )
     assert done.exit_code == 0, done.output
-    assert 0 < json.loads(done.stdout)["mean_acceptance"] <= 1
+    summary = json.loads(done.stdout)
+    assert 0 < summary["mean_acceptance"] <= 1 and 1 <= summary["mean_distinct"] <= 200
     with h5py.File(exact) as f:
         assert f["x"].shape == (1, 200, 2) and f.attrs["metropolis"]
         assert np.isfinite(f["log_prob"][()]).all() and f["acceptance"].shape == (1,)
