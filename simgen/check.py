@@ -44,6 +44,7 @@ from simgen.diagnostics import (
 )
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
+from simgen.metropolis import metropolized_sample
 from simgen.plots import (
     plot_calibration,
     plot_emulation,
@@ -92,6 +93,7 @@ def check(
     warmup: int = 100,
     seed: int = 0,
     progress: bool | None = None,
+    metropolis: bool = False,
 ) -> dict[str, Any]:
     """Compare ``emulator`` with its simulator and calibrate its posterior; write a report.
 
@@ -106,6 +108,9 @@ def check(
         warmup: Sampler warm-up iterations of the posteriors.
         seed: Seed of the check's simulations and samplers.
         progress: Progress bar for the posterior sampling.
+        metropolis: Compare the emulator's samples corrected by the simulator's density
+            (:func:`simgen.metropolis.metropolized_sample`; flows of simulators with
+            ``log_unnormalized``); the report then gives their ``acceptance`` per theta.
 
     Returns:
         The report: ``emulation`` (``c2st`` per theta, or None for large x), ``calibration``
@@ -119,7 +124,12 @@ def check(
     out.mkdir(parents=True, exist_ok=True)
     names = list(emulator.parameters_names)
     report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
-    report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out)
+    if metropolis and not sim.has_log_unnormalized:
+        raise UsageError(
+            f"simulator '{sim.name}' has neither log_unnormalized nor log_likelihood: "
+            "--metropolis needs its density"
+        )
+    report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out, metropolis)
     if emulator.family == "vae" and emulator.model.config.latent == 2:
         _latent_picture(emulator, sim, seed, out)
     report["calibration"] = _calibration(
@@ -153,17 +163,30 @@ def _latent_picture(emulator: Emulator, sim: Simulator, seed: int, out: Path, g:
 
 
 def _emulation(
-    emulator: Emulator, sim: Simulator, thetas: int, samples: int, seed: int, out: Path
+    emulator: Emulator,
+    sim: Simulator,
+    thetas: int,
+    samples: int,
+    seed: int,
+    out: Path,
+    metropolis: bool,
 ) -> dict[str, Any]:
     names = emulator.parameters_names
     theta = run_chunk(sim, seed, HELD_OUT + 1, thetas).theta.astype(np.float64)
-    scores, physics = [], []
+    scores, physics, acceptance = [], [], []
     for i, t in enumerate(theta):
         simulated = sim.check_output(
             sim.simulate(np.tile(t, (samples, 1)), np.random.default_rng([seed, i])), samples
         )
         torch.manual_seed(seed + i)
-        emulated = emulator.sample(torch.as_tensor(t, dtype=torch.float32), samples).numpy()
+        if metropolis:
+            corrected = metropolized_sample(
+                emulator, sim.log_unnormalized, t, samples, seed=seed + i
+            )
+            emulated = corrected.x.numpy()
+            acceptance.append(corrected.acceptance)
+        else:
+            emulated = emulator.sample(torch.as_tensor(t, dtype=torch.float32), samples).numpy()
         if i == 0:
             title = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, t, strict=True))
             plot_emulation(simulated, emulated, out / "emulation.png", title=title)
@@ -172,6 +195,8 @@ def _emulation(
         physics.append(_physics(sim, t, simulated, emulated, out if i == 0 else None))
     return {
         "theta": theta.tolist(),
+        "metropolis": metropolis,
+        **({"acceptance": acceptance} if metropolis else {}),
         "physics": {k: [p[k] for p in physics] for k in physics[0]},
         "c2st": scores or None,
         "c2st_mean": float(np.mean(scores)) if scores else None,

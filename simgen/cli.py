@@ -601,6 +601,10 @@ def check_command(
     samples: Annotated[int, typer.Option(help="x per side at each of them.", min=2)] = 1000,
     warmup: Annotated[int, typer.Option(help="Posterior sampler warm-up.", min=0)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    metropolis: Annotated[
+        bool,
+        typer.Option(help="Compare emulated x corrected by the simulator's density (flows)."),
+    ] = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -623,6 +627,7 @@ def check_command(
             warmup=warmup,
             seed=seed,
             progress=_progress(quiet, as_json),
+            metropolis=metropolis,
         )
         if as_json:
             _print_json(report)

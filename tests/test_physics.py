@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import integrate, stats
@@ -254,3 +256,25 @@ def test_check_compares_physical_statistics(tmp_path, name, options, expected):
     assert all(np.isfinite(v[0]) and v[0] >= 0 for v in physics.values())
     figure = "fields.png" if name == "cosmology" else "summaries.png"
     assert figure in report["files"] and (tmp_path / "r" / figure).stat().st_size > 0
+    if name == "molecular":  # the same check of the samples corrected by the Boltzmann density
+        with warnings.catch_warnings():  # a 2-epoch flow: its acceptance rate may be low
+            warnings.simplefilter("ignore", UserWarning)
+            exact = check(
+                emulator,
+                tmp_path / "m",
+                pairs=10,
+                draws=9,
+                thetas=1,
+                samples=200,
+                warmup=5,
+                metropolis=True,
+            )
+        assert exact["emulation"]["metropolis"] and 0 < exact["emulation"]["acceptance"][0] <= 1
+        assert set(exact["emulation"]["physics"]) == expected
+        with pytest.raises(simgen.UsageError, match="needs its density"):
+            check(
+                emulator,
+                tmp_path / "l",
+                simulator=simgen.get_simulator("lotka_volterra"),
+                metropolis=True,
+            )
