@@ -267,7 +267,7 @@ def _kill_after(proc, journal, parts):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # waits, and closes the stderr pipe
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +290,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, uninterrupted, kills)
     for parts in kills:
         _kill_after(_start(path), journal, parts)
     finished = _start(path)
-    assert finished.wait(timeout=120) == 0, finished.stderr.read()
+    _, stderr = finished.communicate(timeout=120)
+    assert finished.returncode == 0, stderr
     store = simgen.open_store(path)
     np.testing.assert_array_equal(store.theta, uninterrupted.theta)
     np.testing.assert_array_equal(store.x[:], uninterrupted.x[:])
@@ -312,7 +313,9 @@ def test_sigkill_while_extending_leaves_the_old_file_intact(tmp_path, uninterrup
     _kill_after(_start(path), journal, 20)  # extending to 400 rows
     assert path.read_bytes() == before and journal.dir.exists()
     assert len(simgen.open_store(path)) == 100
-    assert _start(path).wait(timeout=120) == 0
+    rerun = _start(path)
+    _, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
     np.testing.assert_array_equal(simgen.open_store(path).x[:], uninterrupted.x[:])
 
 
