@@ -120,15 +120,15 @@ def check(
     if pairs < 2 or draws < 1 or thetas < 1 or samples < 2:
         raise UsageError("pairs >= 2, draws >= 1, thetas >= 1 and samples >= 2 are needed")
     sim = simulator or simulator_of(emulator)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(emulator.parameters_names)
-    report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
     if metropolis and not sim.has_log_unnormalized:
         raise UsageError(
             f"simulator '{sim.name}' has neither log_unnormalized nor log_likelihood: "
             "--metropolis needs its density"
         )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(emulator.parameters_names)
+    report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
     report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out, metropolis)
     if emulator.family == "vae" and emulator.model.config.latent == 2:
         _latent_picture(emulator, sim, seed, out)

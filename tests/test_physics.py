@@ -278,3 +278,4 @@ def test_check_compares_physical_statistics(tmp_path, name, options, expected):
                 simulator=simgen.get_simulator("lotka_volterra"),
                 metropolis=True,
             )
+        assert not (tmp_path / "l").exists()  # refused before anything is written
