@@ -46,6 +46,7 @@ class MetropolisSample:
         x: ``(n, *x_shape)``: the chains' states after burn-in, chain after chain.
         acceptance: Share of the proposals accepted (after the first state of each chain).
         proposals: Proposals drawn in all.
+        log_prob: ``(n,)``: the emulator's log density of each sample.
         distinct: Distinct proposals among the ``n`` samples: a chain repeats its state where
             it refuses, so this bounds how many samples carry their own information (well
             below ``n``: the emulator is far from the target where it gives too little mass).
@@ -54,6 +55,7 @@ class MetropolisSample:
     x: Tensor
     acceptance: float
     proposals: int
+    log_prob: Tensor
     distinct: int
 
 
@@ -169,10 +171,9 @@ def metropolized_sample(
     flat = x.double().cpu().numpy().reshape(steps * chains, *emulator.x_shape)
     tiled = np.tile(theta_t.double().cpu().numpy(), (len(flat), 1))
     log_weight = np.asarray(log_target(flat, tiled), np.float64) - log_q.double().cpu().numpy()
-    log_weight = np.where(np.isnan(log_weight), -np.inf, log_weight).reshape(steps, chains)
-    kept, acceptance = independence_chains(log_weight, burn_in, generator)
+    kept, acceptance = independence_chains(log_weight.reshape(steps, chains), burn_in, generator)
     rows = kept.T.reshape(-1)[:n]  # chain after chain
-    outside = int(np.isneginf(log_weight.ravel()[rows]).sum())
+    outside = int((~(log_weight[rows] > -np.inf)).sum())  # -inf or NaN
     if outside:
         warnings.warn(
             f"{outside} of {n} samples lie outside the target's support: their chains found "
@@ -186,8 +187,10 @@ def metropolized_sample(
             "samples are strongly correlated; train the emulator longer or raise burn_in",
             stacklevel=2,
         )
-    samples = x[torch.from_numpy(rows).to(x.device)]
-    return MetropolisSample(samples, acceptance, steps * chains, len(np.unique(rows)))
+    index = torch.from_numpy(rows).to(x.device)
+    return MetropolisSample(
+        x[index], acceptance, steps * chains, log_q[index], len(np.unique(rows))
+    )
 
 
 def emulate_exact(
@@ -222,8 +225,7 @@ def emulate_exact(
     ) as bar:
         for i, row in enumerate(theta):
             out = metropolized_sample(emulator, simulator.log_unnormalized, row, n, seed=seed + i)
-            with torch.no_grad():
-                log_probs.append(emulator.log_prob(out.x, torch.from_numpy(row)).cpu().numpy())
+            log_probs.append(out.log_prob.cpu().numpy())
             xs.append(out.x.cpu().numpy())
             acceptance.append(out.acceptance)
             distinct.append(out.distinct)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 import simgen
 from simgen.diagnostics import bond_lengths, radius_of_gyration
@@ -194,7 +195,7 @@ def jacobian_log_det(x: np.ndarray, coordinates: str) -> np.ndarray:
 def pivot_move(r: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
     r"""A pivot proposal for each chain of ``r`` ``(n, beads, 3)``: the beads after a random
     inner bead :math:`k` turn about it, by an angle :math:`\alpha \sim N(0, \text{scale}^2)`
-    about a uniformly random axis (Rodrigues' formula).
+    about a uniformly random axis.
 
     Its inverse is the same move with :math:`-\alpha`, which is as likely, and a rotation
     about a bead that does not move keeps volume, so the Metropolis ratio is
@@ -206,19 +207,21 @@ def pivot_move(r: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndar
     axis = rng.standard_normal((n, 3))
     axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
     alpha = scale * rng.standard_normal(n)
-    cross = np.zeros((n, 3, 3))  # [axis]_x
-    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    cross -= cross.transpose(0, 2, 1)
-    eye = np.eye(3)
-    rotation = (
-        eye
-        + np.sin(alpha)[:, None, None] * cross
-        + (1 - np.cos(alpha))[:, None, None] * cross @ cross
-    )
+    rotation = Rotation.from_rotvec(axis * alpha[:, None]).as_matrix()
     centre = r[np.arange(n), k][:, None, :]
     turned = centre + np.einsum("nab,nkb->nka", rotation, r - centre)
     tail = np.arange(beads)[None, :, None] > k[:, None, None]
     return np.where(tail, turned, r)
+
+
+def _take(
+    accept: np.ndarray, new: tuple[np.ndarray, ...], old: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, ...]:
+    """Per row, the ``new`` arrays where ``accept (n,)``, else the ``old`` ones."""
+    return tuple(
+        np.where(accept.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+        for a, b in zip(new, old, strict=True)
+    )
 
 
 def energy(x: np.ndarray, epsilon: np.ndarray, bond_k: float, angle_k: float) -> np.ndarray:
@@ -283,18 +286,14 @@ class BeadSpringChain(simgen.Simulator):
             log_q_back = -((r - back) ** 2).sum((1, 2)) / (2 * h[:, 0, 0])
             log_alpha = -(u_new - u) / temperature + log_q_back - log_q_fwd
             accept = np.log(rng.random(n)) < np.nan_to_num(log_alpha, nan=-np.inf)
-            r = np.where(accept[:, None, None], proposal, r)
-            u = np.where(accept, u_new, u)
-            g = np.where(accept[:, None, None], g_new, g)
+            r, u, g = _take(accept, (proposal, u_new, g_new), (r, u, g))
             accepted += accept.mean()
             if self.pivot:
                 proposal = pivot_move(r, rng, self.pivot)
                 u_new, g_new = energy_and_grad(proposal, epsilon, self.bond_k, self.angle_k)
                 log_alpha = -(u_new - u) / temperature
                 accept = np.log(rng.random(n)) < np.nan_to_num(log_alpha, nan=-np.inf)
-                r = np.where(accept[:, None, None], proposal, r)
-                u = np.where(accept, u_new, u)
-                g = np.where(accept[:, None, None], g_new, g)
+                r, u, g = _take(accept, (proposal, u_new, g_new), (r, u, g))
         return r, accepted / (steps or self.steps)
 
     def summaries(self, x: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
