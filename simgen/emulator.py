@@ -74,6 +74,7 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
         d_x = math.prod(x_shape)
         return {
             "affine": True,
+            "scale_bound": "tanh",
             **({"correlated": True} if d_x <= CORRELATED_MAX else {}),
             **({"passes": 2} if d_x > AUTOREGRESSIVE_MAX else {}),
         }

@@ -23,7 +23,7 @@ from zuko.transforms import ComposedTransform, DependentTransform
 from simgen.errors import UsageError
 from simgen.nn import MLP, linear_gaussian_fit
 from simgen.spectral import initialize, spectral_flow
-from simgen.transforms import LocationScale, UnitLower
+from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound_inverse
 
 __all__ = ["Flow", "FlowConfig"]
 
@@ -60,6 +60,10 @@ class FlowConfig:
             that it is a full covariance given theta (the least-squares start whitens the
             residuals). The default for new fits on vectors of at most
             :data:`simgen.emulator.CORRELATED_MAX` values.
+        scale_bound: With ``affine``: how the log-scale is bounded by ``log(1e6)``
+            (:class:`simgen.transforms.LocationScale`): ``"tanh"`` (the default for new fits,
+            since 2026-11-30) or ``"rational"`` (zuko's soft clamp, whose gradient fades well
+            inside the bound; files that predate the setting).
     """
 
     network: str = "nsf"
@@ -69,11 +73,12 @@ class FlowConfig:
     passes: int | None = None
     affine: bool = False
     correlated: bool = False
+    scale_bound: str = "rational"
 
 
 class ConditionalAffine(LazyTransform):
     r"""Element-wise :math:`u = (x - \mu(\theta)) e^{s(\theta)}` over ``features`` values
-    (:class:`LocationScale`: the log-scale softly bounded by :math:`\log 10^6`), with
+    (:class:`LocationScale`: the log-scale softly bounded by :math:`\log 10^6`, ``bound``), with
     :math:`(\mu, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`, :math:`a` the raw
     log-scale; ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the
     strictly lower entries of :math:`C` computed the same way, so that
@@ -90,10 +95,15 @@ class ConditionalAffine(LazyTransform):
     """
 
     def __init__(
-        self, features: int, d_theta: int, hidden: tuple[int, ...], correlated: bool = False
+        self,
+        features: int,
+        d_theta: int,
+        hidden: tuple[int, ...],
+        correlated: bool,
+        bound: str,
     ) -> None:
         super().__init__()
-        self.features, self.correlated = features, correlated
+        self.features, self.correlated, self.bound = features, correlated, bound
         outputs = 2 * features + (features * (features - 1) // 2 if correlated else 0)
         self.hyper = MLP(d_theta, outputs, hidden, zero_last=True)
         self.linear = nn.Linear(d_theta, outputs)
@@ -111,18 +121,20 @@ class ConditionalAffine(LazyTransform):
         sigma = scale.diagonal().clamp_min(1e-6) if self.correlated else scale
         if self.correlated:
             self.linear.bias[2 * self.features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
-        bound = math.log(MAX_SCALE)
-        # s = -log(sigma), kept off the bound, where ds/da = (1 - |s| / bound)^2 vanishes
-        log_scale = -sigma.log().clamp(-0.8 * bound, 0.8 * bound)
+        limit = math.log(MAX_SCALE)
+        # s = -log(sigma), kept off the bound, where ds/da vanishes
+        log_scale = -sigma.log().clamp(-0.8 * limit, 0.8 * limit)
         features = self.features
         self.linear.weight[:features] = weight
         self.linear.bias[:features] = bias
-        self.linear.bias[features : 2 * features] = log_scale / (1 - log_scale.abs() / bound)
+        self.linear.bias[features : 2 * features] = soft_bound_inverse(
+            log_scale, limit, self.bound
+        )
 
     def forward(self, c: Tensor) -> Transform:
         out = self.linear(c) + self.hyper(c)
         loc, raw = out[..., : 2 * self.features].chunk(2, dim=-1)
-        affine = DependentTransform(LocationScale(loc, raw, MAX_SCALE), 1)
+        affine = DependentTransform(LocationScale(loc, raw, MAX_SCALE, self.bound), 1)
         if not self.correlated:
             return affine
         lower = vec_to_tril_matrix(out[..., 2 * self.features :], diag=-1)
@@ -152,6 +164,10 @@ class Flow(nn.Module):
         elif config.network == "nsf":
             if config.correlated and not config.affine:
                 raise UsageError("flow setting correlated = true needs affine = true")
+            if config.scale_bound not in BOUNDS:
+                raise UsageError(
+                    f"unknown flow scale_bound '{config.scale_bound}'; use {' or '.join(BOUNDS)}"
+                )
             self.flow = zuko.flows.NSF(
                 features=d_x,
                 context=d_theta,
@@ -166,7 +182,9 @@ class Flow(nn.Module):
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
             if config.affine:
-                affine = ConditionalAffine(d_x, d_theta, tuple(config.hidden), config.correlated)
+                affine = ConditionalAffine(
+                    d_x, d_theta, tuple(config.hidden), config.correlated, config.scale_bound
+                )
                 self.flow.transform.transforms.insert(0, affine)
         else:
             raise UsageError(f"unknown flow network '{config.network}'; use nsf or spectral")

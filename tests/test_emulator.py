@@ -13,6 +13,7 @@ from simgen.emulator import defaults_for, load
 from simgen.errors import StoreError, UsageError
 from simgen.flow import Flow, FlowConfig
 from simgen.train import fit
+from simgen.transforms import BOUNDS, soft_bound, soft_bound_inverse
 
 FAMILIES = ["flow", "vae", "diffusion"]
 TINY = {
@@ -209,9 +210,10 @@ def test_discrete_time_diffusion_fits_samples_and_bounds(data, tmp_path):
 def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     """The theta-conditioned standardisation in front of the splines starts at the identity:
     the same weights give the same density with and without it."""
-    assert defaults_for("flow", (100,)) == {"affine": True, "passes": 2}
-    assert defaults_for("flow", (40,)) == {"affine": True}
-    assert defaults_for("flow", (8,)) == {"affine": True, "correlated": True}
+    tanh = {"affine": True, "scale_bound": "tanh"}
+    assert defaults_for("flow", (100,)) == {**tanh, "passes": 2}
+    assert defaults_for("flow", (40,)) == tanh
+    assert defaults_for("flow", (8,)) == {**tanh, "correlated": True}
     assert defaults_for("diffusion", (8,)) == {"gaussian": True}
     torch.manual_seed(0)
     with_affine = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,), affine=True))
@@ -222,11 +224,12 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     torch.testing.assert_close(with_affine.dist(theta).log_prob(x), plain.dist(theta).log_prob(x))
 
 
-def test_affine_flow_starts_at_the_least_squares_fit():
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_affine_flow_starts_at_the_least_squares_fit(bound):
     """``initialize`` starts the standardisation at the regression of x on theta: on data
     ``x = A theta + b + s * noise`` it maps x to the noise, to the sampling error of n = 4,000
     rows (5 standard errors: of the coefficients, 5 s (1 + |theta|_1) / sqrt(n) before dividing
-    by s; of each scale, relatively 5 / sqrt(2 n))."""
+    by s; of each scale, relatively 5 / sqrt(2 n)), with either bound of the log-scale."""
     generator = torch.Generator().manual_seed(0)
     n, d_theta, d_x = 4000, 3, 4
     a, b = torch.randn(d_x, d_theta, generator=generator), torch.randn(d_x, generator=generator)
@@ -234,7 +237,8 @@ def test_affine_flow_starts_at_the_least_squares_fit():
     theta = torch.randn(n, d_theta, generator=generator)
     noise = torch.randn(n, d_x, generator=generator)
     x = theta @ a.T + b + scale * noise
-    flow = Flow(d_x, d_theta, FlowConfig(transforms=1, hidden=(16,), affine=True))
+    config = FlowConfig(transforms=1, hidden=(16,), affine=True, scale_bound=bound)
+    flow = Flow(d_x, d_theta, config)
     affine = flow.flow.transform.transforms[0]
     torch.testing.assert_close(affine(theta)(x), x)  # the identity before
     flow.initialize(theta, x)
@@ -244,6 +248,31 @@ def test_affine_flow_starts_at_the_least_squares_fit():
         5 / n**0.5 * (1 + theta.abs().sum(-1, keepdim=True)) + noise.abs() * 5 / (2 * n) ** 0.5
     )
     assert ((z - noise).abs() < tolerance).all()
+
+
+def test_soft_bounds_of_the_log_scale():
+    """Both bounds keep |s| < L, are inverted by ``soft_bound_inverse``, and have the slopes
+    the docstring gives: ds/da = 1 - (s/L)^2 (tanh) and (1 - |s|/L)^2 (rational); files
+    written before the setting existed load with the rational bound; others are refused."""
+    limit = math.log(1e6)
+    raw = torch.linspace(-200, 200, 801, dtype=torch.float64, requires_grad=True)
+    for bound, slope in [
+        ("tanh", lambda s: 1 - (s / limit) ** 2),
+        ("rational", lambda s: (1 - s.abs() / limit) ** 2),
+    ]:
+        s = soft_bound(raw, limit, bound)
+        assert (s.abs() < limit).all()
+        (grad,) = torch.autograd.grad(s.sum(), raw)
+        torch.testing.assert_close(grad, slope(s.detach()))
+        inside = s.detach()[s.detach().abs() < 0.99 * limit]
+        torch.testing.assert_close(
+            soft_bound(soft_bound_inverse(inside, limit, bound), limit, bound), inside
+        )
+    half = torch.tensor(limit / 2)
+    assert 1 - (half / limit) ** 2 == 0.75 and (1 - half / limit) ** 2 == 0.25
+    assert FlowConfig().scale_bound == "rational"
+    with pytest.raises(UsageError, match="scale_bound 'exp'"):
+        Flow(4, 2, FlowConfig(transforms=1, affine=True, scale_bound="exp"))
 
 
 def test_affine_mean_stays_linear_whatever_the_scale():
