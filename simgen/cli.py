@@ -196,8 +196,9 @@ def merge_command(
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Merge data files (runs with other seeds, rounds of sequential inference) into one, for
-    `simgen fit`; the last file's last rows validate."""
+    """Merge data files (runs with other seeds, rounds of sequential inference) into one.
+
+    The merged file is for `simgen fit`, whose validation rows are the last file's last rows."""
     with _errors():
         from simgen.merging import merge
 
@@ -400,8 +401,9 @@ def sample_command(
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Emulate x ~ p(x | theta), or with --observed sample theta ~ p(theta | x_obs); both with
-    the log density of every sample."""
+    """Emulate x ~ p(x | theta), or sample theta ~ p(theta | x_obs) with --observed.
+
+    Both write the log density of every sample."""
     with _errors():
         import torch
 
@@ -608,8 +610,9 @@ def check_command(
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Fidelity and calibration report: emulated vs simulated x (C2ST), SBC ranks and
-    expected coverage of the posterior; writes report.json and PNG figures."""
+    """Fidelity and calibration report of an emulator: report.json and PNG figures.
+
+    Emulated vs simulated x (C2ST), SBC ranks and expected coverage of the posterior."""
     with _errors():
         from simgen.check import check, simulator_of
         from simgen.emulator import load
