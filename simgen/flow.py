@@ -78,7 +78,8 @@ class FlowConfig:
 
 class ConditionalAffine(LazyTransform):
     r"""Element-wise :math:`u = (x - \mu(\theta)) e^{s(\theta)}` over ``features`` values
-    (:class:`LocationScale`: the log-scale softly bounded by :math:`\log 10^6`, ``bound``), with
+    (:class:`LocationScale`: the log-scale softly bounded by :math:`\log 10^6` as ``bound``
+    says), with
     :math:`(\mu, a)(\theta) = W \theta + b + \mathrm{MLP}(\theta)`, :math:`a` the raw
     log-scale; ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the
     strictly lower entries of :math:`C` computed the same way, so that

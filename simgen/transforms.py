@@ -18,17 +18,22 @@ BOUNDS = ("tanh", "rational")
 
 
 def soft_bound(raw: Tensor, limit: float, bound: str) -> Tensor:
-    """The raw log-scale ``raw`` mapped into ``(-limit, limit)`` (:class:`LocationScale`)."""
+    """The raw log-scale ``raw`` mapped into ``(-limit, limit)`` by ``bound``, one of
+    :data:`BOUNDS` (:class:`LocationScale`)."""
     if bound == "tanh":
         return limit * torch.tanh(raw / limit)
-    return raw / (1 + raw.abs() / limit)
+    if bound == "rational":
+        return raw / (1 + raw.abs() / limit)
+    raise ValueError(f"unknown bound '{bound}'; use one of {BOUNDS}")
 
 
 def soft_bound_inverse(value: Tensor, limit: float, bound: str) -> Tensor:
     """The raw log-scale whose :func:`soft_bound` is ``value`` (``|value| < limit``)."""
     if bound == "tanh":
         return limit * torch.atanh(value / limit)
-    return value / (1 - value.abs() / limit)
+    if bound == "rational":
+        return value / (1 - value.abs() / limit)
+    raise ValueError(f"unknown bound '{bound}'; use one of {BOUNDS}")
 
 
 class Affine(MonotonicAffineTransform):

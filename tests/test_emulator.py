@@ -271,6 +271,8 @@ def test_soft_bounds_of_the_log_scale():
     half = torch.tensor(limit / 2)
     assert 1 - (half / limit) ** 2 == 0.75 and (1 - half / limit) ** 2 == 0.25
     assert FlowConfig().scale_bound == "rational"
+    with pytest.raises(ValueError, match="unknown bound"):
+        soft_bound(raw, limit, "exp")
     with pytest.raises(UsageError, match="scale_bound 'exp'"):
         Flow(4, 2, FlowConfig(transforms=1, affine=True, scale_bound="exp"))
 
