@@ -15,7 +15,9 @@ and keeps the rows of tasks and methods it does not rerun. ``--families`` also t
 diffusion variants ``diffusion-x0``, ``diffusion-score`` (parameterizations; the default
 predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO), and
 ``flow-gaussian``: the flow without spline transforms (``transforms = 0``), i.e. its
-theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP.
+theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
+``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
+correlations (``separate``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the flow's theta-conditioned standardisation alone, with a deeper MLP: a Gaussian given
     # theta (full covariance up to 32 values), for signal-plus-noise simulators
     "flow-gaussian": ("flow", {"transforms": 0, "hidden": [256, 256, 256, 256]}),
+    # the same with an MLP each for the mean, the log-scale and the correlations
+    "flow-gaussian-separate": (
+        "flow",
+        {"transforms": 0, "hidden": [256, 256, 256, 256], "separate": True},
+    ),
     "vae": ("vae", {}),
     "diffusion": ("diffusion", {}),
     "diffusion-x0": ("diffusion", {"parameterization": "x0"}),

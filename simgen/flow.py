@@ -64,6 +64,12 @@ class FlowConfig:
             (:class:`simgen.transforms.LocationScale`): ``"tanh"`` (the default for new fits,
             since 2026-11-30) or ``"rational"`` (zuko's soft clamp, whose gradient fades well
             inside the bound; files that predate the setting).
+        separate: With ``affine``: the mean, the raw log-scale and the correlations each come
+            from an MLP of their own, not from one MLP with all outputs (the default): where
+            the noise is small, the mean must be exact to a small fraction of it, and hidden
+            units that also serve the other outputs keep moving it. Three networks cost three
+            times the conditioner's time; measured on slcp only so far
+            (``docs/architecture.md``), hence not yet a default.
     """
 
     network: str = "nsf"
@@ -74,6 +80,7 @@ class FlowConfig:
     affine: bool = False
     correlated: bool = False
     scale_bound: str = "rational"
+    separate: bool = False
 
 
 class ConditionalAffine(LazyTransform):
@@ -102,12 +109,17 @@ class ConditionalAffine(LazyTransform):
         hidden: tuple[int, ...],
         correlated: bool,
         bound: str,
+        separate: bool,
     ) -> None:
         super().__init__()
         self.features, self.correlated, self.bound = features, correlated, bound
-        outputs = 2 * features + (features * (features - 1) // 2 if correlated else 0)
-        self.hyper = MLP(d_theta, outputs, hidden, zero_last=True)
-        self.linear = nn.Linear(d_theta, outputs)
+        sizes = [features, features] + ([features * (features - 1) // 2] if correlated else [])
+        self.hyper: nn.Module
+        if separate:  # mean, raw log-scale, lower entries: an MLP each
+            self.hyper = nn.ModuleList(MLP(d_theta, k, hidden, zero_last=True) for k in sizes)
+        else:
+            self.hyper = MLP(d_theta, sum(sizes), hidden, zero_last=True)
+        self.linear = nn.Linear(d_theta, sum(sizes))
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -133,7 +145,10 @@ class ConditionalAffine(LazyTransform):
         )
 
     def forward(self, c: Tensor) -> Transform:
-        out = self.linear(c) + self.hyper(c)
+        if isinstance(self.hyper, nn.ModuleList):
+            out = self.linear(c) + torch.cat([mlp(c) for mlp in self.hyper], dim=-1)
+        else:
+            out = self.linear(c) + self.hyper(c)
         loc, raw = out[..., : 2 * self.features].chunk(2, dim=-1)
         affine = DependentTransform(LocationScale(loc, raw, MAX_SCALE, self.bound), 1)
         if not self.correlated:
@@ -184,7 +199,12 @@ class Flow(nn.Module):
                 nn.init.zeros_(last.bias)
             if config.affine:
                 affine = ConditionalAffine(
-                    d_x, d_theta, tuple(config.hidden), config.correlated, config.scale_bound
+                    d_x,
+                    d_theta,
+                    tuple(config.hidden),
+                    config.correlated,
+                    config.scale_bound,
+                    config.separate,
                 )
                 self.flow.transform.transforms.insert(0, affine)
         else:

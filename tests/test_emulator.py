@@ -277,6 +277,45 @@ def test_soft_bounds_of_the_log_scale():
         Flow(4, 2, FlowConfig(transforms=1, affine=True, scale_bound="exp"))
 
 
+def test_separate_heads_move_the_mean_and_the_scale_apart():
+    """With ``separate`` the mean, the log-scale and the correlations come from MLPs of their
+    own: changing the log-scale's MLP leaves the median of x given theta where it was, and
+    changing the mean's MLP leaves every log-determinant as it was."""
+    generator = torch.Generator().manual_seed(3)
+    n, d_theta, d_x = 200, 2, 3
+    theta, x = (
+        torch.randn(n, d_theta, generator=generator),
+        torch.randn(n, d_x, generator=generator),
+    )
+    config = FlowConfig(
+        transforms=0, hidden=(8,), affine=True, correlated=True, scale_bound="tanh", separate=True
+    )
+    flow = Flow(d_x, d_theta, config)
+    flow.initialize(theta, x)
+    affine = flow.flow.transform.transforms[0]
+    mean, scale, lower = affine.hyper
+    assert lower[-1].out_features == d_x * (d_x - 1) // 2
+
+    def median_and_log_det():
+        with torch.no_grad():
+            transform = affine(theta)
+            return transform.inv(torch.zeros(n, d_x)), transform.log_abs_det_jacobian(
+                x, transform(x)
+            )
+
+    median, log_det = median_and_log_det()
+    with torch.no_grad():
+        scale[-1].weight.normal_(generator=generator)
+    median_2, log_det_2 = median_and_log_det()
+    torch.testing.assert_close(median_2, median)
+    assert (log_det_2 - log_det).abs().mean() > 0.1
+    with torch.no_grad():
+        mean[-1].weight.normal_(generator=generator)
+    median_3, log_det_3 = median_and_log_det()
+    torch.testing.assert_close(log_det_3, log_det_2)
+    assert (median_3 - median_2).abs().mean() > 0.1
+
+
 def test_affine_mean_stays_linear_whatever_the_scale():
     """The standardisation outputs the mean and the log-scale apart (not zuko's shift
     t = -mean * scale): after the least-squares start, an MLP that changes only the log-scales
