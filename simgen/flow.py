@@ -178,8 +178,9 @@ class Flow(nn.Module):
                 )
             self.flow = spectral_flow(side, d_theta, config.transforms, config.hidden, config.bins)
         elif config.network == "nsf":
-            if config.correlated and not config.affine:
-                raise UsageError("flow setting correlated = true needs affine = true")
+            for name in ("correlated", "separate"):
+                if getattr(config, name) and not config.affine:
+                    raise UsageError(f"flow setting {name} = true needs affine = true")
             if config.scale_bound not in BOUNDS:
                 raise UsageError(
                     f"unknown flow scale_bound '{config.scale_bound}'; use {' or '.join(BOUNDS)}"

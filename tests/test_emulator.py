@@ -314,6 +314,8 @@ def test_separate_heads_move_the_mean_and_the_scale_apart():
     median_3, log_det_3 = median_and_log_det()
     torch.testing.assert_close(log_det_3, log_det_2)
     assert (median_3 - median_2).abs().mean() > 0.1
+    with pytest.raises(UsageError, match="separate = true needs affine = true"):
+        Flow(d_x, d_theta, FlowConfig(transforms=1, separate=True))
 
 
 def test_affine_mean_stays_linear_whatever_the_scale():
