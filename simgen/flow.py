@@ -91,7 +91,8 @@ class ConditionalAffine(LazyTransform):
     log-scale; ``correlated``: then :math:`z = (I + C(\theta))^{-1} u` (:class:`UnitLower`), the
     strictly lower entries of :math:`C` computed the same way, so that
     :math:`\mathrm{Cov}(x \mid \theta) = E (I + C)(I + C)^\top E` with :math:`E = e^{-s}` is any
-    covariance when z is white.
+    covariance when z is white. ``separate``: the MLP is three, one for the mean, one for the
+    raw log-scale and one for the lower entries, sharing no hidden units.
 
     The MLP's last layer and the linear part start at zero (the identity map); :meth:`fit_linear`
     sets the linear part from the least-squares regression of x on theta, so that the flow
