@@ -44,7 +44,7 @@ from simgen.diagnostics import (
 )
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.metropolis import metropolized_sample
+from simgen.metropolis import metropolized_sample, require_log_unnormalized
 from simgen.plots import (
     plot_calibration,
     plot_emulation,
@@ -120,11 +120,8 @@ def check(
     if pairs < 2 or draws < 1 or thetas < 1 or samples < 2:
         raise UsageError("pairs >= 2, draws >= 1, thetas >= 1 and samples >= 2 are needed")
     sim = simulator or simulator_of(emulator)
-    if metropolis and not sim.has_log_unnormalized:
-        raise UsageError(
-            f"simulator '{sim.name}' has neither log_unnormalized nor log_likelihood: "
-            "--metropolis needs its density"
-        )
+    if metropolis:
+        require_log_unnormalized(sim, "--metropolis needs its density")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = list(emulator.parameters_names)

@@ -32,7 +32,13 @@ from simgen.errors import UsageError
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator
 
-__all__ = ["MetropolisSample", "emulate_exact", "independence_chains", "metropolized_sample"]
+__all__ = [
+    "MetropolisSample",
+    "emulate_exact",
+    "independence_chains",
+    "metropolized_sample",
+    "require_log_unnormalized",
+]
 
 LOW_ACCEPTANCE = 0.1
 """Below this acceptance rate the emulator is far from the target: a warning."""
@@ -193,6 +199,19 @@ def metropolized_sample(
     )
 
 
+def require_log_unnormalized(simulator: Simulator, why: str) -> None:
+    """Refuse, in one line ending with ``why``, a simulator without
+    :meth:`Simulator.log_unnormalized` (nor an exact ``log_likelihood``).
+
+    Raises:
+        UsageError: the simulator has no unnormalised density.
+    """
+    if not simulator.has_log_unnormalized:
+        raise UsageError(
+            f"simulator '{simulator.name}' has neither log_unnormalized nor log_likelihood: " + why
+        )
+
+
 def emulate_exact(
     emulator: Emulator,
     simulator: Simulator,
@@ -213,11 +232,9 @@ def emulate_exact(
     Raises:
         UsageError: the simulator has no unnormalised density, or the emulator is no flow.
     """
-    if not simulator.has_log_unnormalized:
-        raise UsageError(
-            f"simulator '{simulator.name}' has neither log_unnormalized nor log_likelihood: "
-            "without its density, emulated samples cannot be corrected"
-        )
+    require_log_unnormalized(
+        simulator, "without its density, emulated samples cannot be corrected"
+    )
     theta = np.atleast_2d(np.asarray(theta, np.float32))
     xs, log_probs, acceptance, distinct = [], [], [], []
     with progress_bar(
