@@ -143,11 +143,12 @@ def check(
 def _latent_picture(emulator: Emulator, sim: Simulator, seed: int, out: Path, g: int = 9) -> None:
     """``latent.png``: the decoder's mean on a g x g grid of a 2-D latent at one prior draw of
     theta, the grid spanning the 5%..95% quantiles of each coordinate of p(z | theta)."""
+    device = emulator.theta_mean.device
     theta = torch.as_tensor(run_chunk(sim, seed=seed + 3, index=HELD_OUT, size=1).theta[0])
     vae = emulator.model
-    v = ((theta - emulator.theta_mean) / emulator.theta_std)[None]
+    v = ((theta.to(device) - emulator.theta_mean) / emulator.theta_std)[None]
     prior = vae.p_z(v).base_dist
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, g))
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, g, device=device))
     z1 = prior.loc[0, 0] + prior.scale[0, 0] * q
     z2 = prior.loc[0, 1] + prior.scale[0, 1] * q
     z = torch.stack(torch.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
@@ -156,7 +157,8 @@ def _latent_picture(emulator: Emulator, sim: Simulator, seed: int, out: Path, g:
     values = ", ".join(
         f"{n}={t:.3g}" for n, t in zip(emulator.parameters_names, theta.tolist(), strict=True)
     )
-    plot_latent_grid(decoded.numpy(), z1.numpy(), z2.numpy(), out / "latent.png", values)
+    grid = decoded.cpu().numpy(), z1.cpu().numpy(), z2.cpu().numpy()
+    plot_latent_grid(*grid, out / "latent.png", values)
 
 
 def _emulation(
@@ -180,10 +182,12 @@ def _emulation(
             corrected = metropolized_sample(
                 emulator, sim.log_unnormalized, t, samples, seed=seed + i
             )
-            emulated = corrected.x.numpy()
+            emulated = corrected.x.cpu().numpy()
             acceptance.append(corrected.acceptance)
         else:
-            emulated = emulator.sample(torch.as_tensor(t, dtype=torch.float32), samples).numpy()
+            emulated = (
+                emulator.sample(torch.as_tensor(t, dtype=torch.float32), samples).cpu().numpy()
+            )
         if i == 0:
             title = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, t, strict=True))
             plot_emulation(simulated, emulated, out / "emulation.png", title=title)

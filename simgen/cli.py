@@ -31,6 +31,9 @@ app = typer.Typer(
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+Device = Annotated[
+    str, typer.Option(help="Where the model runs: auto (CUDA when present), cpu or cuda.")
+]
 
 
 def _err(message: str) -> None:
@@ -251,6 +254,10 @@ def fit_command(
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Training time limit.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Training arithmetic on CUDA: auto (bf16 for conv nets), bf16 or fp32."),
+    ] = None,
     compile_: Annotated[
         bool, typer.Option("--compile", help="Compile the training loss (torch.compile).")
     ] = False,
@@ -276,6 +283,7 @@ def fit_command(
             "seed": seed,
             "max_seconds": max_seconds,
             "compile": compile_ or None,
+            "precision": precision,
         }
         train.update({k: v for k, v in flags.items() if v is not None})
         _writable(out)
@@ -398,6 +406,7 @@ def sample_command(
     plot: Annotated[bool, typer.Option(help="Write a corner plot PNG beside -o.")] = False,
     log_prob: Annotated[bool, typer.Option(help="Store log p(x|theta) of each sample.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Device = "auto",
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -411,8 +420,9 @@ def sample_command(
         from simgen.emulator import load
         from simgen.errors import UsageError
         from simgen.samples import write_samples
+        from simgen.train import resolve_device
 
-        emulator = load(model)
+        emulator = load(model, device=resolve_device(device))
         _writable(out)
         if observed is not None:
             if any(v is not None for v in (theta, theta_file, from_prior)) or metropolis:
@@ -550,6 +560,7 @@ def log_prob_command(
     data: Annotated[Path, typer.Argument(help="A simgen data file.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="HDF5 file to write.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first rows.", min=1)] = None,
+    device: Device = "auto",
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -560,8 +571,9 @@ def log_prob_command(
         from simgen.errors import UsageError
         from simgen.samples import write_samples
         from simgen.store import open_store
+        from simgen.train import resolve_device
 
-        emulator = load(model)
+        emulator = load(model, device=resolve_device(device))
         store = open_store(data)
         if store.x_shape != emulator.x_shape or len(store.parameters) != emulator.d_theta:
             raise UsageError(
@@ -607,6 +619,7 @@ def check_command(
         bool,
         typer.Option(help="Compare emulated x corrected by the simulator's density (flows)."),
     ] = False,
+    device: Device = "auto",
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -616,8 +629,9 @@ def check_command(
     with _errors():
         from simgen.check import check, simulator_of
         from simgen.emulator import load
+        from simgen.train import resolve_device
 
-        emulator = load(model)
+        emulator = load(model, device=resolve_device(device))
         sim = simulator_of(emulator, simulator)
         report = check(
             emulator,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from simgen.nn import MLP
+from simgen.nn import MLP, full_precision
 
 __all__ = ["ConvDecoder", "ConvEncoder"]
 
@@ -89,7 +89,7 @@ class ConvDecoder(nn.Module):
         widths = [*reversed(channels), channels[0]]
         for a, b in itertools.pairwise(widths):
             layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
-        layers.append(nn.Conv2d(channels[0], maps, 3, padding=1))
+        layers.append(full_precision(nn.Conv2d(channels[0], maps, 3, padding=1)))
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, theta: Tensor) -> Tensor:

@@ -61,7 +61,7 @@ def run_demo(
     m = 2000
     simulated = sim.simulate(np.tile(THETA.astype(np.float64), (m, 1)), np.random.default_rng(1))
     torch.manual_seed(1)
-    emulated = emulator.sample(torch.from_numpy(THETA), m).numpy()
+    emulated = emulator.sample(torch.from_numpy(THETA), m).cpu().numpy()
     plot_emulation(
         simulated,
         emulated,
@@ -74,7 +74,7 @@ def run_demo(
     exact = sim.log_likelihood(fresh.x.astype(np.float64), fresh.theta.astype(np.float64))
     with torch.no_grad():
         learned = emulator.log_prob(torch.from_numpy(fresh.x), torch.from_numpy(fresh.theta))
-    error = np.abs(learned.numpy() - exact)
+    error = np.abs(learned.cpu().numpy() - exact)
     return {
         "data": str(out / "data.h5"),
         "model": str(out / "model.pt"),

@@ -34,7 +34,7 @@ from zuko.transforms import FreeFormJacobianTransform
 
 from simgen.ddpm import DDPMDistribution, ancestral_sample
 from simgen.errors import UsageError
-from simgen.nn import MLP, TimeEmbedding, linear_gaussian_fit
+from simgen.nn import MLP, TimeEmbedding, full_precision, linear_gaussian_fit
 from simgen.unet import UNet
 
 __all__ = ["Diffusion", "DiffusionConfig", "vp_alpha_sigma", "vp_beta"]
@@ -143,7 +143,7 @@ class GaussianDenoiser(nn.Module):
 
     def __init__(self, d_x: int, d_theta: int) -> None:
         super().__init__()
-        self.mean = nn.Linear(d_theta, d_x)
+        self.mean = full_precision(nn.Linear(d_theta, d_x))
         nn.init.zeros_(self.mean.weight)
         nn.init.zeros_(self.mean.bias)
         self.log_scale = nn.Parameter(torch.zeros(d_x))

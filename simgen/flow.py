@@ -21,7 +21,7 @@ from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
-from simgen.nn import MLP, linear_gaussian_fit
+from simgen.nn import MLP, full_precision, linear_gaussian_fit
 from simgen.spectral import initialize, spectral_flow
 from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound_inverse
 
@@ -120,7 +120,7 @@ class ConditionalAffine(LazyTransform):
             self.hyper = nn.ModuleList(MLP(d_theta, k, hidden, zero_last=True) for k in sizes)
         else:
             self.hyper = MLP(d_theta, sum(sizes), hidden, zero_last=True)
-        self.linear = nn.Linear(d_theta, sum(sizes))
+        self.linear = full_precision(nn.Linear(d_theta, sum(sizes)))
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -197,6 +197,7 @@ class Flow(nn.Module):
             layers = (nn.Linear, zuko.nn.Linear)
             for transform in self.flow.transform.transforms:  # start at the identity
                 last = [m for m in transform.hyper.modules() if isinstance(m, layers)][-1]
+                full_precision(last)  # the spline's knots in float32 under autocast
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
             if config.affine:

@@ -12,6 +12,12 @@ are made deterministic functions of :math:`\theta` by fixing their random number
 evaluation runs under the same seed, so each chain sees one fixed realisation of the estimator
 (with K importance samples its spread is small), and the sampler targets that smooth surrogate
 instead of a noisy density; ``tests/test_posterior.py`` bounds the resulting bias by C2ST.
+
+Devices: the chains (a few hundred points of d parameters), the prior and the transform stay on
+the CPU, where any ``torch.distributions`` prior lives; the observations are copied once to the
+emulator's device, every batched evaluation of the learned likelihood (all chains at once) runs
+there (the GPU when the emulator was fitted or loaded on one), and only its ``(chains,)`` log
+densities come back, differentiably for HMC.
 """
 
 from __future__ import annotations
@@ -71,8 +77,8 @@ class Posterior:
         self.transform = biject_to(self.prior.support)
 
     def _observed(self, x_obs: Any) -> Tensor:
-        """``(k, *x_shape)`` i.i.d. observations, checked."""
-        x = _as_tensor(x_obs)
+        """``(k, *x_shape)`` i.i.d. observations, checked, on the CPU."""
+        x = _as_tensor(x_obs).cpu()
         shape = self.emulator.x_shape
         if tuple(x.shape) == shape:
             x = x[None]
@@ -83,7 +89,7 @@ class Posterior:
             )
         if not torch.isfinite(x).all():
             raise UsageError("the observation contains NaN or inf; remove or impute those values")
-        u = (x.reshape(len(x), -1) - self.emulator.x_mean) / self.emulator.x_std
+        u = (x.reshape(len(x), -1) - self.emulator.x_mean.cpu()) / self.emulator.x_std.cpu()
         if u.abs().max() > 6:
             warnings.warn(
                 f"the observation lies {u.abs().max():.1f} standard deviations from the "
@@ -95,7 +101,7 @@ class Posterior:
     def log_prob(self, theta: Any, x_obs: Any) -> Tensor:
         """Unnormalised :math:`\\log p(x_{obs} \\mid \\theta) + \\log p(\\theta)` for theta
         ``(..., d)``; ``x_obs`` is one observation or ``(k, *x_shape)`` i.i.d. ones."""
-        theta = _as_tensor(theta)
+        theta = _as_tensor(theta).cpu()
         x = self._observed(x_obs)
         return self._log_prob(theta, x.reshape(len(x), *[1] * (theta.ndim - 1), *x.shape[1:]))
 
@@ -105,9 +111,10 @@ class Posterior:
         prior_lp = self.prior.log_prob(theta)
         inside = torch.isfinite(prior_lp)
         safe = torch.where(inside[..., None], theta, self.prior.mean.expand_as(theta))
-        with torch.random.fork_rng(devices=[]):
+        device = self.emulator.x_mean.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(ESTIMATOR_SEED)
-            likelihood = self.emulator.log_prob(xs, safe).sum(0)
+            likelihood = self.emulator.log_prob(xs, safe).sum(0).to(prior_lp.device)
         return torch.where(inside, likelihood + prior_lp, torch.full_like(prior_lp, -math.inf))
 
     def sample(
@@ -213,6 +220,7 @@ class Posterior:
         warmup = warmup if warmup is not None else (100 if sampler == "slice" else 200)
         draws = math.ceil(n / chains)
         torch.manual_seed(seed)
+        xs = xs.to(self.emulator.x_mean.device)  # once, not at every evaluation
         x_rows = xs.repeat_interleave(chains, dim=1)  # (k, m * chains, *x_shape)
 
         def log_density(z: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 Each family supplies ``loss(theta, x)`` per sample; the loop owns the rest: standardisation
 (statistics from the training rows, saved with the model), a hold-out validation split, AdamW
 with a cosine learning-rate schedule, gradient clipping, EMA weights, early stopping on the
-validation loss of the EMA weights, bf16 autocast on CUDA, checkpoints to resume from after an
+validation loss of the EMA weights, bf16 autocast for convolutional networks on CUDA, checkpoints to resume from after an
 interruption, and a clear stop on a NaN/inf loss instead of a broken model.
 """
 
@@ -40,6 +40,9 @@ else:  # pragma: no cover
 __all__ = ["TrainConfig", "fit", "read_config", "resolve_device"]
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass
 class TrainConfig:
     """Settings of the training loop.
@@ -62,6 +65,13 @@ class TrainConfig:
             memory a streamed epoch holds is this many spans).
         compile: Compile the training loss with ``torch.compile`` (worth it on GPUs, for long
             fits; the first steps pay the compilation).
+        precision: Arithmetic of the training forward pass on CUDA: ``"bf16"`` (autocast: matrix
+            products and convolutions in bfloat16, every network's output layer and the loss
+            in float32), ``"fp32"``, or ``"auto"``: bf16 for networks with convolutions (the
+            U-Net and the convolutional VAE on maps), fp32 for the rest (MLPs on vectors: on an
+            H200, bf16 trained them 4-25% slower to the same density error,
+            ``benchmarks/results/gpu.json``). CPU fits always run in float32; evaluation
+            (``log_prob``, ``sample``) always does.
     """
 
     epochs: int = 200
@@ -77,6 +87,7 @@ class TrainConfig:
     in_memory_bytes: int = 2 << 30
     shuffle_buffer: int = 4
     compile: bool = False
+    precision: str = "auto"
 
 
 def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,8 +105,13 @@ def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; ``"cuda"`` without a GPU is refused."""
+    """``"auto"`` -> the environment variable ``SIMGEN_DEVICE`` when set (``cpu`` keeps a GPU
+    free, ``cuda:1`` picks one), else CUDA when present, else CPU; ``"cuda"`` without a GPU is
+    refused."""
     if device == "auto":
+        chosen = os.environ.get("SIMGEN_DEVICE", "")
+        if chosen and chosen != "auto":
+            return resolve_device(chosen)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU; use auto or cpu")
@@ -167,6 +183,8 @@ def fit(
             f"valid: {', '.join(sorted(names))}"
         )
     tc = TrainConfig(**(train or {}))
+    if tc.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{tc.precision}'; use {', '.join(PRECISIONS)}")
     if len(store) < 10:
         raise UsageError(f"{store.path} has {len(store)} rows; simulate more (at least 10)")
     ranks = setup(resolve_device(device))
@@ -246,7 +264,11 @@ def _fit(
         step, trained_seconds = ckpt["step"], ckpt["trained_seconds"]
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         stale = ckpt["epoch"] - best["epoch"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    bf16 = dev.type == "cuda" and (
+        tc.precision == "bf16" or (tc.precision == "auto" and convolutional)
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     shown = progress if ranks.main else False
     with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=shown) as bar:
         bar.advance(start_epoch)

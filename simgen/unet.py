@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from simgen.nn import full_precision
+
 __all__ = ["UNet"]
 
 
@@ -103,7 +105,9 @@ class UNet(nn.Module):
         for a, b in itertools.pairwise(reversed(channels)):
             self.unpool.append(nn.ConvTranspose2d(a, b, 2, stride=2))
             self.up.append(_ResBlock(2 * b, b, cond, pad))
-        self.head = nn.Sequential(_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], 1, 1))
+        self.head = nn.Sequential(
+            _norm(channels[0]), nn.SiLU(), full_precision(nn.Conv2d(channels[0], 1, 1))
+        )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 

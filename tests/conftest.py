@@ -21,6 +21,10 @@ BUILTINS = (
     "molecular",
 )
 sys.path.insert(0, str(HELPERS))
+# The suite's tolerances were derived from float32 CPU fits: "auto" means the CPU here, in this
+# process and in the subprocesses it starts, also on a machine with a GPU; tests/test_cuda.py
+# asks for CUDA by name.
+os.environ.setdefault("SIMGEN_DEVICE", "cpu")
 
 
 def run_cli(
