@@ -19,13 +19,17 @@ from torch import Tensor, nn
 __all__ = ["MLP", "TimeEmbedding", "full_precision", "linear_gaussian_fit"]
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
 def _float32_forward(self: nn.Module, *inputs: Tensor) -> Any:
     with torch.autocast(inputs[0].device.type, enabled=False):
-        return type(self).forward(self, *(t.float() for t in inputs))
+        return type(self).forward(self, *(t.float() if t.dtype in _HALF else t for t in inputs))
 
 
 def full_precision(module: nn.Module) -> nn.Module:
-    """Run ``module`` in float32 even under autocast (its inputs cast up, autocast off inside).
+    """Run ``module`` in float32 even under autocast (half-precision inputs cast up, autocast off
+    inside; a float64 module stays float64).
 
     bf16 autocast rounds a matrix product's outputs to 8 significant bits (relative error up to
     :math:`2^{-9}`): harmless in hidden layers, but in a layer whose outputs are a density's

@@ -121,12 +121,15 @@ def test_scale_benchmark_quick(tmp_path):
 
 
 def test_gpu_benchmark_quick(tmp_path):
-    """Without CUDA the GPU benchmark measures the CPU alone (every step but the field's); a
-    second run of one step replaces that step's records and keeps the others."""
+    """The GPU benchmark; without CUDA it measures the CPU alone (every step but the field's).
+    A second run of one step replaces that step's records and keeps the others."""
+    import torch
+
     records, stdout = run_quick("gpu", tmp_path, timeout=300)
     errors = {(r["task"], r["method"]): r["value"] for r in records
               if r["metric"] == "density_abs_error_nats"}  # fmt: skip
-    assert ("slcp", "simgen diffusion (cpu, fp32)") in errors
+    on = f"{torch.cuda.get_device_name(0)}, bf16" if torch.cuda.is_available() else "cpu, fp32"
+    assert ("slcp", f"simgen diffusion ({on})") in errors
     assert all(np.isfinite(v) and v >= 0 for v in errors.values())
     assert any(r["metric"] == "posterior_samples_per_s" for r in records)
     assert "| density_abs_error_nats |" in stdout
