@@ -111,7 +111,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         chosen = os.environ.get("SIMGEN_DEVICE", "")
         if chosen and chosen != "auto":
-            return resolve_device(chosen)
+            try:
+                return resolve_device(chosen)
+            except UsageError as error:
+                raise UsageError(f"SIMGEN_DEVICE={chosen}: {error}") from None
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU; use auto or cpu")

@@ -258,3 +258,18 @@ def test_compiled_fit_matches_eager(data):
     )
     a, b = (m.info["metrics"]["best_val_loss"] for m in (eager, compiled))
     assert abs(a - b) <= 1e-3 * max(1.0, abs(a))
+
+
+def test_auto_device_follows_simgen_device(monkeypatch):
+    from simgen.errors import UsageError
+    from simgen.train import resolve_device
+
+    monkeypatch.setenv("SIMGEN_DEVICE", "cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("SIMGEN_DEVICE", "tpu")
+    with pytest.raises(UsageError, match="SIMGEN_DEVICE=tpu: unknown device 'tpu'"):
+        resolve_device("auto")
+    monkeypatch.delenv("SIMGEN_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
