@@ -13,8 +13,10 @@ by C2ST against draws of the exact posterior, computed on a grid with the simula
 likelihood (two_moons has one). On two_moons all three come out close to 0.5 at the full
 sizes: a first round from the prior already gets this posterior right, so the second round
 has nothing to fix. It pays where a model fitted to prior draws is inaccurate near the
-observation; where the likelihood is hard to learn at any distribution of theta (slcp with a
-vanishing noise scale) it does not help much either.
+observation; where the likelihood is hard to learn at any distribution of theta it helps only
+part of the way (an slcp observation with a noise scale of 2e-4, Gaussian flow, 5,000 + 5,000
+simulations: C2ST 0.96 after the first round, 0.83 after the second, where 0.5 means
+indistinguishable from the exact posterior).
 
 Run: ``python examples/sequential.py [--quick] [--out DIR]``.
 """

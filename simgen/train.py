@@ -3,8 +3,9 @@
 Each family supplies ``loss(theta, x)`` per sample; the loop owns the rest: standardisation
 (statistics from the training rows, saved with the model), a hold-out validation split, AdamW
 with a cosine learning-rate schedule, gradient clipping, EMA weights, early stopping on the
-validation loss of the EMA weights, bf16 autocast for convolutional networks on CUDA, checkpoints to resume from after an
-interruption, and a clear stop on a NaN/inf loss instead of a broken model.
+validation loss of the EMA weights, bf16 autocast for convolutional networks on CUDA,
+checkpoints to resume from after an interruption, and a clear stop on a NaN/inf loss instead of
+a broken model.
 """
 
 from __future__ import annotations
