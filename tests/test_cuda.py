@@ -113,3 +113,34 @@ def test_cli_on_cuda(data, tmp_path):
         app, ["log-prob", str(model), str(data.path), "-o", str(lps), "--device", "cuda"]
     )
     assert done.exit_code == 0, done.output
+
+
+@pytest.fixture(scope="module")
+def moons(tmp_path_factory):
+    path = tmp_path_factory.mktemp("moons") / "moons.h5"
+    return simgen.simulate("two_moons", 2000, path, workers=1, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_check_metropolis_and_latent_picture_with_gpu_emulators(moons, tmp_path):
+    from simgen.check import check
+    from simgen.metropolis import metropolized_sample
+
+    flow = fit(moons, "flow", train={"epochs": 2}, config=TINY["flow"], device="cuda")
+    sim = simgen.get_simulator("two_moons")
+    corrected = metropolized_sample(flow, sim.log_unnormalized, np.zeros(2), 100, seed=0)
+    assert corrected.x.shape == (100, 2) and np.isfinite(corrected.x.cpu().numpy()).all()
+    report = check(flow, tmp_path / "flow", pairs=4, draws=9, thetas=1, samples=50,
+                   warmup=10, metropolis=True)  # fmt: skip
+    assert "sbc_pvalues" in report["calibration"]
+    vae = fit(moons, "vae", train={"epochs": 2}, config=TINY["vae"], device="cuda")
+    report = check(vae, tmp_path / "vae", pairs=4, draws=9, thetas=1, samples=50, warmup=10)
+    assert "latent.png" in report["files"]
+
+
+def test_demo_on_cuda(tmp_path, monkeypatch):
+    from simgen.demo import run_demo
+
+    monkeypatch.setenv("SIMGEN_DEVICE", "cuda")
+    summary = run_demo(tmp_path, n=2000, seconds=3, progress=False, say=lambda _: None)
+    assert 0.4 <= summary["emulation_c2st"] <= 1 and np.isfinite(summary["density_abs_error_nats"])
