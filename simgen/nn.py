@@ -22,8 +22,18 @@ __all__ = ["MLP", "TimeEmbedding", "full_precision", "linear_gaussian_fit"]
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def _autocast_on(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4 takes no device
+        return torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
+
+
 def _float32_forward(self: nn.Module, *inputs: Tensor) -> Any:
-    with torch.autocast(inputs[0].device.type, enabled=False):
+    device = inputs[0].device.type
+    if not _autocast_on(device):  # the common case: no context to enter
+        return type(self).forward(self, *inputs)
+    with torch.autocast(device, enabled=False):
         return type(self).forward(self, *(t.float() if t.dtype in _HALF else t for t in inputs))
 
 
