@@ -78,3 +78,16 @@ def test_unknown_precision_is_refused(data, tmp_path):
     done = CliRunner().invoke(app, ["fit", str(data.path), "-o", str(out), "--precision", "half"])
     assert done.exit_code == 2 and "unknown precision 'half'" in done.output
     assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled")
+def test_autocast_state_is_read_on_older_torch(monkeypatch):
+    """torch < 2.4: ``is_autocast_enabled()`` takes no device (and means CUDA); the CPU state has
+    its own call."""
+    from simgen.nn import _autocast_on
+
+    # autocast entered first: it uses the new signature itself
+    with torch.autocast(**BF16), monkeypatch.context() as patch:
+        patch.setattr(torch, "is_autocast_enabled", lambda: False)  # the old signature
+        assert _autocast_on("cpu") and not _autocast_on("cuda")
+    assert not _autocast_on("cpu")
