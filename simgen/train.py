@@ -38,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "fit", "read_config", "resolve_device"]
+__all__ = ["TrainConfig", "fit", "read_config", "resolve_device", "uses_bf16"]
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -268,11 +268,7 @@ def _fit(
         step, trained_seconds = ckpt["step"], ckpt["trained_seconds"]
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         stale = ckpt["epoch"] - best["epoch"]
-    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
-    bf16 = dev.type == "cuda" and (
-        tc.precision == "bf16" or (tc.precision == "auto" and convolutional)
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=uses_bf16(net, dev, tc))
     shown = progress if ranks.main else False
     with progress_bar(tc.epochs, f"fit {model}", unit="epochs", enabled=shown) as bar:
         bar.advance(start_epoch)
@@ -391,6 +387,14 @@ def _validate(net: torch.nn.Module, data: TrainingData, ranks: Ranks, seed: int)
             rows += len(v)
     total, rows = ranks.sum(torch.tensor([total, rows], dtype=torch.float64)).tolist()
     return total / rows
+
+
+def uses_bf16(net: torch.nn.Module, device: torch.device, tc: TrainConfig) -> bool:
+    """Whether the training forward pass runs under bf16 autocast: on CUDA only, for
+    ``precision = "bf16"``, or ``"auto"`` and a network with convolutions."""
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    wanted = tc.precision == "bf16" or (tc.precision == "auto" and convolutional)
+    return device.type == "cuda" and wanted
 
 
 def cosine_lr(peak: float, progress: float) -> float:

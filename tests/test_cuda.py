@@ -35,7 +35,7 @@ def data(tmp_path_factory):
     return simgen.simulate("gaussian_linear", 2000, path, workers=1, progress=False)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
 @pytest.mark.parametrize("family", ["flow", "vae", "diffusion"])
 def test_fit_evaluate_sample_and_move_between_devices(data, family, precision, tmp_path):
     out = tmp_path / "m.pt"

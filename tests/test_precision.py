@@ -5,6 +5,7 @@ so this runs everywhere; tests/test_cuda.py runs the real thing on a GPU.)"""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -50,7 +51,7 @@ def test_full_precision_layer_ignores_autocast_and_follows_deepcopy():
 )
 def test_every_family_trains_under_bf16_autocast(family, x_shape, config):
     torch.manual_seed(0)
-    d_x = x_shape[0] if len(x_shape) == 1 else x_shape[0] * x_shape[1]
+    d_x = math.prod(x_shape)
     net = build_family(family, d_x, 2, {**defaults_for(family, x_shape), **config})
     v, u = torch.randn(64, 2), torch.randn(64, d_x)
     if hasattr(net, "initialize"):
@@ -91,3 +92,15 @@ def test_autocast_state_is_read_on_older_torch(monkeypatch):
         patch.setattr(torch, "is_autocast_enabled", lambda: False)  # the old signature
         assert _autocast_on("cpu") and not _autocast_on("cuda")
     assert not _autocast_on("cpu")
+
+
+def test_auto_precision_is_bf16_for_convolutional_networks_on_cuda_only():
+    from simgen.train import TrainConfig, uses_bf16
+
+    mlp = build_family("flow", 3, 2, defaults_for("flow", (3,)))
+    unet = build_family("diffusion", 64, 2, defaults_for("diffusion", (8, 8)))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only compared, never allocated on
+    auto, bf16, fp32 = (TrainConfig(precision=p) for p in ("auto", "bf16", "fp32"))
+    assert uses_bf16(unet, cuda, auto) and not uses_bf16(mlp, cuda, auto)
+    assert uses_bf16(mlp, cuda, bf16) and not uses_bf16(unet, cuda, fp32)
+    assert not any(uses_bf16(net, cpu, bf16) for net in (mlp, unet))
