@@ -67,11 +67,13 @@ def held_out(sim: simgen.Simulator, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def density_error(emulator: simgen.Emulator, sim: simgen.Simulator, pairs: tuple) -> float:
+    """Mean absolute error of the learned log-likelihood over ``pairs`` = (theta, x), on any
+    device."""
     theta, x = pairs
     exact = sim.log_likelihood(x.astype(np.float64), theta.astype(np.float64))
     with torch.no_grad():
-        learned = emulator.log_prob(torch.from_numpy(x), torch.from_numpy(theta)).numpy()
-    return float(np.abs(learned - exact).mean())
+        learned = emulator.log_prob(torch.from_numpy(x), torch.from_numpy(theta))
+    return float(np.abs(learned.cpu().numpy() - exact).mean())
 
 
 def emulation_c2st(

@@ -35,11 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import simgen
-from benchmarks.emulators import held_out
+from benchmarks.emulators import density_error, held_out
 from benchmarks.records import load, markdown_table, record, save
 from simgen.posterior import Posterior
 
@@ -56,15 +55,6 @@ def synchronized(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[flo
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start, out
-
-
-def density_error(emulator: simgen.Emulator, sim: simgen.Simulator, pairs: tuple) -> float:
-    """Mean absolute error of the learned log-likelihood over ``pairs`` = (theta, x)."""
-    theta, x = pairs
-    exact = sim.log_likelihood(x.astype(np.float64), theta.astype(np.float64))
-    with torch.no_grad():
-        learned = emulator.log_prob(torch.from_numpy(x), torch.from_numpy(theta))
-    return float(np.abs(learned.cpu().numpy() - exact).mean())
 
 
 def dataset(task: str, folder: Path, quick: bool) -> simgen.Store:

@@ -253,7 +253,7 @@ def fit_command(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Training time limit.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     precision: Annotated[
         str | None,
         typer.Option(help="Training arithmetic on CUDA: auto (bf16 for conv nets), bf16 or fp32."),
