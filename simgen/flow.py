@@ -21,9 +21,10 @@ from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
-from simgen.nn import MLP, full_precision, linear_gaussian_fit
+from simgen.heteroscedastic import heteroscedastic_fit, log_abs
+from simgen.nn import MLP, cholesky_ridge, full_precision, linear_gaussian_fit
 from simgen.spectral import initialize, spectral_flow
-from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound_inverse
+from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound, soft_bound_inverse
 
 __all__ = ["Flow", "FlowConfig"]
 
@@ -61,15 +62,23 @@ class FlowConfig:
             residuals). The default for new fits on vectors of at most
             :data:`simgen.emulator.CORRELATED_MAX` values.
         scale_bound: With ``affine``: how the log-scale is bounded by ``log(1e6)``
-            (:class:`simgen.transforms.LocationScale`): ``"tanh"`` (the default for new fits,
-            since 2026-11-30) or ``"rational"`` (zuko's soft clamp, whose gradient fades well
-            inside the bound; files that predate the setting).
+            (:func:`simgen.transforms.soft_bound`): ``"softplus"`` (the identity until close
+            to the bound; the default for new fits since 2026-11-30, late), ``"tanh"``, or
+            ``"rational"`` (zuko's soft clamp; files that predate the setting).
         separate: With ``affine``: the mean, the raw log-scale and the correlations each come
             from an MLP of their own, not from one MLP with all outputs (the default): where
             the noise is small, the mean must be exact to a small fraction of it, and hidden
             units that also serve the other outputs keep moving it. Three networks cost three
             times the conditioner's time; measured on slcp only so far
             (``docs/architecture.md``), hence not yet a default.
+        fixed_gaussian: With ``affine``: the linear part of the standardisation is the
+            maximum-likelihood heteroscedastic linear-Gaussian model of the first rows
+            (:mod:`simgen.heteroscedastic`: a mean linear in theta, a log-scale linear in theta
+            and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
+            of that model's noise scale: training steps move the mean by a fraction of the
+            local noise, however small it is. The default for new fits (since 2026-11-30,
+            late); False for files that predate it (the linear part then starts at the
+            least-squares fit and trains with the MLP).
     """
 
     network: str = "nsf"
@@ -81,6 +90,7 @@ class FlowConfig:
     correlated: bool = False
     scale_bound: str = "rational"
     separate: bool = False
+    fixed_gaussian: bool = False
 
 
 class ConditionalAffine(LazyTransform):
@@ -101,6 +111,17 @@ class ConditionalAffine(LazyTransform):
     mean is a direct output, not zuko's shift :math:`t = -\mu e^{s}`: a mean linear in theta
     stays linear however the scale varies (slcp: :math:`\mu = (\theta_1, \theta_2)`, scales
     :math:`\theta_3^2, \theta_4^2`).
+
+    ``fixed_gaussian``: the linear part is the maximum-likelihood heteroscedastic model of
+    :mod:`simgen.heteroscedastic` and does not train: :math:`a = a_0(\theta) + a_{MLP}`,
+    :math:`a_0 = W_s \theta + V \ell(\theta) + c` (:math:`\ell \approx \log|\theta|`,
+    :func:`simgen.heteroscedastic.log_abs`), and
+    :math:`\mu = \mu_0(\theta) + e^{-s_0(\theta)} \mu_{MLP}` with
+    :math:`s_0 = \mathrm{bound}(a_0)`: the MLP corrects the mean in units of the fixed
+    model's noise. An optimiser's step changes a weight by about the learning rate whatever the
+    gradient, so a mean that is a direct output moves by ~1e-3 a step, which is 5 times slcp's
+    noise near :math:`\theta_3 = 0`, and the fit then widens the noise there instead; in noise
+    units a step moves it by 1e-3 of the local noise (``docs/architecture.md``).
     """
 
     def __init__(
@@ -111,9 +132,11 @@ class ConditionalAffine(LazyTransform):
         correlated: bool,
         bound: str,
         separate: bool,
+        fixed_gaussian: bool = False,
     ) -> None:
         super().__init__()
         self.features, self.correlated, self.bound = features, correlated, bound
+        self.fixed_gaussian = fixed_gaussian
         sizes = [features, features] + ([features * (features - 1) // 2] if correlated else [])
         self.hyper: nn.Module
         if separate:  # mean, raw log-scale, lower entries: an MLP each
@@ -123,22 +146,51 @@ class ConditionalAffine(LazyTransform):
         self.linear = full_precision(nn.Linear(d_theta, sum(sizes)))
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        if fixed_gaussian:
+            self.linear.requires_grad_(False)
+            # V of the log|theta| features, and theta = 0 in standardised coordinates
+            self.register_buffer("power", torch.zeros(features, d_theta))
+            self.register_buffer("origin", torch.zeros(d_theta))
 
     @torch.no_grad()
-    def fit_linear(self, theta: Tensor, x: Tensor) -> None:
-        r"""Start at :math:`z = M^{-1} (x - A \theta - c)`, where :math:`A, c` are the least
-        squares regression of x on theta over a batch ``theta (b, d_theta)``, ``x (b, features)``
-        and :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
+    def fit_linear(self, theta: Tensor, x: Tensor, origin: Tensor | None = None) -> None:
+        r"""Start at :math:`z = M^{-1} (x - A \theta - c)` from a batch ``theta (b, d_theta)``,
+        ``x (b, features)``: least squares (:math:`A, c` the regression of x on theta,
+        :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
         diagonal of their standard deviations: :math:`e^{-s} = \mathrm{diag}(M)` and
-        :math:`C = \mathrm{diag}(M)^{-1} M - I`."""
+        :math:`C = \mathrm{diag}(M)^{-1} M - I`), or with ``fixed_gaussian`` the
+        heteroscedastic maximum-likelihood fit (``origin``: theta = 0 in standardised
+        coordinates, default 0), :math:`M` then the Cholesky factor of the covariance of the
+        residuals divided by their fitted noise."""
+        limit = math.log(MAX_SCALE)
+        features = self.features
+        if self.fixed_gaussian:
+            if origin is not None:
+                self.origin.copy_(origin)
+            fit = heteroscedastic_fit(
+                theta, x, self.origin, lambda a: soft_bound(a, limit, self.bound)
+            )
+            self.linear.weight[:features] = fit.mean_weight
+            self.linear.bias[:features] = fit.mean_bias
+            self.linear.weight[features : 2 * features] = fit.scale_weight
+            self.linear.bias[features : 2 * features] = fit.scale_bias
+            self.power.copy_(fit.power)
+            if not self.correlated:
+                return
+            raw = fit.raw_log_scale(theta, self.origin)
+            white = fit.residuals(theta, x) * soft_bound(raw, limit, self.bound).exp()
+            factor = cholesky_ridge(torch.cov(white.T).reshape(features, features))
+            sigma = factor.diagonal()
+            self.linear.bias[2 * features :] = tril_matrix_to_vec(factor / sigma[:, None], -1)
+            # the rows' spread of white is sigma: fold it into the raw log-scale's constant
+            self.linear.bias[features : 2 * features] -= sigma.log()
+            return
         weight, bias, scale = linear_gaussian_fit(theta, x, full=self.correlated)
         sigma = scale.diagonal().clamp_min(1e-6) if self.correlated else scale
         if self.correlated:
-            self.linear.bias[2 * self.features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
-        limit = math.log(MAX_SCALE)
+            self.linear.bias[2 * features :] = tril_matrix_to_vec(scale / sigma[:, None], -1)
         # s = -log(sigma), kept off the bound, where ds/da vanishes
         log_scale = -sigma.log().clamp(-0.8 * limit, 0.8 * limit)
-        features = self.features
         self.linear.weight[:features] = weight
         self.linear.bias[:features] = bias
         self.linear.bias[features : 2 * features] = soft_bound_inverse(
@@ -147,14 +199,23 @@ class ConditionalAffine(LazyTransform):
 
     def forward(self, c: Tensor) -> Transform:
         if isinstance(self.hyper, nn.ModuleList):
-            out = self.linear(c) + torch.cat([mlp(c) for mlp in self.hyper], dim=-1)
+            learned = torch.cat([mlp(c) for mlp in self.hyper], dim=-1)
         else:
-            out = self.linear(c) + self.hyper(c)
-        loc, raw = out[..., : 2 * self.features].chunk(2, dim=-1)
+            learned = self.hyper(c)
+        linear = self.linear(c)
+        f = self.features
+        if self.fixed_gaussian:
+            raw0 = linear[..., f : 2 * f] + log_abs(c, self.origin) @ self.power.T
+            noise = soft_bound(raw0, math.log(MAX_SCALE), self.bound).neg().exp()
+            loc = linear[..., :f] + noise * learned[..., :f]
+            raw = raw0 + learned[..., f : 2 * f]
+        else:
+            out = linear + learned
+            loc, raw = out[..., :f], out[..., f : 2 * f]
         affine = DependentTransform(LocationScale(loc, raw, MAX_SCALE, self.bound), 1)
         if not self.correlated:
             return affine
-        lower = vec_to_tril_matrix(out[..., 2 * self.features :], diag=-1)
+        lower = vec_to_tril_matrix(linear[..., 2 * f :] + learned[..., 2 * f :], diag=-1)
         return ComposedTransform(affine, UnitLower(lower))
 
 
@@ -179,7 +240,7 @@ class Flow(nn.Module):
                 )
             self.flow = spectral_flow(side, d_theta, config.transforms, config.hidden, config.bins)
         elif config.network == "nsf":
-            for name in ("correlated", "separate"):
+            for name in ("correlated", "separate", "fixed_gaussian"):
                 if getattr(config, name) and not config.affine:
                     raise UsageError(f"flow setting {name} = true needs affine = true")
             if config.scale_bound not in BOUNDS:
@@ -208,6 +269,7 @@ class Flow(nn.Module):
                     config.correlated,
                     config.scale_bound,
                     config.separate,
+                    config.fixed_gaussian,
                 )
                 self.flow.transform.transforms.insert(0, affine)
         else:
@@ -219,14 +281,16 @@ class Flow(nn.Module):
         the training data are then standardised with one mean and scale)."""
         return self.config.network == "spectral"
 
-    def initialize(self, theta: Tensor, x: Tensor) -> None:
+    def initialize(self, theta: Tensor, x: Tensor, origin: Tensor | None = None) -> None:
         """Data-dependent starting values from a first batch ``theta (b, d_theta)``,
         ``x (b, d_x)``: the ``spectral`` network whitens its modes; the ``affine`` standardisation
-        of ``nsf`` starts at the least-squares regression of x on theta."""
+        of ``nsf`` starts at the linear-Gaussian fit of x given theta
+        (:meth:`ConditionalAffine.fit_linear`; ``origin (d_theta,)``: theta = 0 in the
+        standardised coordinates of ``theta``, where its log|theta| features are singular)."""
         if self.config.network == "spectral":
             initialize(self.flow, theta, x)
         elif self.config.affine:
-            self.flow.transform.transforms[0].fit_linear(theta, x.flatten(1))
+            self.flow.transform.transforms[0].fit_linear(theta, x.flatten(1), origin)
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         """Negative log-likelihood per sample, ``(b,)``."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "TimeEmbedding", "full_precision", "linear_gaussian_fit"]
+__all__ = ["MLP", "TimeEmbedding", "cholesky_ridge", "full_precision", "linear_gaussian_fit"]
 
 
 _HALF = (torch.bfloat16, torch.float16)
@@ -120,9 +120,15 @@ def linear_gaussian_fit(
     residual = x.double() - design @ coef
     if not full:
         return coef[:-1].T, coef[-1], residual.std(0).clamp_min(1e-6)
-    covariance = torch.cov(residual.T).reshape(x.shape[1], x.shape[1])
+    return coef[:-1].T, coef[-1], cholesky_ridge(torch.cov(residual.T).reshape(x.shape[1], -1))
+
+
+def cholesky_ridge(covariance: Tensor) -> Tensor:
+    """The lower Cholesky factor of ``covariance (d, d)``, with a ridge of 1e-6 of its mean
+    variance added where it is singular (collinear features)."""
     factor, singular = torch.linalg.cholesky_ex(covariance)
     if singular:
         ridge = 1e-6 * covariance.diagonal().mean().clamp_min(1e-12)
-        factor = torch.linalg.cholesky(covariance + ridge * torch.eye(len(covariance)).double())
-    return coef[:-1].T, coef[-1], factor
+        eye = torch.eye(len(covariance), dtype=covariance.dtype, device=covariance.device)
+        factor = torch.linalg.cholesky(covariance + ridge * eye)
+    return factor

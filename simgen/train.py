@@ -30,6 +30,7 @@ from simgen.batches import TrainingData
 from simgen.distributed import Ranks, setup
 from simgen.emulator import FAMILIES, Emulator, build_family, defaults_for
 from simgen.errors import RunError, UsageError
+from simgen.flow import Flow
 from simgen.progress import progress_bar
 from simgen.store import Store, open_store
 
@@ -237,7 +238,11 @@ def _fit(
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
     if hasattr(net, "initialize"):  # data-dependent starting values (DDP copies rank 0's)
-        net.initialize(*_first_rows(data.epoch(seed=tc.seed)))
+        rows = _first_rows(data.epoch(seed=tc.seed))
+        if isinstance(net, Flow):  # theta = 0 in standardised units, for its log|theta| features
+            net.initialize(*rows, origin=-data.norm["theta_mean"] / data.norm["theta_std"])
+        else:
+            net.initialize(*rows)
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise

@@ -14,12 +14,18 @@ from zuko.transforms import MonotonicAffineTransform
 __all__ = ["BOUNDS", "Affine", "LocationScale", "UnitLower", "soft_bound", "soft_bound_inverse"]
 
 
-BOUNDS = ("tanh", "rational")
+BOUNDS = ("softplus", "tanh", "rational")
 
 
 def soft_bound(raw: Tensor, limit: float, bound: str) -> Tensor:
-    """The raw log-scale ``raw`` mapped into ``(-limit, limit)`` by ``bound``, one of
-    :data:`BOUNDS` (:class:`LocationScale`)."""
+    r"""The raw log-scale ``raw`` mapped into ``(-limit, limit)`` by ``bound``, one of
+    :data:`BOUNDS` (:class:`LocationScale`): ``"softplus"``
+    :math:`a - \mathrm{softplus}(a - L) + \mathrm{softplus}(-a - L)` (the identity to within
+    :math:`e^{|a| - L}`, then a knee of width ~1 at :math:`\pm L`), ``"tanh"``
+    :math:`L \tanh(a / L)`, ``"rational"`` :math:`a / (1 + |a| / L)`."""
+    if bound == "softplus":
+        softplus = torch.nn.functional.softplus
+        return raw - softplus(raw - limit) + softplus(-raw - limit)
     if bound == "tanh":
         return limit * torch.tanh(raw / limit)
     if bound == "rational":
@@ -28,7 +34,16 @@ def soft_bound(raw: Tensor, limit: float, bound: str) -> Tensor:
 
 
 def soft_bound_inverse(value: Tensor, limit: float, bound: str) -> Tensor:
-    """The raw log-scale whose :func:`soft_bound` is ``value`` (``|value| < limit``)."""
+    r"""The raw log-scale whose :func:`soft_bound` is ``value`` (``|value| < limit``).
+
+    ``"softplus"``: :math:`s = a - \log(1 + e^{a - L})` (the bound without its other tail,
+    which is below :math:`e^{-L}`) inverts to :math:`a = s - \log(1 - e^{s - L})` for
+    :math:`s \ge 0` (odd in s), refined by one Newton step on the whole bound.
+    """
+    if bound == "softplus":
+        a = value.sign() * (value.abs() - torch.log(-torch.expm1(value.abs() - limit)))
+        slope = 1 - torch.sigmoid(a - limit) - torch.sigmoid(-a - limit)
+        return a - (soft_bound(a, limit, bound) - value) / slope
     if bound == "tanh":
         return limit * torch.atanh(value / limit)
     if bound == "rational":
@@ -47,16 +62,20 @@ class Affine(MonotonicAffineTransform):
 
 class LocationScale(Transform):
     r"""Element-wise :math:`u = (x - \mu) e^{s}`, the log-scale softly bounded by
-    :math:`L = \log(` ``max_scale`` :math:`)` from the raw :math:`a`: ``bound="tanh"``
-    :math:`s = L \tanh(a / L)`, or ``bound="rational"`` :math:`s = a / (1 + |a| / L)` (zuko's
-    soft clamp), so that :math:`|s| < L` whatever :math:`a`. ``loc`` (:math:`\mu`) and ``raw``
+    :math:`L = \log(` ``max_scale`` :math:`)` from the raw :math:`a` (:func:`soft_bound`):
+    ``bound="softplus"`` (the identity until close to :math:`\pm L`), ``"tanh"``
+    :math:`s = L \tanh(a / L)`, or ``"rational"`` :math:`s = a / (1 + |a| / L)` (zuko's soft
+    clamp), so that :math:`|s| < L` whatever :math:`a`. ``loc`` (:math:`\mu`) and ``raw``
     (:math:`a`) broadcast against x.
 
-    The two bounds differ in how much of the gradient reaches :math:`a`: :math:`ds/da` is
-    :math:`1 - (s/L)^2` for tanh and :math:`(1 - |s|/L)^2` for the rational clamp, 0.75
-    against 0.25 at :math:`|s| = L/2` (a noise 1,000 times below the data's spread when
-    :math:`L = \log 10^6`). Where the noise level varies over orders of magnitude with theta
-    (slcp), tanh trains to a lower loss in the same steps (``docs/architecture.md``).
+    The bounds differ in how far from :math:`L` they bend :math:`s` away from :math:`a`:
+    :math:`ds/da` is :math:`1 - (s/L)^2` for tanh and :math:`(1 - |s|/L)^2` for the rational
+    clamp, 0.75 against 0.25 at :math:`|s| = L/2` (a noise 1,000 times below the data's
+    spread when :math:`L = \log 10^6`), and above 0.95 up to :math:`|s| = L - 3` for softplus.
+    Where the noise level varies over orders of magnitude with theta (slcp), tanh trains to a
+    lower loss than the rational clamp in the same steps, and only softplus lets a log-scale
+    linear in :math:`\log|\theta|` (a power law) stay one down to a noise 1e5 below the
+    data's spread (``docs/architecture.md``).
 
     zuko's affine map :math:`u = x e^{s} + t` has the shift :math:`t = -\mu e^{s}` where this
     one has the mean: when the mean is linear in theta and the noise level is not (a signal plus

@@ -7,7 +7,12 @@ import pytest
 from scipy import stats
 
 import simgen
-from simgen.metropolis import emulate_exact, independence_chains, metropolized_sample
+from simgen.metropolis import (
+    LOW_ACCEPTANCE,
+    emulate_exact,
+    independence_chains,
+    metropolized_sample,
+)
 from simgen.train import fit
 
 
@@ -80,6 +85,14 @@ def test_metropolized_sample_refuses_what_it_cannot_correct(emulator, monkeypatc
         metropolized_sample(emulator, sim.log_unnormalized, np.zeros(2), 10, chains=0)
     with pytest.warns(UserWarning, match="outside the target.s support"):
         metropolized_sample(emulator, lambda x, t: np.full(len(x), -np.inf), np.zeros(2), 10)
+
+    # a narrow target 3 units away: each chain accepts only the few proposals that come nearer
+    def far(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return -0.5 * (((x - 3.0) / 0.01) ** 2).sum(-1)
+
+    with pytest.warns(UserWarning, match="acceptance rate"):
+        far_sample = metropolized_sample(emulator, far, np.zeros(2), 20, burn_in=200, seed=0)
+    assert far_sample.acceptance < LOW_ACCEPTANCE
     with pytest.raises(simgen.UsageError, match="neither log_unnormalized nor log_likelihood"):
         emulate_exact(emulator, simgen.get_simulator("lotka_volterra"), np.zeros((1, 2)), 10)
     monkeypatch.setattr(emulator, "family", "vae")
