@@ -205,7 +205,10 @@ class ConditionalAffine(LazyTransform):
         linear = self.linear(c)
         f = self.features
         if self.fixed_gaussian:
-            raw0 = linear[..., f : 2 * f] + log_abs(c, self.origin) @ self.power.T
+            # an element-wise product, not a matrix product, so that it stays in float32
+            # under autocast (full_precision)
+            power = (log_abs(c, self.origin)[..., None, :] * self.power).sum(-1)
+            raw0 = linear[..., f : 2 * f] + power
             noise = soft_bound(raw0, math.log(MAX_SCALE), self.bound).neg().exp()
             loc = linear[..., :f] + noise * learned[..., :f]
             raw = raw0 + learned[..., f : 2 * f]
