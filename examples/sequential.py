@@ -13,10 +13,12 @@ by C2ST against draws of the exact posterior, computed on a grid with the simula
 likelihood (two_moons has one). On two_moons all three come out close to 0.5 at the full
 sizes: a first round from the prior already gets this posterior right, so the second round
 has nothing to fix. It pays where a model fitted to prior draws is inaccurate near the
-observation; where the likelihood is hard to learn at any distribution of theta it helps only
-part of the way (an slcp observation with a noise scale of 2e-4, Gaussian flow, 5,000 + 5,000
+observation; where the model class cannot follow the likelihood at any distribution of theta
+it helps only part of the way (an slcp observation with a noise scale of 2e-4, with the
+Gaussian flow of before 2026-11-30's fixed heteroscedastic standardisation, 5,000 + 5,000
 simulations: C2ST 0.96 after the first round, 0.83 after the second, where 0.5 means
-indistinguishable from the exact posterior).
+indistinguishable from the exact posterior; the current flow gets 0.55 there from 1e4 prior
+draws alone, ``docs/architecture.md``).
 
 Run: ``python examples/sequential.py [--quick] [--out DIR]``.
 """

@@ -82,6 +82,7 @@ def heteroscedastic_fit(
     origin: Tensor,
     bound: Callable[[Tensor], Tensor],
     iterations: int = 100,
+    keep: float = 5.0,
 ) -> HeteroscedasticFit:
     r"""The maximum-likelihood fit of the model above to ``theta (n, d_theta)``, ``x (n, d_x)``
     (standardised), in double precision, each value of x on its own.
@@ -95,6 +96,13 @@ def heteroscedastic_fit(
     a step is halved until the loss decreases. ``bound`` is the map from raw to bounded
     log-scale the model uses; it also keeps the fit finite where x is an exact linear function
     of theta (no noise).
+
+    A power :math:`V_{ij}` is kept only where it is ``keep`` standard errors from 0 (a Wald test;
+    the standard errors from the inverse expected Hessian of the n rows); the others are set to
+    0 and the rest fitted again. :math:`\ell` has a cusp of depth :math:`\log(1/\epsilon)` and
+    slope up to :math:`1 / (2\epsilon)` at :math:`\theta_j = 0`, so even a small power that
+    only reflects the estimate's noise puts a narrow dip with steep walls into the
+    log-likelihood, which gradient-based samplers (HMC) stumble on.
     """
     theta, x, origin = theta.double(), x.double(), origin.double()
     n, d = theta.shape
@@ -104,15 +112,55 @@ def heteroscedastic_fit(
     mean = torch.linalg.lstsq(d_mean, x).solution  # (d + 1, d_x)
     scale = x.new_zeros(d_scale.shape[1], x.shape[1])
     scale[-1] = -0.5 * torch.log((x - d_mean @ mean).square().mean(0).clamp_min(1e-24))
+    free = torch.ones_like(scale, dtype=torch.bool)
+    mean, scale, fisher = _score(theta, x, d_mean, d_scale, mean, scale, free, bound, iterations)
+    powers = slice(d, 2 * d)
+    variance = torch.linalg.inv(n * fisher).diagonal(dim1=-2, dim2=-1).T  # (2d + 1, d_x)
+    weak = scale[powers].abs() < keep * variance[powers].clamp_min(0).sqrt()
+    if weak.any():
+        free[powers] = ~weak
+        scale[powers] = torch.where(weak, 0.0, scale[powers])
+        mean, scale, _ = _score(theta, x, d_mean, d_scale, mean, scale, free, bound, iterations)
+    return HeteroscedasticFit(
+        mean_weight=mean[:d].T,
+        mean_bias=mean[-1],
+        scale_weight=scale[:d].T,
+        power=scale[powers].T,
+        scale_bias=scale[-1],
+    )
+
+
+def _score(
+    theta: Tensor,
+    x: Tensor,
+    d_mean: Tensor,
+    d_scale: Tensor,
+    mean: Tensor,
+    scale: Tensor,
+    free: Tensor,
+    bound: Callable[[Tensor], Tensor],
+    iterations: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fisher scoring of :func:`heteroscedastic_fit` from ``mean (d + 1, d_x)`` and
+    ``scale (m, d_x)``, the log-scale's coefficients where ``free (m, d_x)`` is False held
+    where they are. Returns the fitted mean and scale coefficients and the last expected
+    Hessian of the log-scale's coefficients per value of x, ``(d_x, m, m)`` (per row)."""
+    n = theta.shape[0]
+    k, m = d_mean.shape[1], d_scale.shape[1]
     outer_mean = (d_mean[:, :, None] * d_mean[:, None, :]).reshape(n, -1)
     outer_scale = (d_scale[:, :, None] * d_scale[:, None, :]).reshape(n, -1)
-    ridge = 1e-9 * torch.eye(d_scale.shape[1], dtype=x.dtype, device=x.device)
+    ridge = 1e-9 * torch.eye(m, dtype=x.dtype, device=x.device)
+    held = ~free.T  # (d_x, m)
+    # a held coefficient's row and column of the Hessian replaced by the identity's: no step
+    pinned = held[:, :, None] | held[:, None, :]
+    eye = torch.eye(m, dtype=x.dtype, device=x.device).expand(x.shape[1], m, m)
 
     def losses(mean: Tensor, scale: Tensor) -> Tensor:
         s = bound(d_scale @ scale)
         return (0.5 * (x - d_mean @ mean).square() * torch.exp(2 * s) - s).mean(0)  # (d_x,)
 
     loss = losses(mean, scale)
+    fisher_scale = eye
     for _ in range(iterations):
         with torch.enable_grad():  # s' of any bound, by autograd (callers may be in no_grad)
             raw = (d_scale @ scale).requires_grad_(True)
@@ -121,12 +169,12 @@ def heteroscedastic_fit(
         s, slope = s.detach(), slope.detach()
         w, r = torch.exp(2 * s), x - d_mean @ mean
         grad_mean = -(r * w).T @ d_mean / n  # (d_x, d + 1)
-        grad_scale = ((r.square() * w - 1) * slope).T @ d_scale / n  # (d_x, 2d + 1)
-        k, m = d_mean.shape[1], d_scale.shape[1]
+        grad_scale = ((r.square() * w - 1) * slope).T @ d_scale / n  # (d_x, m)
         fisher_mean = (w.T @ outer_mean / n).reshape(-1, k, k)
         fisher_scale = (2 * slope.square().T @ outer_scale / n).reshape(-1, m, m)
+        system = torch.where(pinned, eye, fisher_scale + ridge)
         step_mean = torch.linalg.solve(fisher_mean + ridge[:k, :k], grad_mean).T
-        step_scale = torch.linalg.solve(fisher_scale + ridge, grad_scale).T
+        step_scale = torch.linalg.solve(system, grad_scale.masked_fill(held, 0.0)).T
         size = x.new_ones(x.shape[1])
         for _ in range(30):  # halve each value's step until its loss decreases
             trial = losses(mean - size * step_mean, scale - size * step_scale)
@@ -142,10 +190,4 @@ def heteroscedastic_fit(
         loss = new
         if converged:
             break
-    return HeteroscedasticFit(
-        mean_weight=mean[:d].T,
-        mean_bias=mean[-1],
-        scale_weight=scale[:d].T,
-        power=scale[d : 2 * d].T,
-        scale_bias=scale[-1],
-    )
+    return mean, scale, fisher_scale + ridge
