@@ -17,7 +17,8 @@ predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELB
 ``flow-gaussian``: the flow without spline transforms (``transforms = 0``), i.e. its
 theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 ``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
-correlations (``separate``).
+correlations (``separate``); ``flow-fixed`` and ``flow-gaussian-fixed``: the flow and the
+Gaussian flow with the fixed heteroscedastic standardisation (``fixed_gaussian``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "flow-gaussian-separate": (
         "flow",
         {"transforms": 0, "hidden": [256, 256, 256, 256], "separate": True},
+    ),
+    # the flows with a fixed heteroscedastic Gaussian standardisation (opt-in, FlowConfig)
+    "flow-fixed": ("flow", {"fixed_gaussian": True, "scale_bound": "softplus"}),
+    "flow-gaussian-fixed": (
+        "flow",
+        {
+            "transforms": 0,
+            "hidden": [256, 256, 256, 256],
+            "fixed_gaussian": True,
+            "scale_bound": "softplus",
+        },
     ),
     "vae": ("vae", {}),
     "diffusion": ("diffusion", {}),

@@ -62,8 +62,7 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
     spectral flow (:mod:`simgen.spectral`, no coupling transforms), a convolutional U-Net
     denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
     the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
-    theta (``affine``, from a fixed heteroscedastic linear-Gaussian model plus MLP corrections:
-    ``fixed_gaussian``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
+    theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
     ``correlated``), with coupling transforms for x of more than
     :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass per
     feature: 500x slower on 32x32 maps), and an MLP diffusion denoiser that adds the exact one
@@ -75,8 +74,7 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
         d_x = math.prod(x_shape)
         return {
             "affine": True,
-            "scale_bound": "softplus",
-            "fixed_gaussian": True,
+            "scale_bound": "tanh",
             **({"correlated": True} if d_x <= CORRELATED_MAX else {}),
             **({"passes": 2} if d_x > AUTOREGRESSIVE_MAX else {}),
         }

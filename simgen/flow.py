@@ -62,8 +62,9 @@ class FlowConfig:
             residuals). The default for new fits on vectors of at most
             :data:`simgen.emulator.CORRELATED_MAX` values.
         scale_bound: With ``affine``: how the log-scale is bounded by ``log(1e6)``
-            (:func:`simgen.transforms.soft_bound`): ``"softplus"`` (the identity until close
-            to the bound; the default for new fits since 2026-11-30, late), ``"tanh"``, or
+            (:func:`simgen.transforms.soft_bound`): ``"tanh"`` (the default for new fits since
+            2026-11-30), ``"softplus"`` (the identity until close to the bound; what
+            ``fixed_gaussian`` needs where the noise spans orders of magnitude), or
             ``"rational"`` (zuko's soft clamp; files that predate the setting).
         separate: With ``affine``: the mean, the raw log-scale and the correlations each come
             from an MLP of their own, not from one MLP with all outputs (the default): where
@@ -76,9 +77,10 @@ class FlowConfig:
             (:mod:`simgen.heteroscedastic`: a mean linear in theta, a log-scale linear in theta
             and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
             of that model's noise scale: training steps move the mean by a fraction of the
-            local noise, however small it is. The default for new fits (since 2026-11-30,
-            late); False for files that predate it (the linear part then starts at the
-            least-squares fit and trains with the MLP).
+            local noise, however small it is. Opt-in (with ``scale_bound = "softplus"``):
+            it takes slcp's posterior C2ST to the exact likelihood's, but cost accuracy on
+            other emulators when measured (``docs/architecture.md``). Off, the linear part
+            starts at the least-squares fit and trains with the MLP.
     """
 
     network: str = "nsf"
