@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import simgen
 from simgen.flow import MAX_SCALE, Flow, FlowConfig
 from simgen.heteroscedastic import heteroscedastic_fit, log_abs
+from simgen.train import fit
 from simgen.transforms import soft_bound
 
 N, D_THETA = 4000, 2
@@ -142,3 +145,17 @@ def test_the_mlp_corrects_the_mean_in_units_of_the_fixed_noise(correlated):
         torch.testing.assert_close(moved[:, 0] - median[:, 0], delta * noise[:, 0])
     else:
         torch.testing.assert_close(moved - median, delta * noise)
+
+
+def test_fit_puts_theta_zero_where_the_power_features_need_it(tmp_path):
+    """``fit`` hands the flow the standardised coordinates of theta = 0 (not 0, which is the
+    data's mean): here parameters drawn from [0.5, 3], far from 0 in standardised units."""
+    generator = np.random.default_rng(0)
+    theta = generator.uniform(0.5, 3.0, (400, 5)).astype(np.float32)
+    store = simgen.simulate("slcp", 400, tmp_path / "d.h5", theta=theta, workers=1, progress=False)
+    config = {"transforms": 0, "hidden": [8], "fixed_gaussian": True, "scale_bound": "softplus"}
+    emulator = fit(store, "flow", None, train={"epochs": 1, "batch_size": 128}, config=config)
+    affine = emulator.model.flow.transform.transforms[0]
+    origin = -emulator.theta_mean / emulator.theta_std
+    assert (origin < -1).all()
+    torch.testing.assert_close(affine.origin, origin)
