@@ -185,7 +185,7 @@ def _score(
         moved = ~worse
         mean = mean - torch.where(moved, size, 0.0) * step_mean
         scale = scale - torch.where(moved, size, 0.0) * step_scale
-        new = losses(mean, scale)
+        new = torch.where(moved, trial, loss)  # the line search's last trial, where it moved
         converged = bool(((loss - new).abs() <= 1e-10 * (1 + new.abs())).all())
         loss = new
         if converged:
