@@ -9,6 +9,7 @@ All families share one interface, in standardised coordinates: ``loss(theta, x)`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,16 +22,20 @@ from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
-from simgen.heteroscedastic import heteroscedastic_fit, log_abs
+from simgen.heteroscedastic import HeteroscedasticFit, heteroscedastic_fit, log_abs
 from simgen.nn import MLP, cholesky_ridge, full_precision, linear_gaussian_fit
 from simgen.spectral import initialize, spectral_flow
 from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound, soft_bound_inverse
 
-__all__ = ["Flow", "FlowConfig"]
+__all__ = ["NOISE_FLOOR", "Flow", "FlowConfig", "needs_fixed_gaussian"]
 
 # largest factor by which the theta-conditioned standardisation scales x (standardised over the
 # data set): noise a million times below the data's spread
 MAX_SCALE = 1e6
+# fixed_gaussian = "auto" holds the linear-Gaussian part fixed where the noise, in units of x's
+# spread, falls below this: AdamW moves a directly output mean by about its learning rate (1e-3)
+# a step, a jitter that costs (1e-3 / sigma)^2 / 2 nats, 0.005 at sigma = 1e-2
+NOISE_FLOOR = 1e-2
 
 
 @dataclass
@@ -77,10 +82,13 @@ class FlowConfig:
             (:mod:`simgen.heteroscedastic`: a mean linear in theta, a log-scale linear in theta
             and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
             of that model's noise scale: training steps move the mean by a fraction of the
-            local noise, however small it is. Opt-in (with ``scale_bound = "softplus"``):
-            it takes slcp's posterior C2ST to the exact likelihood's, but cost accuracy on
-            other emulators when measured (``docs/architecture.md``). Off, the linear part
-            starts at the least-squares fit and trains with the MLP.
+            local noise, however small it is (with ``scale_bound = "softplus"``). ``"auto"``
+            (the default for new fits, :func:`simgen.emulator.defaults_for`) decides from the
+            first rows (:func:`needs_fixed_gaussian`): fixed, with the softplus bound, where
+            the noise falls below :data:`NOISE_FLOOR` of x's spread (slcp, whose posterior
+            C2ST it takes to the exact likelihood's); elsewhere it cost accuracy when measured
+            (``docs/architecture.md``). False: the linear part starts at the least-squares fit
+            and trains with the MLP. A fitted model's configuration holds the decision.
     """
 
     network: str = "nsf"
@@ -92,7 +100,7 @@ class FlowConfig:
     correlated: bool = False
     scale_bound: str = "rational"
     separate: bool = False
-    fixed_gaussian: bool = False
+    fixed_gaussian: bool | str = False
 
 
 class ConditionalAffine(LazyTransform):
@@ -134,11 +142,11 @@ class ConditionalAffine(LazyTransform):
         correlated: bool,
         bound: str,
         separate: bool,
-        fixed_gaussian: bool = False,
+        fixed_gaussian: bool | str = False,
     ) -> None:
         super().__init__()
         self.features, self.correlated, self.bound = features, correlated, bound
-        self.fixed_gaussian = fixed_gaussian
+        self.fixed_gaussian = fixed_gaussian  # True, False, or "auto" until fit_linear
         sizes = [features, features] + ([features * (features - 1) // 2] if correlated else [])
         self.hyper: nn.Module
         if separate:  # mean, raw log-scale, lower entries: an MLP each
@@ -148,8 +156,9 @@ class ConditionalAffine(LazyTransform):
         self.linear = full_precision(nn.Linear(d_theta, sum(sizes)))
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        if fixed_gaussian:
+        if fixed_gaussian is True:
             self.linear.requires_grad_(False)
+        if fixed_gaussian:
             # V of the log|theta| features, and theta = 0 in standardised coordinates
             self.register_buffer("power", torch.zeros(features, d_theta))
             self.register_buffer("origin", torch.zeros(d_theta))
@@ -163,15 +172,22 @@ class ConditionalAffine(LazyTransform):
         :math:`C = \mathrm{diag}(M)^{-1} M - I`), or with ``fixed_gaussian`` the
         heteroscedastic maximum-likelihood fit (``origin``: theta = 0 in standardised
         coordinates, default 0), :math:`M` then the Cholesky factor of the covariance of the
-        residuals divided by their fitted noise."""
+        residuals divided by their fitted noise. ``"auto"`` settles here on one of the two
+        (:func:`needs_fixed_gaussian`, the softplus bound with the fixed model)."""
         limit = math.log(MAX_SCALE)
         features = self.features
         if self.fixed_gaussian:
             if origin is not None:
                 self.origin.copy_(origin)
-            fit = heteroscedastic_fit(
-                theta, x, self.origin, lambda a: soft_bound(a, limit, self.bound)
-            )
+            bound = self.bound if self.fixed_gaussian is True else "softplus"
+            fit = heteroscedastic_fit(theta, x, self.origin, lambda a: soft_bound(a, limit, bound))
+            if self.fixed_gaussian is True or needs_fixed_gaussian(fit, theta, self.origin, bound):
+                self.fixed_gaussian, self.bound = True, bound
+                self.linear.requires_grad_(False)
+            else:
+                self.fixed_gaussian = False
+                del self.power, self.origin
+        if self.fixed_gaussian:
             self.linear.weight[:features] = fit.mean_weight
             self.linear.bias[:features] = fit.mean_bias
             self.linear.weight[features : 2 * features] = fit.scale_weight
@@ -224,6 +240,18 @@ class ConditionalAffine(LazyTransform):
         return ComposedTransform(affine, UnitLower(lower))
 
 
+def needs_fixed_gaussian(
+    fit: HeteroscedasticFit, theta: Tensor, origin: Tensor, bound: str
+) -> bool:
+    r"""Whether ``fixed_gaussian = "auto"`` holds the fitted model ``fit`` fixed: where in at
+    least 1% of the rows ``theta (n, d_theta)`` (standardised) some value of x has a fitted
+    noise :math:`e^{-s}` below :data:`NOISE_FLOOR` (x standardised), a mean that trains
+    directly would jitter by a tenth of that noise or more."""
+    raw = fit.raw_log_scale(theta, origin)
+    noise = soft_bound(raw, math.log(MAX_SCALE), bound).neg().exp().min(1).values  # (n,)
+    return bool(torch.quantile(noise, 0.01) < NOISE_FLOOR)
+
+
 class Flow(nn.Module):
     """:math:`p(x \\mid \\theta)` as a conditional NSF over ``d_x`` features, whose spline
     transforms start at the identity (zero last layer of each conditioner)."""
@@ -246,8 +274,13 @@ class Flow(nn.Module):
             self.flow = spectral_flow(side, d_theta, config.transforms, config.hidden, config.bins)
         elif config.network == "nsf":
             for name in ("correlated", "separate", "fixed_gaussian"):
-                if getattr(config, name) and not config.affine:
+                if getattr(config, name) is True and not config.affine:
                     raise UsageError(f"flow setting {name} = true needs affine = true")
+            if config.fixed_gaussian not in (True, False, "auto"):
+                raise UsageError(
+                    f"flow setting fixed_gaussian = {config.fixed_gaussian!r}: use true, false "
+                    "or auto"
+                )
             if config.scale_bound not in BOUNDS:
                 raise UsageError(
                     f"unknown flow scale_bound '{config.scale_bound}'; use {' or '.join(BOUNDS)}"
@@ -274,7 +307,7 @@ class Flow(nn.Module):
                     config.correlated,
                     config.scale_bound,
                     config.separate,
-                    config.fixed_gaussian,
+                    config.fixed_gaussian if config.affine else False,
                 )
                 self.flow.transform.transforms.insert(0, affine)
         else:
@@ -291,11 +324,16 @@ class Flow(nn.Module):
         ``x (b, d_x)``: the ``spectral`` network whitens its modes; the ``affine`` standardisation
         of ``nsf`` starts at the linear-Gaussian fit of x given theta
         (:meth:`ConditionalAffine.fit_linear`; ``origin (d_theta,)``: theta = 0 in the
-        standardised coordinates of ``theta``, where its log|theta| features are singular)."""
+        standardised coordinates of ``theta``, where its log|theta| features are singular).
+        ``fixed_gaussian = "auto"`` is settled here: the configuration then holds the decision."""
         if self.config.network == "spectral":
             initialize(self.flow, theta, x)
         elif self.config.affine:
-            self.flow.transform.transforms[0].fit_linear(theta, x.flatten(1), origin)
+            affine = self.flow.transform.transforms[0]
+            affine.fit_linear(theta, x.flatten(1), origin)
+            self.config = dataclasses.replace(
+                self.config, fixed_gaussian=affine.fixed_gaussian, scale_bound=affine.bound
+            )
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         """Negative log-likelihood per sample, ``(b,)``."""

@@ -202,7 +202,6 @@ def fit(
 def _provenance(store: Store, model: str, net: torch.nn.Module, tc: TrainConfig) -> dict:
     """The model file's ``info``: parameters, x_shape, simulator, configs and data."""
     meta = store.metadata
-    model_config = dataclasses.asdict(net.config)
     return {
         "parameters": list(store.parameters),
         "x_shape": list(store.x_shape),
@@ -212,12 +211,16 @@ def _provenance(store: Store, model: str, net: torch.nn.Module, tc: TrainConfig)
             "options": meta["simulator_options"],
             "prior": meta["prior"],
         },
-        "model_config": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()
-        },
+        "model_config": _model_config(net),
         "train_config": dataclasses.asdict(tc),
         "data": {"path": str(store.path), "rows": len(store), "seed": meta["seed"]},
     }
+
+
+def _model_config(net: torch.nn.Module) -> dict[str, Any]:
+    """The network's configuration as plain JSON values."""
+    config = dataclasses.asdict(net.config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def _fit(
@@ -243,6 +246,7 @@ def _fit(
             net.initialize(*rows, origin=-data.norm["theta_mean"] / data.norm["theta_std"])
         else:
             net.initialize(*rows)
+        info["model_config"] = _model_config(net)  # what initialize settled ("auto")
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import simgen
-from simgen.flow import MAX_SCALE, Flow, FlowConfig
+from simgen.flow import MAX_SCALE, NOISE_FLOOR, Flow, FlowConfig, needs_fixed_gaussian
 from simgen.heteroscedastic import heteroscedastic_fit, log_abs
 from simgen.train import fit
 from simgen.transforms import soft_bound
@@ -159,3 +159,40 @@ def test_fit_puts_theta_zero_where_the_power_features_need_it(tmp_path):
     origin = -emulator.theta_mean / emulator.theta_std
     assert (origin < -1).all()
     torch.testing.assert_close(affine.origin, origin)
+
+
+@pytest.mark.parametrize("factor, fixed", [(2.0, False), (0.5, True)])
+def test_auto_holds_the_fit_fixed_below_the_noise_floor(factor, fixed):
+    """``needs_fixed_gaussian``: a homoscedastic linear-Gaussian x (spread about 1) with a noise
+    twice :data:`NOISE_FLOOR` is left to train; half of it is held fixed."""
+    theta, _ = dataset()
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(N, 2, generator=generator, dtype=torch.float64)
+    x = theta @ MEAN_WEIGHT.T + factor * NOISE_FLOOR * noise
+    origin = torch.zeros(D_THETA, dtype=torch.float64)
+    bound = lambda a: soft_bound(a, math.log(MAX_SCALE), "softplus")
+    fit = heteroscedastic_fit(theta, x, origin, bound)
+    assert needs_fixed_gaussian(fit, theta, origin, "softplus") is fixed
+
+
+@pytest.mark.parametrize("task, fixed", [("slcp", True), ("gaussian_linear", False)])
+def test_fit_settles_auto_and_the_model_file_keeps_the_decision(tmp_path, task, fixed):
+    """New flows default to ``fixed_gaussian = "auto"``; ``fit`` settles it from the data
+    (slcp's noise theta_3^2 is far below the floor for |theta_3| < 0.2, 7% of the prior's
+    rows; gaussian_linear's is 0.1 everywhere), and the model file holds the decision, so
+    that it loads into the same network and gives the same log-densities."""
+    store = simgen.simulate(task, 1000, tmp_path / "d.h5", workers=1, progress=False)
+    config = {"transforms": 0, "hidden": [8]}
+    out = tmp_path / "m.pt"
+    emulator = fit(store, "flow", out, train={"epochs": 1, "batch_size": 256}, config=config)
+    settled = emulator.info["model_config"]
+    assert settled["fixed_gaussian"] is fixed
+    assert settled["scale_bound"] == ("softplus" if fixed else "tanh")
+    affine = emulator.model.flow.transform.transforms[0]
+    assert affine.linear.weight.requires_grad is not fixed
+    assert hasattr(affine, "power") is fixed
+    loaded = simgen.load(out)
+    assert loaded.info["model_config"] == settled
+    x, theta = torch.from_numpy(store.x[:50]), torch.from_numpy(store.theta[:50])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(x, theta), emulator.log_prob(x, theta))
