@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -164,7 +165,13 @@ class ConditionalAffine(LazyTransform):
             self.register_buffer("origin", torch.zeros(d_theta))
 
     @torch.no_grad()
-    def fit_linear(self, theta: Tensor, x: Tensor, origin: Tensor | None = None) -> None:
+    def fit_linear(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        origin: Tensor | None = None,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> None:
         r"""Start at :math:`z = M^{-1} (x - A \theta - c)` from a batch ``theta (b, d_theta)``,
         ``x (b, features)``: least squares (:math:`A, c` the regression of x on theta,
         :math:`M` the Cholesky factor of the residuals' covariance (``correlated``), or the
@@ -173,7 +180,8 @@ class ConditionalAffine(LazyTransform):
         heteroscedastic maximum-likelihood fit (``origin``: theta = 0 in standardised
         coordinates, default 0), :math:`M` then the Cholesky factor of the covariance of the
         residuals divided by their fitted noise. ``"auto"`` settles here on one of the two
-        (:func:`needs_fixed_gaussian`, the softplus bound with the fixed model)."""
+        (:func:`needs_fixed_gaussian`, the softplus bound with the fixed model; ``agree``, in
+        a data-parallel fit, turns this rank's answer into the one every rank takes)."""
         limit = math.log(MAX_SCALE)
         features = self.features
         if self.fixed_gaussian:
@@ -181,7 +189,11 @@ class ConditionalAffine(LazyTransform):
                 self.origin.copy_(origin)
             bound = self.bound if self.fixed_gaussian is True else "softplus"
             fit = heteroscedastic_fit(theta, x, self.origin, lambda a: soft_bound(a, limit, bound))
-            if self.fixed_gaussian is True or needs_fixed_gaussian(fit, theta, self.origin, bound):
+            fixed = self.fixed_gaussian is True
+            if not fixed:
+                fixed = needs_fixed_gaussian(fit, theta, self.origin, bound)
+                fixed = agree(fixed) if agree is not None else fixed
+            if fixed:
                 self.fixed_gaussian, self.bound = True, bound
                 self.linear.requires_grad_(False)
             else:
@@ -319,18 +331,26 @@ class Flow(nn.Module):
         the training data are then standardised with one mean and scale)."""
         return self.config.network == "spectral"
 
-    def initialize(self, theta: Tensor, x: Tensor, origin: Tensor | None = None) -> None:
+    def initialize(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        origin: Tensor | None = None,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> None:
         """Data-dependent starting values from a first batch ``theta (b, d_theta)``,
         ``x (b, d_x)``: the ``spectral`` network whitens its modes; the ``affine`` standardisation
         of ``nsf`` starts at the linear-Gaussian fit of x given theta
         (:meth:`ConditionalAffine.fit_linear`; ``origin (d_theta,)``: theta = 0 in the
         standardised coordinates of ``theta``, where its log|theta| features are singular).
-        ``fixed_gaussian = "auto"`` is settled here: the configuration then holds the decision."""
+        ``fixed_gaussian = "auto"`` is settled here (``agree``: how the ranks of a
+        data-parallel fit, each with its own rows, take one decision): the configuration then
+        holds it."""
         if self.config.network == "spectral":
             initialize(self.flow, theta, x)
         elif self.config.affine:
             affine = self.flow.transform.transforms[0]
-            affine.fit_linear(theta, x.flatten(1), origin)
+            affine.fit_linear(theta, x.flatten(1), origin, agree)
             self.config = dataclasses.replace(
                 self.config, fixed_gaussian=affine.fixed_gaussian, scale_bound=affine.bound
             )

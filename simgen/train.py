@@ -217,6 +217,11 @@ def _provenance(store: Store, model: str, net: torch.nn.Module, tc: TrainConfig)
     }
 
 
+def _any_rank(ranks: Ranks, yes: bool) -> bool:
+    """Whether ``yes`` holds on any rank (a collective: every rank must call it)."""
+    return bool(ranks.sum(torch.tensor([float(yes)])).item() > 0)
+
+
 def _model_config(net: torch.nn.Module) -> dict[str, Any]:
     """The network's configuration as plain JSON values."""
     config = dataclasses.asdict(net.config)
@@ -243,7 +248,8 @@ def _fit(
     if hasattr(net, "initialize"):  # data-dependent starting values (DDP copies rank 0's)
         rows = _first_rows(data.epoch(seed=tc.seed))
         if isinstance(net, Flow):  # theta = 0 in standardised units, for its log|theta| features
-            net.initialize(*rows, origin=-data.norm["theta_mean"] / data.norm["theta_std"])
+            origin = -data.norm["theta_mean"] / data.norm["theta_std"]
+            net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
         else:
             net.initialize(*rows)
         info["model_config"] = _model_config(net)  # what initialize settled ("auto")
