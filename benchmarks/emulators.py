@@ -18,7 +18,8 @@ predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELB
 theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 ``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
 correlations (``separate``); ``flow-fixed`` and ``flow-gaussian-fixed``: the flow and the
-Gaussian flow with the fixed heteroscedastic standardisation (``fixed_gaussian``).
+Gaussian flow with the fixed heteroscedastic standardisation forced (``fixed_gaussian = true``;
+the default, ``"auto"``, holds it fixed only where the noise is tiny).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "flow",
         {"transforms": 0, "hidden": [256, 256, 256, 256], "separate": True},
     ),
-    # the flows with a fixed heteroscedastic Gaussian standardisation (opt-in, FlowConfig)
+    # the flows with the fixed heteroscedastic Gaussian standardisation forced (new fits decide:
+    # FlowConfig.fixed_gaussian = "auto")
     "flow-fixed": ("flow", {"fixed_gaussian": True, "scale_bound": "softplus"}),
     "flow-gaussian-fixed": (
         "flow",
