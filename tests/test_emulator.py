@@ -287,6 +287,13 @@ def test_soft_bounds_of_the_log_scale():
         soft_bound(raw, limit, "exp")
     with pytest.raises(UsageError, match="scale_bound 'exp'"):
         Flow(4, 2, FlowConfig(transforms=1, affine=True, scale_bound="exp"))
+    with pytest.raises(UsageError, match="fixed_gaussian = 'yes': use true, false or auto"):
+        Flow(4, 2, FlowConfig(transforms=1, affine=True, fixed_gaussian="yes"))
+    with pytest.raises(UsageError, match="fixed_gaussian = true needs affine = true"):
+        Flow(4, 2, FlowConfig(transforms=1, fixed_gaussian=True))
+    # "auto" without the standardisation has nothing to decide: the plain flow
+    plain = Flow(4, 2, FlowConfig(transforms=1, fixed_gaussian="auto"))
+    assert len(plain.flow.transform.transforms) == 1
 
 
 def test_separate_heads_move_the_mean_and_the_scale_apart():
