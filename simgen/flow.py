@@ -84,7 +84,8 @@ class FlowConfig:
             and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
             of that model's noise scale: training steps move the mean by a fraction of the
             local noise, however small it is (with ``scale_bound = "softplus"``). ``"auto"``
-            (the default for new fits, :func:`simgen.emulator.defaults_for`) decides from the
+            (the default for new fits on at most :data:`simgen.emulator.FIXED_GAUSSIAN_MAX` values,
+            :func:`simgen.emulator.defaults_for`) decides from the
             first rows (:func:`needs_fixed_gaussian`): fixed, with the softplus bound, where
             the noise falls below :data:`NOISE_FLOOR` of x's spread (slcp, whose posterior
             C2ST it takes to the exact likelihood's); elsewhere it cost accuracy when measured
