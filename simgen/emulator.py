@@ -75,9 +75,10 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
     the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
     theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
     ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part
-    held fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling transforms for x of more than
-    :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass per
-    feature: 500x slower on 32x32 maps), and an MLP diffusion denoiser that adds the exact one
+    held fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling
+    transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
+    sampling takes one pass per feature: 500x slower on 32x32 maps), and an MLP diffusion
+    denoiser that adds the exact one
     of a Gaussian linear in theta (``gaussian``)."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:

@@ -84,9 +84,9 @@ class FlowConfig:
             and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
             of that model's noise scale: training steps move the mean by a fraction of the
             local noise, however small it is (with ``scale_bound = "softplus"``). ``"auto"``
-            (the default for new fits on at most :data:`simgen.emulator.FIXED_GAUSSIAN_MAX` values,
-            :func:`simgen.emulator.defaults_for`) decides from the
-            first rows (:func:`needs_fixed_gaussian`): fixed, with the softplus bound, where
+            (the default for new fits on at most :data:`simgen.emulator.FIXED_GAUSSIAN_MAX`
+            values, :func:`simgen.emulator.defaults_for`) decides from the first rows
+            (:func:`needs_fixed_gaussian`): fixed, with the softplus bound, where
             the noise falls below :data:`NOISE_FLOOR` of x's spread (slcp, whose posterior
             C2ST it takes to the exact likelihood's); elsewhere it cost accuracy when measured
             (``docs/architecture.md``). False: the linear part starts at the least-squares fit
@@ -190,16 +190,16 @@ class ConditionalAffine(LazyTransform):
                 self.origin.copy_(origin)
             bound = self.bound if self.fixed_gaussian is True else "softplus"
             fit = heteroscedastic_fit(theta, x, self.origin, lambda a: soft_bound(a, limit, bound))
-            fixed = self.fixed_gaussian is True
-            if not fixed:
+            if self.fixed_gaussian == "auto":
                 fixed = needs_fixed_gaussian(fit, theta, self.origin, bound)
-                fixed = agree(fixed) if agree is not None else fixed
-            if fixed:
-                self.fixed_gaussian, self.bound = True, bound
-                self.linear.requires_grad_(False)
-            else:
-                self.fixed_gaussian = False
-                del self.power, self.origin
+                if agree is not None:
+                    fixed = agree(fixed)
+                if fixed:
+                    self.fixed_gaussian, self.bound = True, bound
+                    self.linear.requires_grad_(False)
+                else:
+                    self.fixed_gaussian = False
+                    del self.power, self.origin
         if self.fixed_gaussian:
             self.linear.weight[:features] = fit.mean_weight
             self.linear.bias[:features] = fit.mean_bias

@@ -16,9 +16,9 @@ signal's amplitude, a variance that is a parameter squared (slcp: :math:`\sigma 
 :math:`V = -2`). Nothing in theta is required to have that form: where it does not, the fit
 gives :math:`V \approx 0`.
 
-Fitted by maximum likelihood (Fisher scoring, :func:`heteroscedastic_fit`), not by least squares: least
-squares weighs every row alike, so where the noise spans orders of magnitude its mean is exact
-only to the large noise (slcp: 0.03 against a noise of 2e-4 near :math:`\theta_3 = 0`), while
+Fitted by maximum likelihood (Fisher scoring, :func:`heteroscedastic_fit`), not by least
+squares: least squares weighs every row alike, so where the noise spans orders of magnitude its
+mean is exact only to the large noise (slcp: 0.03 against a noise of 2e-4 near :math:`\theta_3 = 0`), while
 the likelihood weighs each row by :math:`e^{2 s}` and fits the mean to each row's own noise.
 """
 
