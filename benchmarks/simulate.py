@@ -3,7 +3,8 @@
 * ``pipeline_efficiency``: rows/s of ``simgen.simulate`` (prior draws, simulation, validation,
   crash-safe journal, HDF5, one worker) divided by rows/s of the same simulator called in memory
   on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; after a warm-up,
-  best of 7 interleaved runs each.
+  best of 7 interleaved runs each. Both draw with one torch thread, as one worker does (on
+  the 2-core machine of the results, two made the in-memory loop slower, not faster).
   Also on two_moons at 1e7 rows (fixed costs amortised) and on slower simulators (oscillator,
   lotka_volterra), where writing is a smaller share of the work.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
@@ -29,15 +30,20 @@ from simgen.simulation import default_workers
 
 
 def raw_rate(name: str, n: int, chunk_size: int) -> float:
-    """Rows/s of prior draws + ``simulate`` in memory, task by task, keeping nothing."""
+    """Rows/s of prior draws + ``simulate`` in memory, task by task, keeping nothing, on one
+    torch thread as in one worker."""
     sim = simgen.get_simulator(name)
     prior = sim.prior()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     start = time.perf_counter()
     for index in range(0, n, chunk_size):
         m = min(chunk_size, n - index)
         theta = prior.sample((m,)).numpy().astype(np.float64)
         sim.simulate(theta, np.random.default_rng(index))
-    return n / (time.perf_counter() - start)
+    rate = n / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    return rate
 
 
 def pipeline_rate(

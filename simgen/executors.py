@@ -93,7 +93,12 @@ def executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, in
         finally:
             client.close()
     elif workers == 1:
-        yield _InlineExecutor(), 1
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one worker, one core, as in the worker processes
+        try:
+            yield _InlineExecutor(), 1
+        finally:
+            torch.set_num_threads(threads)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

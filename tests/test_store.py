@@ -117,21 +117,25 @@ def test_appender_writes_in_order_and_reports_writer_errors(tmp_path, store):
     from simgen.writer import Appender
 
     meta = {k: v for k, v in store.metadata.items() if k != "format"}
-    with create(tmp_path / "a.h5", meta) as f, Appender(f, buffer_bytes=1000) as appender:
+    with Appender(lambda: create(tmp_path / "a.h5", meta), buffer_bytes=1000) as appender:
         for i in range(5):
             ok = np.arange(10) % 3 != 0
             appender.add(i, np.full((10, 10), i, np.float32), np.full((10, 10), i, np.float32), ok)
+        appender.close({"n_simulated": 50})
+    assert appender.rows == (5 * 6, 5 * 4)
     a = open_store(tmp_path / "a.h5")
+    assert a.metadata["n_simulated"] == 50
     assert len(a) == 5 * 6 and a.n_failed == 5 * 4
     np.testing.assert_array_equal(a.theta[:, 0], np.repeat(np.arange(5), 6))
     np.testing.assert_array_equal(a.file["chunks"][:], [[i, 6, 4] for i in range(5)])
-    with h5py.File(tmp_path / "a.h5", "r") as read_only:
-        appender = Appender(read_only)
-        appender.add(
-            0, np.zeros((1, 10), np.float32), np.zeros((1, 10), np.float32), np.ones(1, bool)
-        )
-        with pytest.raises(Exception, match="[Ww]rite|read-only|permission|[Ff]ile"):
-            appender.close()
+    appender = Appender(lambda: h5py.File(tmp_path / "a.h5", "r"))
+    appender.add(0, np.zeros((1, 10), np.float32), np.zeros((1, 10), np.float32), np.ones(1, bool))
+    with pytest.raises(Exception, match="[Ww]rite|read-only|permission|[Ff]ile"):
+        appender.close()
+    missing = tmp_path / "missing" / "b.h5"
+    with pytest.raises(FileNotFoundError), Appender(lambda: h5py.File(missing, "w")) as appender:
+        for i in range(20):  # the opener's error, raised by an add or by close
+            appender.add(i, np.zeros((1, 10), np.float32), np.zeros((1, 10), np.float32), ok[:1])
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
@@ -139,7 +143,7 @@ def test_appended_blocks_read_back_whatever_their_alignment(tmp_path, compressio
     """Rows appended in blocks that cover whole HDF5 chunks (written straight to the file),
     part of one, or start inside one, read back as the concatenation; a filtered dataset takes
     the usual path."""
-    from simgen.writer import _extend
+    from simgen.writer import _Column
 
     rng = np.random.default_rng(0)
     blocks = [rng.standard_normal((m, 3)).astype(np.float32) for m in (8, 4, 3, 13, 16, 0, 5)]
@@ -147,9 +151,10 @@ def test_appended_blocks_read_back_whatever_their_alignment(tmp_path, compressio
         dataset = f.create_dataset(
             "x", (0, 3), np.float32, maxshape=(None, 3), chunks=(4, 3), compression=compression
         )
-        _extend(dataset, blocks[:2])
+        column = _Column(dataset)
+        column.extend(blocks[:2])
         for block in blocks[2:]:
-            _extend(dataset, [block])
+            column.extend([block])
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f["x"][:], np.concatenate(blocks))
 
