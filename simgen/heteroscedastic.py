@@ -144,7 +144,12 @@ def _score(
     """Fisher scoring of :func:`heteroscedastic_fit` from ``mean (d + 1, d_x)`` and
     ``scale (m, d_x)``, the log-scale's coefficients where ``free (m, d_x)`` is False held
     where they are. Returns the fitted mean and scale coefficients and the last expected
-    Hessian of the log-scale's coefficients per value of x, ``(d_x, m, m)`` (per row)."""
+    Hessian of the log-scale's coefficients per value of x, ``(d_x, m, m)`` (per row).
+
+    Each value of x is its own problem: it stops once its loss changes by at most 1e-10
+    (relative) in an iteration, or when no step along its scoring direction decreases it (30
+    halvings); the line search evaluates only the values still searching. So the cost follows
+    the values that still move, not the slowest one times all of them."""
     n = theta.shape[0]
     k, m = d_mean.shape[1], d_scale.shape[1]
     outer_mean = (d_mean[:, :, None] * d_mean[:, None, :]).reshape(n, -1)
@@ -155,39 +160,51 @@ def _score(
     pinned = held[:, :, None] | held[:, None, :]
     eye = torch.eye(m, dtype=x.dtype, device=x.device).expand(x.shape[1], m, m)
 
-    def losses(mean: Tensor, scale: Tensor) -> Tensor:
+    def losses(x: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
         s = bound(d_scale @ scale)
-        return (0.5 * (x - d_mean @ mean).square() * torch.exp(2 * s) - s).mean(0)  # (d_x,)
+        return (0.5 * (x - d_mean @ mean).square() * torch.exp(2 * s) - s).mean(0)
 
-    loss = losses(mean, scale)
-    fisher_scale = eye
+    mean, scale = mean.clone(), scale.clone()
+    loss = losses(x, mean, scale)  # (d_x,)
+    fisher = eye.clone()
+    active = torch.arange(x.shape[1], device=x.device)
     for _ in range(iterations):
+        if active.numel() == 0:
+            break
+        xa, mean_a, scale_a, loss_a = x[:, active], mean[:, active], scale[:, active], loss[active]
         with torch.enable_grad():  # s' of any bound, by autograd (callers may be in no_grad)
-            raw = (d_scale @ scale).requires_grad_(True)
+            raw = (d_scale @ scale_a).requires_grad_(True)
             s = bound(raw)
             (slope,) = torch.autograd.grad(s.sum(), raw)
         s, slope = s.detach(), slope.detach()
-        w, r = torch.exp(2 * s), x - d_mean @ mean
-        grad_mean = -(r * w).T @ d_mean / n  # (d_x, d + 1)
-        grad_scale = ((r.square() * w - 1) * slope).T @ d_scale / n  # (d_x, m)
+        w, r = torch.exp(2 * s), xa - d_mean @ mean_a
+        grad_mean = -(r * w).T @ d_mean / n  # (active, d + 1)
+        grad_scale = ((r.square() * w - 1) * slope).T @ d_scale / n  # (active, m)
         fisher_mean = (w.T @ outer_mean / n).reshape(-1, k, k)
-        fisher_scale = (2 * slope.square().T @ outer_scale / n).reshape(-1, m, m)
-        system = torch.where(pinned, eye, fisher_scale + ridge)
+        fisher[active] = (2 * slope.square().T @ outer_scale / n).reshape(-1, m, m)
+        system = torch.where(pinned[active], eye[active], fisher[active] + ridge)
         step_mean = torch.linalg.solve(fisher_mean + ridge[:k, :k], grad_mean).T
-        step_scale = torch.linalg.solve(system, grad_scale.masked_fill(held, 0.0)).T
-        size = x.new_ones(x.shape[1])
+        step_scale = torch.linalg.solve(system, grad_scale.masked_fill(held[active], 0.0)).T
+        size = x.new_ones(active.numel())
+        trial = losses(xa, mean_a - step_mean, scale_a - step_scale)
+        worse = ~(trial <= loss_a)
         for _ in range(30):  # halve each value's step until its loss decreases
-            trial = losses(mean - size * step_mean, scale - size * step_scale)
-            worse = ~(trial <= loss)
             if not worse.any():
                 break
             size = torch.where(worse, size / 2, size)
+            i = worse.nonzero().squeeze(1)
+            trial[i] = losses(
+                xa[:, i],
+                mean_a[:, i] - size[i] * step_mean[:, i],
+                scale_a[:, i] - size[i] * step_scale[:, i],
+            )
+            worse[i] = ~(trial[i] <= loss_a[i])
         moved = ~worse
-        mean = mean - torch.where(moved, size, 0.0) * step_mean
-        scale = scale - torch.where(moved, size, 0.0) * step_scale
-        new = torch.where(moved, trial, loss)  # the line search's last trial, where it moved
-        converged = bool(((loss - new).abs() <= 1e-10 * (1 + new.abs())).all())
-        loss = new
-        if converged:
-            break
-    return mean, scale, fisher_scale + ridge
+        mean[:, active] = mean_a - torch.where(moved, size, 0.0) * step_mean
+        scale[:, active] = scale_a - torch.where(moved, size, 0.0) * step_scale
+        new = torch.where(moved, trial, loss_a)
+        loss[active] = new
+        # converged, or no step decreases the loss (new == loss_a where it did not move)
+        done = (loss_a - new).abs() <= 1e-10 * (1 + new.abs())
+        active = active[~done]
+    return mean, scale, fisher + ridge
