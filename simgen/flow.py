@@ -191,7 +191,7 @@ class ConditionalAffine(LazyTransform):
             bound = self.bound if self.fixed_gaussian is True else "softplus"
             fit = heteroscedastic_fit(theta, x, self.origin, lambda a: soft_bound(a, limit, bound))
             if self.fixed_gaussian == "auto":
-                fixed = needs_fixed_gaussian(fit, theta, self.origin, bound)
+                fixed = needs_fixed_gaussian(fit, theta, self.origin)
                 if agree is not None:
                     fixed = agree(fixed)
                 if fixed:
@@ -208,8 +208,7 @@ class ConditionalAffine(LazyTransform):
             self.power.copy_(fit.power)
             if not self.correlated:
                 return
-            raw = fit.raw_log_scale(theta, self.origin)
-            white = fit.residuals(theta, x) * soft_bound(raw, limit, self.bound).exp()
+            white = fit.residuals(theta, x) * fit.log_scale(theta, self.origin).exp()
             factor = cholesky_ridge(torch.cov(white.T).reshape(features, features))
             sigma = factor.diagonal()
             self.linear.bias[2 * features :] = tril_matrix_to_vec(factor / sigma[:, None], -1)
@@ -253,15 +252,12 @@ class ConditionalAffine(LazyTransform):
         return ComposedTransform(affine, UnitLower(lower))
 
 
-def needs_fixed_gaussian(
-    fit: HeteroscedasticFit, theta: Tensor, origin: Tensor, bound: str
-) -> bool:
+def needs_fixed_gaussian(fit: HeteroscedasticFit, theta: Tensor, origin: Tensor) -> bool:
     r"""Whether ``fixed_gaussian = "auto"`` holds the fitted model ``fit`` fixed: where in at
     least 1% of the rows ``theta (n, d_theta)`` (standardised) some value of x has a fitted
     noise :math:`e^{-s}` below :data:`NOISE_FLOOR` (x standardised), a mean that trains
     directly would jitter by a tenth of that noise or more."""
-    raw = fit.raw_log_scale(theta, origin)
-    noise = soft_bound(raw, math.log(MAX_SCALE), bound).neg().exp().min(1).values  # (n,)
+    noise = fit.log_scale(theta, origin).neg().exp().min(1).values  # (n,)
     return bool(torch.quantile(noise, 0.01) < NOISE_FLOOR)
 
 

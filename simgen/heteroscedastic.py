@@ -52,6 +52,7 @@ class HeteroscedasticFit:
         scale_weight: :math:`W`, ``(d_x, d_theta)``.
         power: :math:`V`, ``(d_x, d_theta)``.
         scale_bias: :math:`c`, ``(d_x,)``.
+        bound: The map from raw to bounded log-scale that the fit used.
     """
 
     mean_weight: Tensor
@@ -59,6 +60,7 @@ class HeteroscedasticFit:
     scale_weight: Tensor
     power: Tensor
     scale_bias: Tensor
+    bound: Callable[[Tensor], Tensor]
 
     def raw_log_scale(self, theta: Tensor, origin: Tensor) -> Tensor:
         r"""The raw log-scale :math:`W \theta + V \ell(\theta) + c`, ``(n, d_x)``."""
@@ -66,6 +68,10 @@ class HeteroscedasticFit:
         return (
             theta @ self.scale_weight.T + log_abs(theta, origin) @ self.power.T + self.scale_bias
         )
+
+    def log_scale(self, theta: Tensor, origin: Tensor) -> Tensor:
+        r"""The fitted log-scale :math:`s(\theta)`, so a noise :math:`e^{-s}`, ``(n, d_x)``."""
+        return self.bound(self.raw_log_scale(theta, origin))
 
     def residuals(self, theta: Tensor, x: Tensor) -> Tensor:
         r""":math:`x - A \theta - b`, ``(n, d_x)``."""
@@ -127,6 +133,7 @@ def heteroscedastic_fit(
         scale_weight=scale[:d].T,
         power=scale[powers].T,
         scale_bias=scale[-1],
+        bound=bound,
     )
 
 

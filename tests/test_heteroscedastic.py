@@ -172,7 +172,7 @@ def test_auto_holds_the_fit_fixed_below_the_noise_floor(factor, fixed):
     origin = torch.zeros(D_THETA, dtype=torch.float64)
     bound = lambda a: soft_bound(a, math.log(MAX_SCALE), "softplus")
     fit = heteroscedastic_fit(theta, x, origin, bound)
-    assert needs_fixed_gaussian(fit, theta, origin, "softplus") is fixed
+    assert needs_fixed_gaussian(fit, theta, origin) is fixed
 
 
 @pytest.mark.parametrize("task, fixed", [("slcp", True), ("gaussian_linear", False)])
