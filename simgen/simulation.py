@@ -350,7 +350,8 @@ def simulate(
         n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``).
         path: The data file.
         seed: Root seed of all random streams.
-        workers: Processes simulating in parallel (default: all cores); 1 runs in this process.
+        workers: Processes simulating in parallel (default: all cores), each with one torch
+            thread; 1 runs in this process (also with one torch thread, restored after).
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
