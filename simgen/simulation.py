@@ -90,7 +90,7 @@ def _keep_freed_memory() -> None:
     threshold; both thresholds rise (to the block's size, and twice that) when the program
     frees an mmapped block, up to 32 MiB. While one task's arrays wait for the writer, the next
     task's allocations overshoot the low initial thresholds, so every task faulted its memory
-    in again, page by page: thousands of page faults per million two_moons rows, about 10% of
+    in again, page by page: thousands of page faults per million two_moons rows, 5-10% of
     the run. Freeing one untouched 31 MiB block raises the thresholds at once (the process
     then keeps up to 62 MiB of freed heap for reuse); other allocators ignore it.
     """
