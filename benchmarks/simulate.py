@@ -5,8 +5,8 @@
   on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; after a warm-up,
   best of 7 interleaved runs each. Both draw with one torch thread, as one worker does (on
   the 2-core machine of the results, two made the in-memory loop slower, not faster).
-  Also on two_moons at 1e7 rows (fixed costs amortised) and on slower simulators (oscillator,
-  lotka_volterra), where writing is a smaller share of the work.
+  Also on two_moons at 1e7 rows (fixed costs amortised; best of 5) and on slower simulators
+  (oscillator, lotka_volterra), where writing is a smaller share of the work.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
   simulator (lotka_volterra's exact Gillespie simulation), process start-up included; best of
   2 interleaved rounds each.
@@ -111,7 +111,7 @@ def main() -> None:
             "two_moons", 100_000 if quick else 1_000_000, 1 if quick else 3, folder
         )
         if not quick:
-            records += efficiency("two_moons", 10_000_000, 2, folder)
+            records += efficiency("two_moons", 10_000_000, 5, folder)
             records += efficiency("oscillator", 20_000, 2, folder)
         records += efficiency("lotka_volterra", 200 if quick else 2_000, 1, folder)
         records += scaling("lotka_volterra", 400 if quick else 10_000, 1 if quick else 2, folder)
