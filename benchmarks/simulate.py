@@ -26,6 +26,7 @@ import torch
 
 import simgen
 from benchmarks.records import markdown_table, record, save
+from simgen.executors import one_torch_thread
 from simgen.simulation import default_workers
 
 
@@ -34,16 +35,13 @@ def raw_rate(name: str, n: int, chunk_size: int) -> float:
     torch thread as in one worker."""
     sim = simgen.get_simulator(name)
     prior = sim.prior()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    for index in range(0, n, chunk_size):
-        m = min(chunk_size, n - index)
-        theta = prior.sample((m,)).numpy().astype(np.float64)
-        sim.simulate(theta, np.random.default_rng(index))
-    rate = n / (time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return rate
+    with one_torch_thread():
+        start = time.perf_counter()
+        for index in range(0, n, chunk_size):
+            m = min(chunk_size, n - index)
+            theta = prior.sample((m,)).numpy().astype(np.float64)
+            sim.simulate(theta, np.random.default_rng(index))
+        return n / (time.perf_counter() - start)
 
 
 def pipeline_rate(

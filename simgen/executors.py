@@ -23,12 +23,23 @@ from simgen.errors import UsageError
 from simgen.journal import ChunkResult
 from simgen.simulator import Simulator
 
-__all__ = ["default_workers", "executor", "task_and_payload"]
+__all__ = ["default_workers", "executor", "one_torch_thread", "task_and_payload"]
 
 
 def default_workers() -> int:
     """All cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (as one worker does), and restore the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 _WORKER_SIMULATORS: dict[bytes, Simulator] = {}
@@ -93,12 +104,8 @@ def executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, in
         finally:
             client.close()
     elif workers == 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one worker, one core, as in the worker processes
-        try:
+        with one_torch_thread():  # one worker, one core, as in the worker processes
             yield _InlineExecutor(), 1
-        finally:
-            torch.set_num_threads(threads)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
