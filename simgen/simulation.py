@@ -139,7 +139,9 @@ def run_chunk(
         x = _row_by_row(sim, theta64, sim_seq)
     else:
         x = sim.check_output(x, size)
-    if np.isfinite(x.sum(dtype=np.float64)):  # fast path: a NaN or inf makes the sum NaN/inf
+    with np.errstate(over="ignore"):  # an overflow of this float32 sum: checked below
+        total = x.sum()
+    if np.isfinite(total):  # fast path: a NaN or inf makes the sum NaN/inf
         ok = np.ones(size, dtype=bool)
     else:
         ok = np.isfinite(x.reshape(size, -1)).all(axis=1)
@@ -261,9 +263,13 @@ def _tasks_in_order(
                     if journal.worth_saving(ready[i]):
                         saves.append(saver.submit(journal.write, i, ready[i]))
                     on_done(i)
-                fill()
                 result = ready.pop(index, None)
+                if result is None or window > 1:
+                    fill()
             yield index, result
+            # In this process (window 1) the next task runs only now, so that the writer has
+            # this one meanwhile, and the last task reaches it as soon as it is simulated.
+            fill()
     for save in saves:
         save.result()
 

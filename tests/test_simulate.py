@@ -126,6 +126,18 @@ def test_failed_rows_are_counted_and_kept_apart(tmp_path):
     _same(store, two)
 
 
+def test_large_finite_rows_are_kept():
+    """The quick finiteness check sums a task's x in float32; near float32's maximum that sum
+    overflows to inf, and the rows, all finite, must still be kept."""
+    slow = simgen.get_simulator("sims_for_tests:Slow")
+    slow.simulate = lambda theta, rng: np.full((len(theta), 2), 3e38)
+    result = run_chunk(slow, 0, 0, 20)
+    with np.errstate(over="ignore"):
+        assert np.isinf(result.x.sum())
+    assert result.ok.all()
+    np.testing.assert_array_equal(result.x, np.float32(3e38))
+
+
 def test_contract_violations_stop_the_run(tmp_path):
     with pytest.raises(SimulatorError, match="'bad_shape' returned shape"):
         simgen.simulate(
