@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +38,30 @@ Device = Annotated[
 
 def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """A parser of counts of at least ``minimum`` that takes what people type for large ones:
+    ``100000``, ``100_000``, ``1e5``, ``2.5e4``."""
+
+    def count(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{text!r} is not a whole number (write e.g. 100000, 100_000 or 1e5)"
+                ) from None
+            if not value.is_integer():
+                raise typer.BadParameter(f"{text!r} is not a whole number") from None
+            number = int(value)
+        if number < minimum:
+            raise typer.BadParameter(f"{number} is below the minimum, {minimum}")
+        return number
+
+    return count
 
 
 @contextmanager
@@ -117,7 +141,11 @@ def simulate_command(
     n: Annotated[
         int | None,
         typer.Option(
-            "-n", "--n", help="Rows to simulate in total (with --theta-file: all).", min=1
+            "-n",
+            "--n",
+            help="Rows to simulate in total (with --theta-file: all); 1e6 is read as 1000000.",
+            parser=_count(1),
+            metavar="<int>",
         ),
     ] = None,
     theta_file: Annotated[
@@ -135,7 +163,10 @@ def simulate_command(
         list[str] | None, typer.Option("--option", help="Simulator option key=value (repeat).")
     ] = None,
     chunk_size: Annotated[
-        int | None, typer.Option(help="Rows per task (default: the simulator's).", min=1)
+        int | None,
+        typer.Option(
+            help="Rows per task (default: the simulator's).", parser=_count(1), metavar="<int>"
+        ),
     ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
@@ -374,13 +405,19 @@ def _thetas(
 def sample_command(
     model: Annotated[Path, typer.Argument(help="A simgen model file.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="HDF5 file of samples to write.")],
-    n: Annotated[int, typer.Option("-n", "--n", help="Samples per theta.", min=1)] = 1000,
+    n: Annotated[
+        int,
+        typer.Option("-n", "--n", help="Samples per theta.", parser=_count(1), metavar="<int>"),
+    ] = 1000,
     theta: Annotated[str | None, typer.Option(help="One theta, comma-separated.")] = None,
     theta_file: Annotated[
         Path | None, typer.Option(help="Many thetas: .npy (m, d) or .csv rows.")
     ] = None,
     from_prior: Annotated[
-        int | None, typer.Option(help="Draw this many thetas from the prior.", min=1)
+        int | None,
+        typer.Option(
+            help="Draw this many thetas from the prior.", parser=_count(1), metavar="<int>"
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Diffusion sampler steps.", min=1)] = None,
     method: Annotated[str | None, typer.Option(help="Diffusion sampler: ode or sde.")] = None,
@@ -609,10 +646,19 @@ def check_command(
     simulator: Annotated[
         str | None, typer.Option(help="Simulator (default: the model's), name or pkg.mod:Class.")
     ] = None,
-    pairs: Annotated[int, typer.Option(help="Simulated pairs for SBC and coverage.", min=2)] = 100,
-    draws: Annotated[int, typer.Option(help="Posterior draws per pair.", min=1)] = 99,
+    pairs: Annotated[
+        int,
+        typer.Option(
+            help="Simulated pairs for SBC and coverage.", parser=_count(2), metavar="<int>"
+        ),
+    ] = 100,
+    draws: Annotated[
+        int, typer.Option(help="Posterior draws per pair.", parser=_count(1), metavar="<int>")
+    ] = 99,
     thetas: Annotated[int, typer.Option(help="Parameters for emulation checks.", min=1)] = 3,
-    samples: Annotated[int, typer.Option(help="x per side at each of them.", min=2)] = 1000,
+    samples: Annotated[
+        int, typer.Option(help="x per side at each of them.", parser=_count(2), metavar="<int>")
+    ] = 1000,
     warmup: Annotated[int, typer.Option(help="Posterior sampler warm-up.", min=0)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     metropolis: Annotated[
@@ -665,7 +711,10 @@ def demo_command(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the demo's files.")] = Path(
         "simgen-demo"
     ),
-    n: Annotated[int, typer.Option("-n", "--n", help="Rows to simulate.", min=100)] = 20_000,
+    n: Annotated[
+        int,
+        typer.Option("-n", "--n", help="Rows to simulate.", parser=_count(100), metavar="<int>"),
+    ] = 20_000,
     seconds: Annotated[float, typer.Option(help="Training time budget.", min=1)] = 60.0,
     quiet: Quiet = False,
     as_json: JsonOut = False,

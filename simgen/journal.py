@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from simgen.errors import StoreError
+from simgen.errors import StoreError, UsageError
 
 try:
     import fcntl
@@ -84,8 +84,16 @@ class Journal:
 
         Raises:
             StoreError: another run holds the lock.
+            UsageError: the folder cannot be made (a file in its place, a file system that
+                takes no new files).
         """
-        self.dir.mkdir(exist_ok=True)
+        try:
+            self.dir.mkdir(exist_ok=True)
+        except OSError as error:
+            raise UsageError(
+                f"cannot write {str(self.dir).removesuffix('.parts')}: its journal folder "
+                f"{self.dir} cannot be made ({error.strerror}); choose another -o path"
+            ) from None
         fd = os.open(self.dir, os.O_RDONLY)
         try:
             if fcntl is not None:

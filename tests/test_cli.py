@@ -206,6 +206,29 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert usage.exit_code == 2
 
 
+def test_counts_take_scientific_notation(tmp_path):
+    path = tmp_path / "a.h5"
+    args = ("simulate", "two_moons", "-o", str(path), "--workers", "1", "--json")
+    result = invoke(*args, "-n", "2.5e2")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows_total"] == 250
+    assert json.loads(invoke(*args, "-n", "1_000").stdout)["rows_total"] == 1000
+    for bad, says in (("1.5", "not a whole number"), ("ten", "1e5"), ("0", "below the minimum")):
+        usage = invoke(*args, "-n", bad)
+        assert usage.exit_code == 2 and says in " ".join(usage.output.split()), usage.output
+    assert len(simgen.open_store(path)) == 1000
+
+
+def test_an_unmakeable_journal_folder_is_one_line(tmp_path):
+    (tmp_path / "a.h5.parts").write_text("in the way")
+    line = one_line_error(
+        invoke("simulate", "two_moons", "-n", "5", "-o", str(tmp_path / "a.h5")), 2
+    )
+    assert "journal folder" in line and "choose another -o path" in line
+    assert (tmp_path / "a.h5.parts").read_text() == "in the way"
+    assert not (tmp_path / "a.h5").exists()
+
+
 def test_a_broken_simulator_exits_1_with_one_line(tmp_path):
     line = one_line_error(
         invoke(
