@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,9 +67,19 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Turn simgen's errors into one line on stderr and the right exit status."""
+    """Turn simgen's errors into one line on stderr and the right exit status, and warnings
+    into one line each (``warning: ...``, each text once: not Python's file and source line)."""
+    shown: set[str] = set()
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            typer.echo(f"warning: {message}", err=True)
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
     except SimgenError as error:
         _err(str(error))
         raise typer.Exit(error.exit_code) from None
