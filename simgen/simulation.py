@@ -160,10 +160,10 @@ def _row_by_row(sim: Simulator, theta: np.ndarray, seq: np.random.SeedSequence) 
             continue
         x[j] = sim.check_output(out, 1)[0]
     if theta.shape[0] > 1 and len(errors) == theta.shape[0]:
-        error = errors[0]
+        first = errors[0]
         raise SimulatorError(
             f"simulator '{sim.name}' raised on every row of a task "
-            f"({type(error).__name__}: {error}); fix the simulator"
+            f"({type(first).__name__}: {first}); fix the simulator"
         )
     return x
 
