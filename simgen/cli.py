@@ -168,7 +168,12 @@ def simulate_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Root random seed.")] = 0,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: all cores).", min=1)
+        int | None,
+        typer.Option(
+            help="Worker processes (default: all cores where they finish sooner, as in long runs "
+            "of slow simulators; else this process alone).",
+            min=1,
+        ),
     ] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Simulator option key=value (repeat).")
@@ -220,9 +225,12 @@ def simulate_command(
             if report.rows_new == 0:
                 typer.echo(f"{out} already holds {n:,} simulated rows; nothing to do", err=True)
             else:
+                where = {None: "on the Dask cluster", 1: "in this process"}.get(
+                    report.workers, f"in {report.workers} worker processes"
+                )
                 typer.echo(
                     f"wrote {report.rows_new:,} rows of {sim.name} to {out} in "
-                    f"{report.seconds:.1f} s ({rate:,.0f} rows/s); "
+                    f"{report.seconds:.1f} s ({rate:,.0f} rows/s, {where}); "
                     f"{report.rows_total:,} rows in the file",
                     err=True,
                 )

@@ -8,6 +8,7 @@ so one loop drives them all. Processes and Dask workers get the simulator by val
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -23,12 +24,42 @@ from simgen.errors import UsageError
 from simgen.journal import ChunkResult
 from simgen.simulator import Simulator
 
-__all__ = ["default_workers", "executor", "one_torch_thread", "task_and_payload"]
+__all__ = ["default_workers", "executor", "one_torch_thread", "pool_pays", "task_and_payload"]
+
+# What a process pool costs, measured on the 2-core machine of the benchmarks, two workers
+# simulating beside this process: starting it (spawning processes that import numpy and torch)
+# took 1.6 s; then each result costs this process, which receives and writes it, 0.6 ms (tasks
+# of 20 rows) plus its bytes at about 300 MB/s (two_moons and slcp, 1.7 and 2.65 MB a task: 5.7
+# and 9.4 ms a task over 1e7 to 3e7 rows).
+POOL_START_SECONDS = 2.0
+RESULT_SECONDS = 6e-4
+RESULT_BYTES_PER_S = 3e8
 
 
 def default_workers() -> int:
     """All cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def pool_pays(task_seconds: float, task_bytes: int, tasks: int, workers: int) -> bool:
+    r"""Whether ``workers`` processes finish ``tasks`` tasks like one that took
+    ``task_seconds`` in this process and returned ``task_bytes``, sooner than this process
+    alone, which takes :math:`m t` for :math:`m` tasks of :math:`t` seconds. The pool takes
+
+    .. math::
+        T_\text{start} + \max\left(\lceil m / k \rceil t,\; m (t_0 + b / r)\right):
+
+    its start, then rounds of :math:`k` tasks, unless this process, which receives every
+    result (:math:`t_0` plus :math:`b` bytes at :math:`r` bytes/s), is the slower. So
+    simulators that make data about as fast as this process can take it in (two_moons, slcp,
+    gaussian_linear, gaussian_mixture: two workers were 0.68 to 0.77 times as fast as this
+    process alone over 4 s, and no faster per task over 3e7 rows) and short runs stay in this
+    process, and long runs of slow simulators (oscillator, lotka_volterra, molecular) get the
+    pool."""
+    alone = tasks * task_seconds
+    rounds = math.ceil(tasks / workers) * task_seconds
+    receiving = tasks * (RESULT_SECONDS + task_bytes / RESULT_BYTES_PER_S)
+    return POOL_START_SECONDS + max(rounds, receiving) < alone
 
 
 @contextmanager

@@ -32,7 +32,13 @@ import torch
 
 import simgen
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
-from simgen.executors import default_workers, executor, task_and_payload
+from simgen.executors import (
+    default_workers,
+    executor,
+    one_torch_thread,
+    pool_pays,
+    task_and_payload,
+)
 from simgen.journal import ChunkResult, Journal, fsync_path
 from simgen.merging import check_not_merged
 from simgen.progress import progress_bar
@@ -54,6 +60,8 @@ class SimulationReport:
         failed_total: Failed rows now in the file.
         seconds: Wall-clock time of this call.
         resumed_chunks: Tasks taken from the journal of an interrupted run.
+        workers: Processes of this machine that simulated (1: this process; 0: nothing was
+            left to simulate); None when a Dask cluster did.
     """
 
     rows_new: int
@@ -62,6 +70,7 @@ class SimulationReport:
     failed_total: int
     seconds: float
     resumed_chunks: int
+    workers: int | None = 0
 
 
 # torch.distributions sample from torch's global generator: seeding it is only safe one thread
@@ -209,10 +218,11 @@ def _tasks_in_order(
     chunk_size: int,
     indices: range,
     journal: Journal,
-    workers: int,
+    workers: int | None,
     scheduler: str | None,
     on_done: Callable[[int], None],
     given: np.ndarray | None = None,
+    on_workers: Callable[[int], None] = lambda k: None,
 ) -> Iterator[tuple[int, ChunkResult]]:
     """Yield ``(index, result)`` for every task in ``indices``, in order (with ``given``
     parameters, task ``i`` simulates rows ``[i * chunk_size, (i + 1) * chunk_size)`` of them).
@@ -221,7 +231,10 @@ def _tasks_in_order(
     the executor, at most a window of them at a time, are saved when
     :meth:`Journal.worth_saving` (by a background thread, so that saving overlaps simulating),
     and are held until their turn. ``on_done(index)`` is called as each task finishes or is
-    found in the journal.
+    found in the journal. ``workers=None`` (without a scheduler): the first task runs in this
+    process, and the others in a pool of all cores only if that finishes sooner
+    (:func:`~simgen.executors.pool_pays`), else here too; ``on_workers`` is told the number
+    of processes that simulate (1: this one).
 
     Raises:
         OSError: a task could not be saved in the journal (disk full, permissions).
@@ -229,47 +242,61 @@ def _tasks_in_order(
     saved = journal.indices() & set(indices)
     for index in sorted(saved):
         on_done(index)
-    todo = iter(i for i in indices if i not in saved)
+    todo = [i for i in indices if i not in saved]
     pending: dict[Future, int] = {}
     ready: dict[int, ChunkResult] = {}
     saves: list[Future] = []
-    with (
-        executor(workers, scheduler) as (pool, window),
-        ThreadPoolExecutor(1, thread_name_prefix="simgen-journal") as saver,
-    ):
-        task, payload = task_and_payload(run_chunk, sim, local=workers == 1 and scheduler is None)
 
-        def arguments(i: int) -> tuple[int, np.ndarray | None]:
-            """The size and given parameters of task ``i``."""
-            if given is None:
-                return chunk_size, None
-            part = given[i * chunk_size : (i + 1) * chunk_size]
-            return len(part), part
+    def arguments(i: int) -> tuple[int, np.ndarray | None]:
+        """The size and given parameters of task ``i``."""
+        if given is None:
+            return chunk_size, None
+        part = given[i * chunk_size : (i + 1) * chunk_size]
+        return len(part), part
 
-        def fill() -> None:
-            while len(pending) < window and (i := next(todo, None)) is not None:
-                pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
+    with ThreadPoolExecutor(1, thread_name_prefix="simgen-journal") as saver:
 
-        fill()
-        for index in indices:
-            result = ready.pop(index, None)
-            if result is None and index in saved:
-                result = journal.read(index) or run_chunk(sim, seed, index, *arguments(index))
-            while result is None:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    i = pending.pop(future)
-                    ready[i] = future.result()
-                    if journal.worth_saving(ready[i]):
-                        saves.append(saver.submit(journal.write, i, ready[i]))
-                    on_done(i)
-                result = ready.pop(index, None)
-                if result is None or window > 1:
-                    fill()
-            yield index, result
-            # In this process (window 1) the next task runs only now, so that the writer has
-            # this one meanwhile, and the last task reaches it as soon as it is simulated.
+        def finished(i: int, result: ChunkResult) -> None:
+            ready[i] = result
+            if journal.worth_saving(result):
+                saves.append(saver.submit(journal.write, i, result))
+            on_done(i)
+
+        if workers is None:
+            workers, cores = 1, default_workers()
+            if scheduler is None and cores > 1 and len(todo) > 1:
+                first = todo.pop(0)
+                with one_torch_thread():
+                    finished(first, run_chunk(sim, seed, first, *arguments(first)))
+                if pool_pays(ready[first].seconds, ready[first].nbytes, len(todo), cores):
+                    workers = cores
+        on_workers(workers)
+        with executor(workers, scheduler) as (pool, window):
+            task, payload = task_and_payload(
+                run_chunk, sim, local=workers == 1 and scheduler is None
+            )
+            remaining = iter(todo)
+
+            def fill() -> None:
+                while len(pending) < window and (i := next(remaining, None)) is not None:
+                    pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
+
             fill()
+            for index in indices:
+                result = ready.pop(index, None)
+                if result is None and index in saved:
+                    result = journal.read(index) or run_chunk(sim, seed, index, *arguments(index))
+                while result is None:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finished(pending.pop(future), future.result())
+                    result = ready.pop(index, None)
+                    if result is None or window > 1:
+                        fill()
+                yield index, result
+                # In this process (window 1) the next task runs only now, so that the writer
+                # has this one meanwhile, and the last task reaches it as soon as it is simulated.
+                fill()
     for save in saves:
         save.result()
 
@@ -356,8 +383,11 @@ def simulate(
         n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``).
         path: The data file.
         seed: Root seed of all random streams.
-        workers: Processes simulating in parallel (default: all cores), each with one torch
-            thread; 1 runs in this process (also with one torch thread, restored after).
+        workers: Processes simulating in parallel, each with one torch thread; 1 runs in
+            this process (also with one torch thread, restored after). Default: the first
+            task runs in this process, and the others in a pool of all cores when that
+            finishes sooner (long runs of slow simulators), else here too
+            (:func:`simgen.executors.pool_pays`).
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
@@ -382,8 +412,8 @@ def simulate(
     sim = get_simulator(simulator) if isinstance(simulator, str) else simulator
     path = Path(path)
     chunk_size = int(chunk_size or sim.chunk_size)
-    workers = default_workers() if workers is None else int(workers)
-    if n < 1 or chunk_size < 1 or workers < 1:
+    workers = None if workers is None else int(workers)
+    if n < 1 or chunk_size < 1 or (workers is not None and workers < 1):
         raise UsageError("n, chunk_size and workers must be positive integers")
     given = None if theta is None else _given_parameters(sim, theta, n)
     check_writable(path)
@@ -408,7 +438,7 @@ def _run(
     path: Path,
     journal: Journal,
     identity: dict[str, Any],
-    workers: int,
+    workers: int | None,
     scheduler: str | None,
     progress: bool | None,
     given: np.ndarray | None,
@@ -438,7 +468,7 @@ def _run(
         """The rows of task ``index`` that belong to rows ``[n_old, n)`` of the file."""
         return slice(max(n_old - index * chunk_size, 0), min(n - index * chunk_size, chunk_size))
 
-    failed_new = 0
+    failed_new, used = 0, []
     with progress_bar(n - n_old, f"simulate {sim.name}", enabled=progress) as bar:
         try:
             with Appender(open_building) as appender:
@@ -452,6 +482,7 @@ def _run(
                     scheduler,
                     on_done=lambda i: bar.advance(rows_of(i).stop - rows_of(i).start),
                     given=given,
+                    on_workers=used.append,
                 )
                 for index, result in tasks:
                     rows = rows_of(index)
@@ -466,10 +497,14 @@ def _run(
         except BrokenProcessPool as error:
             raise RunError(
                 f"a worker process died ({error}); a script that starts simulate() with "
-                "workers > 1 must do so under `if __name__ == '__main__':`, or use workers=1"
+                "worker processes (workers > 1, or the default for a long run of a slow "
+                "simulator) must do so under `if __name__ == '__main__':`, or use workers=1"
             ) from None
     rows_total, failed_total = appender.rows
     os.replace(journal.building, path)
     fsync_path(path.parent if str(path.parent) else Path("."))
     journal.remove()
-    return SimulationReport(n - n_old, failed_new, rows_total, failed_total, 0.0, resumed)
+    workers_used = None if scheduler is not None else used[0]
+    return SimulationReport(
+        n - n_old, failed_new, rows_total, failed_total, 0.0, resumed, workers_used
+    )

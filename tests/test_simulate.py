@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import simgen
+import simgen.executors
 from simgen.errors import SimulatorError, StoreError, UsageError
+from simgen.executors import pool_pays
 from simgen.journal import Journal
 from simgen.simulation import run_chunk
 
@@ -29,6 +31,33 @@ def test_workers_do_not_change_the_data(reference, tmp_path):
         "slcp", 1000, tmp_path / "w2.h5", workers=2, chunk_size=128, progress=False
     )
     _same(reference, two)
+
+
+def test_the_pool_is_chosen_only_where_it_finishes_sooner():
+    # two_moons' tasks (5.6 ms, 1.7 MB): this process takes results in no faster than one
+    # process makes them, so no number of tasks or workers repays the pool
+    assert not pool_pays(5.6e-3, 1_700_000, 10**6, 64)
+    # a slow simulator: 3 tasks of 0.5 s do not repay the pool's start; 100 do
+    assert not pool_pays(0.5, 10_000, 3, 2)
+    assert pool_pays(0.5, 10_000, 100, 2)
+
+
+def test_default_workers_follow_the_tasks(reference, tmp_path, monkeypatch):
+    reports = []
+    fast = simgen.simulate(
+        "slcp", 1000, tmp_path / "a.h5", chunk_size=128, progress=False, on_report=reports.append
+    )
+    _same(reference, fast)
+    assert reports[-1].workers == 1  # 1 ms tasks: this process alone
+    # slow tasks (50 ms each) and a pool that starts at once: all cores simulate
+    monkeypatch.setattr(simgen.executors, "POOL_START_SECONDS", 0.0)
+    slow = simgen.get_simulator("sims_for_tests:Slow")
+    path, alone = tmp_path / "s.h5", tmp_path / "s1.h5"
+    simgen.simulate(slow, 200, path, progress=False, on_report=reports.append)
+    assert reports[-1].workers == simgen.executors.default_workers()
+    one = simgen.simulate(slow, 200, alone, workers=1, progress=False, on_report=reports.append)
+    assert reports[-1].workers == 1
+    _same(simgen.open_store(path), one)
 
 
 def test_dask_local_cluster_gives_the_same_data(reference, tmp_path):
