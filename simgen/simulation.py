@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import simgen
+from simgen import executors
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import (
     default_workers,
@@ -212,6 +213,14 @@ def _check_identity(store: Store, identity: dict[str, Any]) -> None:
         )
 
 
+def _here(
+    sim: Simulator, seed: int, index: int, size: int, theta: np.ndarray | None
+) -> ChunkResult:
+    """:func:`run_chunk` in this process on one torch thread, as a worker runs it."""
+    with one_torch_thread():
+        return run_chunk(sim, seed, index, size, theta)
+
+
 def _tasks_in_order(
     sim: Simulator,
     seed: int,
@@ -232,7 +241,8 @@ def _tasks_in_order(
     :meth:`Journal.worth_saving` (by a background thread, so that saving overlaps simulating),
     and are held until their turn. ``on_done(index)`` is called as each task finishes or is
     found in the journal. ``workers=None`` (without a scheduler): the first task runs in this
-    process, and the others in a pool of all cores only if that finishes sooner
+    process, and the others in a pool of all cores if it takes longer than the pool's start
+    (the pool then starts at once) or if the pool finishes them sooner
     (:func:`~simgen.executors.pool_pays`), else here too; ``on_workers`` is told the number
     of processes that simulate (1: this one).
 
@@ -265,11 +275,20 @@ def _tasks_in_order(
         if workers is None:
             workers, cores = 1, default_workers()
             if scheduler is None and cores > 1 and len(todo) > 1:
+                # the first task here, in a thread: one that outlasts the pool's start makes
+                # the pool pay whatever follows, so it starts meanwhile
                 first = todo.pop(0)
-                with one_torch_thread():
-                    finished(first, run_chunk(sim, seed, first, *arguments(first)))
-                if pool_pays(ready[first].seconds, ready[first].nbytes, len(todo), cores):
-                    workers = cores
+                here = ThreadPoolExecutor(1, thread_name_prefix="simgen-first")
+                probe = here.submit(_here, sim, seed, first, *arguments(first))
+                here.shutdown(wait=False)
+                try:
+                    result = probe.result(timeout=executors.POOL_START_SECONDS)
+                except TimeoutError:
+                    workers, pending[probe] = cores, first
+                else:
+                    finished(first, result)
+                    if pool_pays(result.seconds, result.nbytes, len(todo), cores):
+                        workers = cores
         on_workers(workers)
         with executor(workers, scheduler) as (pool, window):
             task, payload = task_and_payload(

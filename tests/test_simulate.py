@@ -42,20 +42,26 @@ def test_the_pool_is_chosen_only_where_it_finishes_sooner():
     assert pool_pays(0.5, 10_000, 100, 2)
 
 
-def test_default_workers_follow_the_tasks(reference, tmp_path, monkeypatch):
+def test_default_workers_stay_here_for_fast_tasks(reference, tmp_path):
     reports = []
     fast = simgen.simulate(
         "slcp", 1000, tmp_path / "a.h5", chunk_size=128, progress=False, on_report=reports.append
     )
     _same(reference, fast)
-    assert reports[-1].workers == 1  # 1 ms tasks: this process alone
-    # slow tasks (50 ms each) and a pool that starts at once: all cores simulate
-    monkeypatch.setattr(simgen.executors, "POOL_START_SECONDS", 0.0)
-    slow = simgen.get_simulator("sims_for_tests:Slow")
+    assert reports[-1].workers == 1  # tasks of about 1 ms: this process alone
+
+
+@pytest.mark.parametrize("start", [0.0, 0.5])
+def test_default_workers_take_all_cores_for_slow_tasks(tmp_path, monkeypatch, start):
+    """Tasks of 50 ms. With a pool that starts at once, the first task outlasts the start and
+    the pool starts meanwhile; with a start of 0.5 s, the first task ends first and
+    ``pool_pays`` chooses the pool for the 29 others (0.5 + 15 x 0.05 s < 29 x 0.05 s)."""
+    monkeypatch.setattr(simgen.executors, "POOL_START_SECONDS", start)
+    slow, reports = simgen.get_simulator("sims_for_tests:Slow"), []
     path, alone = tmp_path / "s.h5", tmp_path / "s1.h5"
-    simgen.simulate(slow, 200, path, progress=False, on_report=reports.append)
+    simgen.simulate(slow, 600, path, progress=False, on_report=reports.append)
     assert reports[-1].workers == simgen.executors.default_workers()
-    one = simgen.simulate(slow, 200, alone, workers=1, progress=False, on_report=reports.append)
+    one = simgen.simulate(slow, 600, alone, workers=1, progress=False, on_report=reports.append)
     assert reports[-1].workers == 1
     _same(simgen.open_store(path), one)
 
