@@ -213,12 +213,20 @@ def _check_identity(store: Store, identity: dict[str, Any]) -> None:
         )
 
 
-def _here(
-    sim: Simulator, seed: int, index: int, size: int, theta: np.ndarray | None
-) -> ChunkResult:
-    """:func:`run_chunk` in this process on one torch thread, as a worker runs it."""
-    with one_torch_thread():
-        return run_chunk(sim, seed, index, size, theta)
+def _in_thread(fn: Callable[..., ChunkResult], *args: Any) -> Future:
+    """``fn(*args)`` in a daemon thread of this process, on one torch thread as in a worker
+    (a daemon, so that Ctrl-C does not wait for it to finish), its outcome in a Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            with one_torch_thread():
+                future.set_result(fn(*args))
+        except BaseException as error:  # noqa: BLE001 (handed to the caller via the future)
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="simgen-first", daemon=True).start()
+    return future
 
 
 def _tasks_in_order(
@@ -278,9 +286,7 @@ def _tasks_in_order(
                 # the first task here, in a thread: one that outlasts the pool's start makes
                 # the pool pay whatever follows, so it starts meanwhile
                 first = todo.pop(0)
-                here = ThreadPoolExecutor(1, thread_name_prefix="simgen-first")
-                probe = here.submit(_here, sim, seed, first, *arguments(first))
-                here.shutdown(wait=False)
+                probe = _in_thread(run_chunk, sim, seed, first, *arguments(first))
                 try:
                     result = probe.result(timeout=executors.POOL_START_SECONDS)
                 except TimeoutError:
