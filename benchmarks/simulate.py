@@ -7,9 +7,12 @@
   the 2-core machine of the results, two made the in-memory loop slower, not faster).
   Also on two_moons at 1e7 rows (fixed costs amortised; best of 5) and on slower simulators
   (oscillator, lotka_volterra), where writing is a smaller share of the work.
-* ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, on a slow
-  simulator (lotka_volterra's exact Gillespie simulation), process start-up included; best of
-  2 interleaved rounds each.
+* ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, process
+  start-up included, best of 2 interleaved rounds each: on a slow simulator (lotka_volterra's
+  exact Gillespie simulation), and on a fast one (two_moons, 2e7 rows), where worker processes
+  send data back faster than one process can take it in.
+* ``default_vs_best``: rows/s without ``workers`` (simgen chooses: this process, or a pool of
+  all cores where that finishes sooner) divided by the best of 1 and all cores, on both.
 
 Run: ``python -m benchmarks.simulate [--quick]``; writes ``benchmarks/results/simulate.json``.
 """
@@ -45,9 +48,9 @@ def raw_rate(name: str, n: int, chunk_size: int) -> float:
 
 
 def pipeline_rate(
-    name: str, n: int, workers: int, folder: Path, chunk_size: int | None = None
+    name: str, n: int, workers: int | None, folder: Path, chunk_size: int | None = None
 ) -> float:
-    """Rows/s of ``simgen.simulate`` into a new file."""
+    """Rows/s of ``simgen.simulate`` into a new file (``workers=None``: simgen chooses)."""
     path = folder / f"{name}-{workers}-{time.perf_counter_ns()}.h5"
     start = time.perf_counter()
     simgen.simulate(name, n, path, workers=workers, chunk_size=chunk_size, progress=False)
@@ -75,12 +78,13 @@ def efficiency(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
 
 
 def scaling(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
-    """Records of rows/s with 1, 2, ... all cores worker processes (best of ``repeats``
-    interleaved rounds), and the gains over one."""
+    """Records of rows/s with 1, 2, ... all cores worker processes and without ``workers``
+    (best of ``repeats`` interleaved rounds), the gains over one, and the default's rate over
+    the best of the others."""
     records, rates = [], {}
     counts = sorted({1, 2, default_workers()})
     for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits all counts
-        for workers in counts:
+        for workers in [*counts, None]:
             rate = pipeline_rate(name, n, workers, folder)
             rates[workers] = max(rate, rates.get(workers, 0.0))
     for workers in counts:
@@ -89,6 +93,11 @@ def scaling(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
         if workers > 1:
             gain = rates[workers] / rates[1]
             records.append(record(BENCH, name, method, "worker_scaling", gain, "x vs 1", n))
+    method, best = "simgen simulate, default workers", max(rates[k] for k in counts)
+    records.append(record(BENCH, name, method, "rows_per_s", rates[None], "rows/s", n))
+    records.append(
+        record(BENCH, name, method, "default_vs_best", rates[None] / best, "x vs best", n)
+    )
     return records
 
 
@@ -113,6 +122,9 @@ def main() -> None:
             records += efficiency("oscillator", 20_000, 2, folder)
         records += efficiency("lotka_volterra", 200 if quick else 2_000, 1, folder)
         records += scaling("lotka_volterra", 400 if quick else 10_000, 1 if quick else 2, folder)
+        records += scaling(
+            "two_moons", 200_000 if quick else 20_000_000, 1 if quick else 2, folder
+        )
     path = save("simulate-quick" if quick else "simulate", records, args.out)
     print(markdown_table(records))
     print(f"\nwritten to {path}")

@@ -46,7 +46,13 @@ def run_quick(name: str, tmp_path: Path, *extra: str, timeout: int) -> tuple[lis
 def test_simulate_benchmark_quick(tmp_path):
     records, stdout = run_quick("simulate", tmp_path, timeout=300)
     metrics = {r["metric"] for r in records}
-    assert {"pipeline_efficiency", "worker_scaling", "simulator_samples_per_s"} <= metrics
+    expected = {
+        "pipeline_efficiency",
+        "worker_scaling",
+        "default_vs_best",
+        "simulator_samples_per_s",
+    }
+    assert expected <= metrics
     assert all(r["value"] > 0 for r in records)
     assert "| pipeline_efficiency |" in stdout
 
