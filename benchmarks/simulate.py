@@ -115,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp)
         records += efficiency(
-            "two_moons", 100_000 if quick else 1_000_000, 1 if quick else 3, folder
+            "two_moons", 100_000 if quick else 1_000_000, 1 if quick else 7, folder
         )
         if not quick:
             records += efficiency("two_moons", 10_000_000, 5, folder)
