@@ -229,6 +229,26 @@ def _in_thread(fn: Callable[..., ChunkResult], *args: Any) -> Future:
     return future
 
 
+def _first_task_decides(
+    sim: Simulator,
+    seed: int,
+    index: int,
+    arguments: tuple[int, np.ndarray | None],
+    remaining: int,
+) -> tuple[int, Future]:
+    """Run task ``index`` here, in a thread, and choose how many processes simulate the
+    ``remaining`` tasks: all cores if it outlasts the pool's start (the pool pays whatever
+    follows, so it starts meanwhile) or where :func:`~simgen.executors.pool_pays`, else 1
+    (this process). Returns that number and the task's Future."""
+    cores = default_workers()
+    probe = _in_thread(run_chunk, sim, seed, index, *arguments)
+    try:
+        result = probe.result(timeout=executors.POOL_START_SECONDS)
+    except TimeoutError:
+        return cores, probe
+    return (cores if pool_pays(result.seconds, result.nbytes, remaining, cores) else 1), probe
+
+
 def _tasks_in_order(
     sim: Simulator,
     seed: int,
@@ -248,11 +268,9 @@ def _tasks_in_order(
     the executor, at most a window of them at a time, are saved when
     :meth:`Journal.worth_saving` (by a background thread, so that saving overlaps simulating),
     and are held until their turn. ``on_done(index)`` is called as each task finishes or is
-    found in the journal. ``workers=None`` (without a scheduler): the first task runs in this
-    process, and the others in a pool of all cores if it takes longer than the pool's start
-    (the pool then starts at once) or if the pool finishes them sooner
-    (:func:`~simgen.executors.pool_pays`), else here too; ``on_workers`` is told the number
-    of processes that simulate (1: this one).
+    found in the journal. ``workers=None`` (without a scheduler): the first task to simulate
+    decides (:func:`_first_task_decides`); ``on_workers`` is told the number of processes
+    that simulate (1: this one).
 
     Raises:
         OSError: a task could not be saved in the journal (disk full, permissions).
@@ -272,56 +290,44 @@ def _tasks_in_order(
         part = given[i * chunk_size : (i + 1) * chunk_size]
         return len(part), part
 
-    with ThreadPoolExecutor(1, thread_name_prefix="simgen-journal") as saver:
+    if workers is None:
+        workers = 1
+        if scheduler is None and default_workers() > 1 and len(todo) > 1:
+            first = todo.pop(0)
+            workers, probe = _first_task_decides(sim, seed, first, arguments(first), len(todo))
+            pending[probe] = first
+    on_workers(workers)
+    with (
+        executor(workers, scheduler) as (pool, window),
+        ThreadPoolExecutor(1, thread_name_prefix="simgen-journal") as saver,
+    ):
+        task, payload = task_and_payload(run_chunk, sim, local=workers == 1 and scheduler is None)
+        remaining = iter(todo)
 
-        def finished(i: int, result: ChunkResult) -> None:
-            ready[i] = result
-            if journal.worth_saving(result):
-                saves.append(saver.submit(journal.write, i, result))
-            on_done(i)
+        def fill() -> None:
+            while len(pending) < window and (i := next(remaining, None)) is not None:
+                pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
 
-        if workers is None:
-            workers, cores = 1, default_workers()
-            if scheduler is None and cores > 1 and len(todo) > 1:
-                # the first task here, in a thread: one that outlasts the pool's start makes
-                # the pool pay whatever follows, so it starts meanwhile
-                first = todo.pop(0)
-                probe = _in_thread(run_chunk, sim, seed, first, *arguments(first))
-                try:
-                    result = probe.result(timeout=executors.POOL_START_SECONDS)
-                except TimeoutError:
-                    workers, pending[probe] = cores, first
-                else:
-                    finished(first, result)
-                    if pool_pays(result.seconds, result.nbytes, len(todo), cores):
-                        workers = cores
-        on_workers(workers)
-        with executor(workers, scheduler) as (pool, window):
-            task, payload = task_and_payload(
-                run_chunk, sim, local=workers == 1 and scheduler is None
-            )
-            remaining = iter(todo)
-
-            def fill() -> None:
-                while len(pending) < window and (i := next(remaining, None)) is not None:
-                    pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
-
-            fill()
-            for index in indices:
+        fill()
+        for index in indices:
+            result = ready.pop(index, None)
+            if result is None and index in saved:
+                result = journal.read(index) or run_chunk(sim, seed, index, *arguments(index))
+            while result is None:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    ready[i] = future.result()
+                    if journal.worth_saving(ready[i]):
+                        saves.append(saver.submit(journal.write, i, ready[i]))
+                    on_done(i)
                 result = ready.pop(index, None)
-                if result is None and index in saved:
-                    result = journal.read(index) or run_chunk(sim, seed, index, *arguments(index))
-                while result is None:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        finished(pending.pop(future), future.result())
-                    result = ready.pop(index, None)
-                    if result is None or window > 1:
-                        fill()
-                yield index, result
-                # In this process (window 1) the next task runs only now, so that the writer
-                # has this one meanwhile, and the last task reaches it as soon as it is simulated.
-                fill()
+                if result is None or window > 1:
+                    fill()
+            yield index, result
+            # In this process (window 1) the next task runs only now, so that the writer has
+            # this one meanwhile, and the last task reaches it as soon as it is simulated.
+            fill()
     for save in saves:
         save.result()
 
@@ -410,9 +416,9 @@ def simulate(
         seed: Root seed of all random streams.
         workers: Processes simulating in parallel, each with one torch thread; 1 runs in
             this process (also with one torch thread, restored after). Default: the first
-            task runs in this process, and the others in a pool of all cores when that
+            task runs in this process, and the others in a pool of all cores where that
             finishes sooner (long runs of slow simulators), else here too
-            (:func:`simgen.executors.pool_pays`).
+            (:func:`_first_task_decides`, :func:`simgen.executors.pool_pays`).
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
