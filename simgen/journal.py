@@ -164,12 +164,17 @@ class Journal:
         return result.seconds > payoff * (1e-3 + result.nbytes / write_bytes_per_s)
 
     def write(self, index: int, result: ChunkResult) -> None:
-        """Save one task atomically: three consecutive ``.npy`` arrays in one file."""
+        """Save one task atomically: three consecutive ``.npy`` arrays in one file (none,
+        and no partial file left behind, when that fails: a full disk)."""
         tmp = self.dir / f"task-{index:09d}.npy.tmp"
-        with open(tmp, "wb") as f:
-            for array in (result.theta, result.x, result.ok):
-                np.save(f, array, allow_pickle=False)
-        os.replace(tmp, self._task_path(index))
+        try:
+            with open(tmp, "wb") as f:
+                for array in (result.theta, result.x, result.ok):
+                    np.save(f, array, allow_pickle=False)
+            os.replace(tmp, self._task_path(index))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def read(self, index: int) -> ChunkResult | None:
         """Load one task, or None when its file is missing or damaged."""

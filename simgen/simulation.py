@@ -11,6 +11,7 @@ how stops are survived.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -463,6 +464,43 @@ def simulate(
     return Store(path)  # checked when found (_rows_done) or just written
 
 
+# errno of a write that failed for want of room, and what it means
+_NO_ROOM = {
+    errno.ENOSPC: "no space is left on its device: make room",
+    errno.EFBIG: "it reached the file-size limit of this shell: raise `ulimit -f`",
+    getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is used up: make room",
+}
+
+
+def _row_bytes(sim: Simulator) -> int:
+    """Bytes of one row in the data file: float32 ``theta`` and ``x``."""
+    return 4 * (sim.d_theta + math.prod(sim.x_shape))
+
+
+def _failure(
+    error: BaseException, journal: Journal, path: Path, new_bytes: int
+) -> RunError | None:
+    """The one-line error of a run that ``error`` stopped (``new_bytes``: the size of the rows
+    it was to add to ``path``), or None where ``error`` says it well enough."""
+    kept = f"{len(journal.indices())} tasks are saved in {journal.dir}"
+    if isinstance(error, KeyboardInterrupt):
+        return RunError(f"interrupted; {kept}: rerun the same command to resume")
+    if isinstance(error, BrokenProcessPool):
+        return RunError(
+            f"a worker process died ({error}); a script that starts simulate() with "
+            "worker processes (workers > 1, or the default for a long run of a slow "
+            "simulator) must do so under `if __name__ == '__main__':`, or use workers=1"
+        )
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        old = path.stat().st_size if path.exists() else 0  # copied while it is extended
+        return RunError(
+            f"cannot write {path}: {_NO_ROOM[error.errno]} (the run needs about "
+            f"{(old + new_bytes) / 1e6:,.1f} MB), then rerun the same command to resume "
+            f"({kept})"
+        )
+    return None
+
+
 def _run(
     sim: Simulator,
     n: int,
@@ -520,17 +558,12 @@ def _run(
                     appender.add(index, result.theta[rows], result.x[rows], result.ok[rows])
                     failed_new += int((~result.ok[rows]).sum())
                 appender.close({"n_requested": n, "n_simulated": n})
-        except KeyboardInterrupt:
-            raise RunError(
-                f"interrupted; {len(journal.indices())} tasks are saved in {journal.dir}: "
-                "rerun the same command to resume"
-            ) from None
-        except BrokenProcessPool as error:
-            raise RunError(
-                f"a worker process died ({error}); a script that starts simulate() with "
-                "worker processes (workers > 1, or the default for a long run of a slow "
-                "simulator) must do so under `if __name__ == '__main__':`, or use workers=1"
-            ) from None
+        except BaseException as error:
+            journal.building.unlink(missing_ok=True)  # a rerun builds it afresh: free its space
+            failure = _failure(error, journal, path, (n - n_old) * _row_bytes(sim))
+            if failure is None:
+                raise
+            raise failure from None
     rows_total, failed_total = appender.rows
     os.replace(journal.building, path)
     fsync_path(path.parent if str(path.parent) else Path("."))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -152,7 +153,8 @@ class Appender:
         except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
             self._error = error
             if f is not None:
-                f.close()
+                with contextlib.suppress(Exception):  # a full disk fails the close too:
+                    f.close()  # the first error says what happened
             while item is not None:  # unblock a producer waiting on a full queue, up to close()
                 item = self._queue.get()
 

@@ -12,7 +12,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import HELPERS
+from conftest import HELPERS, run_cli
 from typer.testing import CliRunner
 
 import simgen
@@ -360,3 +360,42 @@ def test_two_moons_workers_2_equals_workers_1(tmp_path, cli):
     assert len(one) == 100_000
     np.testing.assert_array_equal(one.theta, two.theta)
     np.testing.assert_array_equal(one.x[:], two.x[:])
+
+
+# ``python -m simgen LIMIT ARGS...`` under a file-size limit of LIMIT bytes (``ulimit -f``):
+# writes beyond it fail with EFBIG, as writes to a full disk fail with ENOSPC
+UNDER_A_SIZE_LIMIT = (
+    "import resource, runpy, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "sys.argv = ['simgen', *sys.argv[2:]]; runpy.run_module('simgen', run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize("limit_mb", [1, 4])
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, limit_mb):
+    """Extending a 20,000-row file (1.6 MB: one chunk of 100,000 rows) to 300,000 rows
+    (4.8 MB) where no file may pass 1 MB (the copy of the old file fails) or 4 MB (writing
+    the new rows fails): one line that says what to do, exit 1, the old file untouched and no
+    partial file left to fill the disk; the same command with room gives the file of one
+    uninterrupted run."""
+    path = tmp_path / "d.h5"
+    simgen.simulate("two_moons", 20_000, path, workers=1, progress=False)
+    before = path.read_bytes()
+    args = ["simulate", "two_moons", "-n", "300000", "-o", str(path), "--workers", "1"]
+    limited = subprocess.run(
+        [sys.executable, "-c", UNDER_A_SIZE_LIMIT, str(limit_mb << 20), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert limited.returncode == 1, limited.stderr
+    lines = limited.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ulimit -f" in lines[0] and "rerun" in lines[0], limited.stderr
+    assert path.read_bytes() == before
+    assert not Journal(path).building.exists()
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    one = simgen.simulate("two_moons", 300_000, tmp_path / "one.h5", workers=1, progress=False)
+    np.testing.assert_array_equal(simgen.open_store(path).theta, one.theta)
+    np.testing.assert_array_equal(simgen.open_store(path).x[:], one.x[:])
