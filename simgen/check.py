@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from simgen.atomic import replacing
 from simgen.diagnostics import (
     c2st,
     coverage_levels,
@@ -133,9 +134,8 @@ def check(
         emulator, sim, pairs, draws, warmup, seed, progress, out, names
     )
     report["files"] = sorted(p.name for p in out.glob("*.png")) + ["report.json"]
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out / "report.json")
+    with replacing(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

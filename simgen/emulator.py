@@ -29,6 +29,7 @@ from torch.distributions.transforms import ReshapeTransform
 from zuko.distributions import NormalizingFlow
 
 import simgen
+from simgen.atomic import replacing
 from simgen.errors import StoreError, UsageError
 
 __all__ = [
@@ -295,9 +296,8 @@ class Emulator(nn.Module):
             "info": self.info,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # to a Python file: a failed write is an OSError (no_room)
 
     def extra_repr(self) -> str:
         return f"family={self.family}, theta={self.parameters_names}, x_shape={self.x_shape}"

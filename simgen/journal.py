@@ -30,7 +30,7 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-__all__ = ["ChunkResult", "Journal", "fsync_path"]
+__all__ = ["ChunkResult", "Journal"]
 
 
 @dataclass
@@ -53,15 +53,6 @@ class ChunkResult:
     def nbytes(self) -> int:
         """Size of the arrays in bytes."""
         return self.theta.nbytes + self.x.nbytes + self.ok.nbytes
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or folder to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:

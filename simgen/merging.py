@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from simgen.atomic import replacing
 from simgen.errors import UsageError
-from simgen.journal import fsync_path
 from simgen.progress import progress_bar
 from simgen.store import Store, check_writable, create, open_store
 
@@ -70,15 +70,8 @@ def merge(
     attempted = sum(int(meta["n_simulated"]) for meta in metas)
     metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
     metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
-    tmp = out.with_name(f".{out.name}.merging")
-    try:
+    with replacing(out, sync=True) as tmp:
         _copy(stores, tmp, metadata, progress)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(tmp)
-    os.replace(tmp, out)
-    fsync_path(out.parent if str(out.parent) else Path("."))
     return open_store(out)
 
 
@@ -86,7 +79,10 @@ def _copy(stores: list[Store], tmp: Path, metadata: dict, progress: bool | None)
     """Create ``tmp`` with ``metadata`` and copy the rows of ``stores`` into it, block by
     block (memory stays bounded by one HDF5 chunk of x)."""
     total = sum(len(s) for s in stores)
-    with create(tmp, metadata) as f, progress_bar(total, "merge", enabled=progress) as bar:
+    with (
+        create(tmp, metadata, cache_bytes=0) as f,
+        progress_bar(total, "merge", enabled=progress) as bar,
+    ):
         for name in ("theta", "x", "failed/theta", "chunks"):
             f[name].resize(sum(s.file[name].shape[0] for s in stores), axis=0)
         start, failed, chunks = 0, 0, 0

@@ -11,6 +11,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from simgen.atomic import replacing
+
 __all__ = ["SAMPLES_FORMAT", "write_samples"]
 
 SAMPLES_FORMAT = "simgen-samples/1"
@@ -27,12 +29,10 @@ def write_samples(
     ``model`` identity; ``format`` is set here.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
         for name, value in datasets.items():
             f.create_dataset(name, data=np.asarray(value))
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
         f.attrs["format"] = SAMPLES_FORMAT
-    os.replace(tmp, path)
     return path

@@ -11,7 +11,6 @@ how stops are survived.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
@@ -33,6 +32,7 @@ import torch
 
 import simgen
 from simgen import executors
+from simgen.atomic import fsync_path, no_room
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import (
     default_workers,
@@ -41,7 +41,7 @@ from simgen.executors import (
     pool_pays,
     task_and_payload,
 )
-from simgen.journal import ChunkResult, Journal, fsync_path
+from simgen.journal import ChunkResult, Journal
 from simgen.merging import check_not_merged
 from simgen.progress import progress_bar
 from simgen.simulator import Simulator, describe_prior, get_simulator
@@ -464,14 +464,6 @@ def simulate(
     return Store(path)  # checked when found (_rows_done) or just written
 
 
-# errno of a write that failed for want of room, and what it means
-_NO_ROOM = {
-    errno.ENOSPC: "no space is left on its device: make room",
-    errno.EFBIG: "it reached the file-size limit of this shell: raise `ulimit -f`",
-    getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is used up: make room",
-}
-
-
 def _row_bytes(sim: Simulator) -> int:
     """Bytes of one row in the data file: float32 ``theta`` and ``x``."""
     return 4 * (sim.d_theta + math.prod(sim.x_shape))
@@ -491,10 +483,11 @@ def _failure(
             "worker processes (workers > 1, or the default for a long run of a slow "
             "simulator) must do so under `if __name__ == '__main__':`, or use workers=1"
         )
-    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+    cause = no_room(error)
+    if cause is not None:
         old = path.stat().st_size if path.exists() else 0  # copied while it is extended
         return RunError(
-            f"cannot write {path}: {_NO_ROOM[error.errno]} (the run needs about "
+            f"cannot write {path}: {cause} (the run needs about "
             f"{(old + new_bytes) / 1e6:,.1f} MB), then rerun the same command to resume "
             f"({kept})"
         )

@@ -108,17 +108,23 @@ def check_writable(path: Path) -> None:
         raise UsageError(f"cannot write {path}: permission denied")
 
 
-def create(path: str | os.PathLike, metadata: dict[str, Any]) -> h5py.File:
+def create(
+    path: str | os.PathLike, metadata: dict[str, Any], cache_bytes: int | None = None
+) -> h5py.File:
     """Create an empty data file with the schema above; ``metadata`` fills the attributes.
 
     ``metadata`` needs ``parameters`` (names) and ``x_shape`` besides the provenance keys; its
     ``chunk_size`` (rows per task) sets the HDF5 chunking (:func:`_block_rows`).
+    ``cache_bytes``: HDF5's chunk cache per dataset (None: h5py's default, 1 MiB); with 0,
+    each write reaches the file at once, so that a write that fails (a full disk) raises
+    there, not while the cache is flushed on close (HDF5 then reports it from every dataset's
+    deallocation and can crash the interpreter at exit).
     """
     d_theta = len(metadata["parameters"])
     x_shape = tuple(int(s) for s in metadata["x_shape"])
     row_bytes = 4 * max(1, math.prod(x_shape))
     block = _block_rows(int(metadata.get("chunk_size", 65_536)), row_bytes)
-    f = h5py.File(path, "w")
+    f = h5py.File(path, "w", rdcc_nbytes=cache_bytes)
     f.create_dataset(
         "theta", (0, d_theta), np.float32, maxshape=(None, d_theta), chunks=(block, d_theta)
     )

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from simgen.atomic import replacing
 from simgen.batches import TrainingData
 from simgen.distributed import Ranks, setup
 from simgen.emulator import FAMILIES, Emulator, build_family, defaults_for
@@ -443,20 +444,16 @@ def _save_checkpoint(
     best: dict,
     epoch: int,
 ) -> None:
-    path = _checkpoint_path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(
-        {
-            "identity": identity,
-            "net": net.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": clock[0],
-            "trained_seconds": clock[1],
-            "history": history,
-            "best": best,
-            "epoch": epoch,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    state = {
+        "identity": identity,
+        "net": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": clock[0],
+        "trained_seconds": clock[1],
+        "history": history,
+        "best": best,
+        "epoch": epoch,
+    }
+    with replacing(_checkpoint_path(out)) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)

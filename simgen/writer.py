@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from simgen.journal import fsync_path
+from simgen.atomic import fsync_path
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -362,13 +362,21 @@ def test_two_moons_workers_2_equals_workers_1(tmp_path, cli):
     np.testing.assert_array_equal(one.x[:], two.x[:])
 
 
-# ``python -m simgen LIMIT ARGS...`` under a file-size limit of LIMIT bytes (``ulimit -f``):
-# writes beyond it fail with EFBIG, as writes to a full disk fail with ENOSPC
-UNDER_A_SIZE_LIMIT = (
-    "import resource, runpy, sys; limit = int(sys.argv[1]); "
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-    "sys.argv = ['simgen', *sys.argv[2:]]; runpy.run_module('simgen', run_name='__main__')"
-)
+def _under_a_size_limit(limit: int, *args: str) -> subprocess.CompletedProcess:
+    """``python -m simgen ARGS`` where no file may pass ``limit`` bytes (``ulimit -f``): writes
+    beyond it fail with EFBIG, as writes to a full disk fail with ENOSPC."""
+    code = (
+        "import resource, runpy, sys; limit = int(sys.argv[1]); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+        "sys.argv = ['simgen', *sys.argv[2:]]; runpy.run_module('simgen', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(limit), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("limit_mb", [1, 4])
@@ -382,13 +390,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, limit_mb):
     simgen.simulate("two_moons", 20_000, path, workers=1, progress=False)
     before = path.read_bytes()
     args = ["simulate", "two_moons", "-n", "300000", "-o", str(path), "--workers", "1"]
-    limited = subprocess.run(
-        [sys.executable, "-c", UNDER_A_SIZE_LIMIT, str(limit_mb << 20), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    limited = _under_a_size_limit(limit_mb << 20, *args)
     assert limited.returncode == 1, limited.stderr
     lines = limited.stderr.strip().splitlines()
     assert len(lines) == 1 and "ulimit -f" in lines[0] and "rerun" in lines[0], limited.stderr
@@ -399,3 +401,24 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, limit_mb):
     one = simgen.simulate("two_moons", 300_000, tmp_path / "one.h5", workers=1, progress=False)
     np.testing.assert_array_equal(simgen.open_store(path).theta, one.theta)
     np.testing.assert_array_equal(simgen.open_store(path).x[:], one.x[:])
+
+
+@pytest.mark.parametrize("command", ["merge", "fit"])
+def test_files_that_do_not_fit_are_one_line_and_leave_nothing(tmp_path, command):
+    """Under a 64 KB file-size limit: a merged data file (whose writes, left in HDF5's chunk
+    cache, failed again from every dataset's deallocation and crashed the interpreter at exit)
+    and a model's checkpoint (which torch reported as ``unexpected pos``) fail in one line,
+    exit 1, and leave no temporary file."""
+    a, b, out = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "out"
+    simgen.simulate("two_moons", 5000, a, workers=1, progress=False)
+    simgen.simulate("two_moons", 3000, b, seed=1, workers=1, progress=False)
+    out.mkdir()
+    args = {
+        "merge": ["merge", str(a), str(b), "-o", str(out / "m.h5")],
+        "fit": ["fit", str(a), "-o", str(out / "model.pt"), "--model", "flow", "--epochs", "1"],
+    }[command]
+    done = _under_a_size_limit(64 << 10, *args)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ulimit -f" in lines[0], done.stderr
+    assert list(out.iterdir()) == []
