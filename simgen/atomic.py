@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from simgen.errors import RunError
+from simgen.errors import RunError, UsageError
 
-__all__ = ["fsync_path", "no_room", "replacing"]
+__all__ = ["check_room", "fsync_path", "no_room", "replacing"]
 
 # errno of a write that failed for want of room, and what to do about it
 _NO_ROOM = {
@@ -23,6 +24,21 @@ _NO_ROOM = {
     errno.EFBIG: "it reached the file-size limit of this shell: raise `ulimit -f`",
     getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is used up: make room",
 }
+
+
+def check_room(path: Path, nbytes: int) -> None:
+    """Refuse, in one line, to start writing about ``nbytes`` bytes to ``path`` where its disk
+    has less free space: a run would otherwise stop when the disk fills, maybe hours later.
+
+    Raises:
+        UsageError: less free space than ``nbytes``.
+    """
+    free = shutil.disk_usage(path.parent if str(path.parent) else Path(".")).free
+    if free < nbytes:
+        raise UsageError(
+            f"{path} needs about {nbytes / 1e6:,.1f} MB but its disk has {free / 1e6:,.1f} MB "
+            "free: make room or choose another -o path"
+        )
 
 
 def fsync_path(path: Path) -> None:

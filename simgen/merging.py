@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from simgen.atomic import replacing
+from simgen.atomic import check_room, replacing
 from simgen.errors import UsageError
 from simgen.progress import progress_bar
 from simgen.store import Store, check_writable, create, open_store
@@ -42,8 +42,9 @@ def merge(
         The merged file, opened for reading.
 
     Raises:
-        UsageError: fewer than two files, files that differ in :data:`SAME`, or ``out``
-            already there (one of the inputs, say).
+        UsageError: fewer than two files, files that differ in :data:`SAME`, ``out``
+            already there (one of the inputs, say), or too little free space for it.
+        RunError: the disk filled while writing (nothing is left behind).
         StoreError: a path that is not a simgen data file.
     """
     out = Path(out)
@@ -70,6 +71,7 @@ def merge(
     attempted = sum(int(meta["n_simulated"]) for meta in metas)
     metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
     metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
+    check_room(out, sum(s.path.stat().st_size for s in stores))
     with replacing(out, sync=True) as tmp:
         _copy(stores, tmp, metadata, progress)
     return open_store(out)

@@ -32,7 +32,7 @@ import torch
 
 import simgen
 from simgen import executors
-from simgen.atomic import fsync_path, no_room
+from simgen.atomic import check_room, fsync_path, no_room
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import (
     default_workers,
@@ -434,11 +434,13 @@ def simulate(
         The data file, opened for reading.
 
     Raises:
-        UsageError: a bad argument (sizes, options that are not JSON values).
+        UsageError: a bad argument (sizes, options that are not JSON values), or less free
+            space on the disk of ``path`` than the rows need.
         StoreError: the file belongs to another run identity, or another run is writing it
             right now (one run per data file: :meth:`Journal.locked`).
         SimulatorError: the simulator broke its contract (shape, dtype, every row raised).
-        RunError: interrupted (the journal keeps finished tasks) or a worker process died.
+        RunError: interrupted (the journal keeps finished tasks), a worker process died, or
+            the disk filled.
     """
     started = time.perf_counter()
     sim = get_simulator(simulator) if isinstance(simulator, str) else simulator
@@ -469,11 +471,9 @@ def _row_bytes(sim: Simulator) -> int:
     return 4 * (sim.d_theta + math.prod(sim.x_shape))
 
 
-def _failure(
-    error: BaseException, journal: Journal, path: Path, new_bytes: int
-) -> RunError | None:
-    """The one-line error of a run that ``error`` stopped (``new_bytes``: the size of the rows
-    it was to add to ``path``), or None where ``error`` says it well enough."""
+def _failure(error: BaseException, journal: Journal, path: Path, nbytes: int) -> RunError | None:
+    """The one-line error of a run that ``error`` stopped (``nbytes``: the size of the file it
+    was building), or None where ``error`` says it well enough."""
     kept = f"{len(journal.indices())} tasks are saved in {journal.dir}"
     if isinstance(error, KeyboardInterrupt):
         return RunError(f"interrupted; {kept}: rerun the same command to resume")
@@ -485,11 +485,9 @@ def _failure(
         )
     cause = no_room(error)
     if cause is not None:
-        old = path.stat().st_size if path.exists() else 0  # copied while it is extended
         return RunError(
-            f"cannot write {path}: {cause} (the run needs about "
-            f"{(old + new_bytes) / 1e6:,.1f} MB), then rerun the same command to resume "
-            f"({kept})"
+            f"cannot write {path}: {cause} (the run needs about {nbytes / 1e6:,.1f} MB), then "
+            f"rerun the same command to resume ({kept})"
         )
     return None
 
@@ -512,6 +510,9 @@ def _run(
         if journal.identity() in (identity, None):  # a stop between the rename and clean-up
             journal.remove()
         return SimulationReport(0, 0, n_old - failed_old, failed_old, 0.0, 0)
+    # the new file, beside the old one until it replaces it
+    nbytes = (path.stat().st_size if n_old else 0) + (n - n_old) * _row_bytes(sim)
+    check_room(path, nbytes)
 
     journal.open(identity)
     indices = range(n_old // chunk_size, math.ceil(n / chunk_size))
@@ -553,7 +554,7 @@ def _run(
                 appender.close({"n_requested": n, "n_simulated": n})
         except BaseException as error:
             journal.building.unlink(missing_ok=True)  # a rerun builds it afresh: free its space
-            failure = _failure(error, journal, path, (n - n_old) * _row_bytes(sim))
+            failure = _failure(error, journal, path, nbytes)
             if failure is None:
                 raise
             raise failure from None

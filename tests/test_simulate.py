@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -217,6 +219,24 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
         assert not path.exists()
     store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
     assert len(store) == 100 and not Journal(path).dir.exists()
+
+
+def test_too_little_free_space_is_refused_before_simulating(tmp_path, monkeypatch):
+    """A run whose file needs more than its disk's free space stops at once, with both sizes,
+    and writes nothing. Extending counts the old file, copied while the new one is built:
+    one byte fewer than old file + 16 bytes per new two_moons row is refused, that much is
+    not."""
+    path = tmp_path / "d.h5"
+    simgen.simulate("two_moons", 1000, path, workers=1, progress=False)
+    before = path.read_bytes()
+    need = len(before) + 16 * 99_000
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=need - 1))
+    with pytest.raises(UsageError, match=r"needs about 3\.2 MB but its disk has 3\.2 MB free"):
+        simgen.simulate("two_moons", 100_000, path, workers=1, progress=False)
+    assert path.read_bytes() == before and not Journal(path).dir.exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=need))
+    assert len(simgen.simulate("two_moons", 100_000, path, workers=1, progress=False)) == 100_000
 
 
 def test_given_parameters_are_simulated_with_the_runs_streams(reference, tmp_path):
