@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
@@ -23,6 +23,9 @@ import torch
 from simgen.errors import UsageError
 from simgen.journal import ChunkResult
 from simgen.simulator import Simulator
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["default_workers", "executor", "one_torch_thread", "pool_pays", "task_and_payload"]
 
@@ -130,8 +133,13 @@ def executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, in
             raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
         try:
             slots = max(1, sum(client.nthreads().values()))
-            with client.get_executor(pure=False) as executor:
-                yield executor, 2 * slots
+            tasks = client.get_executor(pure=False)
+            try:
+                yield tasks, 2 * slots
+            except BaseException:
+                tasks.shutdown(wait=False)  # cancels the tasks: a stopped run waits for none
+                raise
+            tasks.shutdown(wait=True)
         finally:
             client.close()
     elif workers == 1:
@@ -145,5 +153,24 @@ def executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, in
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
         try:
             yield executor, 2 * workers
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            _stop_workers(executor)
+            raise
+        executor.shutdown(wait=True)
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """End a pool at once, its tasks unfinished: a stopped run (Ctrl-C, an error) should not
+    wait for tasks that may take hours, and ``shutdown(cancel_futures=True)`` can even wait
+    forever (python/cpython#94440: idle workers never get told to exit). The workers ignore
+    SIGINT (a task would otherwise end in a KeyboardInterrupt), so they are terminated."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    processes = list((executor._processes or {}).values())  # private: no public way < 3.14
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()

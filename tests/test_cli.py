@@ -422,3 +422,45 @@ def test_files_that_do_not_fit_are_one_line_and_leave_nothing(tmp_path, command)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "ulimit -f" in lines[0], done.stderr
     assert list(out.iterdir()) == []
+
+
+def test_ctrl_c_stops_worker_processes_at_once(tmp_path):
+    """Ctrl-C while two worker processes are each inside a 30 s task: the run stops within
+    15 s (it waited for the tasks, or forever: python/cpython#94440), says how to resume, and
+    leaves no worker running."""
+    started = tmp_path / "started"
+    started.mkdir()
+    path = tmp_path / "d.h5"
+    args = ["sims_for_tests:Announced", "--option", "delay=30", "--option", f"folder={started}"]
+    env = {**os.environ, "PYTHONPATH": str(HELPERS)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simgen", "simulate", *args, "-n", "200", "--workers", "2"]
+        + ["-o", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while len(list(started.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in started.iterdir()]
+    assert len(workers) == 2, "the worker processes did not start within 60 s"
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=15)
+        running = [pid for pid in workers if _running(pid)]
+    finally:  # after a failure, leave no process behind either
+        for pid in [proc.pid, *workers]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "rerun the same command to resume" in stderr, stderr
+    assert running == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

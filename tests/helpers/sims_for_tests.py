@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +49,20 @@ class Slow(simgen.Simulator):
     def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         time.sleep(self.delay)
         return theta + rng.normal(size=theta.shape)
+
+
+class Announced(Slow):
+    """Slow, and each call first makes a file ``<folder>/<pid>`` (which processes simulate)."""
+
+    name = "announced"
+
+    def __init__(self, delay: float = 0.05, folder: str = ".") -> None:
+        super().__init__(delay)
+        self.folder = folder
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        (Path(self.folder) / str(os.getpid())).touch()
+        return super().simulate(theta, rng)
 
 
 class BadShape(Slow):
