@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ class Journal:
         (``flock``), released on exit, also when the process dies, so that a second run on the
         same data file is refused instead of mixing its tasks into the first one's.
 
+        On a file system that takes no locks (NFS without its lock daemon), it warns and goes
+        on without one.
+
         Raises:
             StoreError: another run holds the lock.
             UsageError: the folder cannot be made (a file in its place, a file system that
@@ -95,6 +99,12 @@ class Journal:
                         f"another simgen run is writing {self.dir.name.removesuffix('.parts')} "
                         f"(it holds {self.dir}): wait for it to finish, or stop it first"
                     ) from None
+                except OSError as error:  # a network file system without locks (NFS, no lockd)
+                    warnings.warn(
+                        f"{self.dir} cannot be locked ({error.strerror}): make sure that one run "
+                        f"at a time writes {self.dir.name.removesuffix('.parts')}",
+                        stacklevel=3,
+                    )
             yield
         finally:
             os.close(fd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 
 import numpy as np
@@ -218,6 +220,21 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
             simgen.simulate("two_moons", 100, path, workers=1, progress=False)
         assert not path.exists()
     store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
+    assert len(store) == 100 and not Journal(path).dir.exists()
+
+
+def test_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch):
+    """Where flock fails for want of support (NFS without its lock daemon: ENOLCK), the run
+    warns that it cannot keep a second run out, and writes the file all the same."""
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "d.h5"
+    with pytest.warns(UserWarning, match="cannot be locked .*one run at a time writes d.h5"):
+        store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
     assert len(store) == 100 and not Journal(path).dir.exists()
 
 
