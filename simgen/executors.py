@@ -96,8 +96,21 @@ def task_and_payload(
     run_chunk: Callable[..., ChunkResult], sim: Simulator, local: bool
 ) -> tuple[Callable[..., ChunkResult], Any]:
     """The function to submit and its first argument: the simulator itself in this process,
-    its cloudpickle bytes for other processes."""
-    return (run_chunk, sim) if local else (_run_pickled, cloudpickle.dumps(sim))
+    its cloudpickle bytes for other processes.
+
+    Raises:
+        UsageError: the simulator cannot be pickled (it holds a lock, an open file, ...).
+    """
+    if local:
+        return run_chunk, sim
+    try:
+        return _run_pickled, cloudpickle.dumps(sim)
+    except Exception as error:  # noqa: BLE001 (pickling user objects can raise anything)
+        raise UsageError(
+            f"simulator '{sim.name}' cannot be sent to worker processes ({error}): keep "
+            "locks, open files and connections out of its attributes (make them in simulate), "
+            "or simulate in this process (workers=1)"
+        ) from None
 
 
 def _ignore_sigint() -> None:

@@ -474,7 +474,8 @@ def _row_bytes(sim: Simulator) -> int:
 def _failure(error: BaseException, journal: Journal, path: Path, nbytes: int) -> RunError | None:
     """The one-line error of a run that ``error`` stopped (``nbytes``: the size of the file it
     was building), or None where ``error`` says it well enough."""
-    kept = f"{len(journal.indices())} tasks are saved in {journal.dir}"
+    saved = len(journal.indices())
+    kept = f"{saved} tasks are saved in {journal.dir}" if saved else "no task was worth saving"
     if isinstance(error, KeyboardInterrupt):
         return RunError(f"interrupted; {kept}: rerun the same command to resume")
     if isinstance(error, BrokenProcessPool):
@@ -554,6 +555,8 @@ def _run(
                 appender.close({"n_requested": n, "n_simulated": n})
         except BaseException as error:
             journal.building.unlink(missing_ok=True)  # a rerun builds it afresh: free its space
+            if not journal.indices():  # nothing to resume: leave no folder to refuse other runs
+                journal.remove()
             failure = _failure(error, journal, path, nbytes)
             if failure is None:
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -221,6 +222,19 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
         assert not path.exists()
     store = simgen.simulate("two_moons", 100, path, workers=1, progress=False)
     assert len(store) == 100 and not Journal(path).dir.exists()
+
+
+def test_a_simulator_that_cannot_be_pickled_is_one_clear_error(tmp_path):
+    """Worker processes need the simulator pickled: one holding a lock is refused with what to
+    do, and the failed run leaves no journal folder (it saved nothing) that would refuse a run
+    with other arguments; in this process it runs."""
+    sim = simgen.get_simulator("sims_for_tests:Slow", delay=0.0)
+    sim.lock = threading.Lock()
+    path = tmp_path / "d.h5"
+    with pytest.raises(UsageError, match="cannot be sent to worker processes .*workers=1"):
+        simgen.simulate(sim, 100, path, workers=2, progress=False)
+    assert not path.exists() and not Journal(path).dir.exists()
+    assert len(simgen.simulate(sim, 100, path, seed=1, workers=1, progress=False)) == 100
 
 
 def test_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch):
