@@ -73,7 +73,8 @@ def main() -> None:
     first = simgen.simulate(sim, n, out / "round1.h5", workers=1)
     theta = posterior_of(first, out / "round1.pt", x_obs, n, epochs, warmup)
     draws = {"round 1: n from the prior": theta}
-    second = simgen.simulate(sim, n, out / "round2.h5", theta=theta, workers=1)
+    # a seed of its own: with round 1's, every row would reuse round 1's noise
+    second = simgen.simulate(sim, n, out / "round2.h5", theta=theta, seed=1, workers=1)
     merged = out / "rounds.h5"  # merge writes a new file; a rerun makes the same rows
     if not merged.exists():
         simgen.merge([first.path, second.path], merged)

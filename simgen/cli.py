@@ -163,7 +163,8 @@ def simulate_command(
         Path | None,
         typer.Option(
             help="Simulate these thetas instead of prior draws: .npy (n, d), .csv rows, or the "
-            "HDF5 file of `simgen sample --observed` (its posterior draws)."
+            "HDF5 file of `simgen sample --observed` (its posterior draws). Give a --seed of its "
+            "own: with the first round's, every row reuses that round's noise."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Root random seed.")] = 0,

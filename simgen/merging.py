@@ -4,9 +4,10 @@ different seeds on different machines, or the rounds of sequential inference
 
 The rows keep their order, file after file; :func:`simgen.fit` validates on the last rows, so
 the last file holds the validation rows. The merged file records where its rows came from
-(``sources``: path, seed, rows and, for given parameters, their digest) and is written
-atomically; it is not extended by :func:`simgen.simulate` (which would continue only one of
-the runs): simulate into a new file and merge again.
+(``sources``: path, seed, rows and, for given parameters, their digest; a merged input
+contributes its own sources) and is written atomically; it is not extended by
+:func:`simgen.simulate` (which would continue only one of the runs): simulate into a new file
+and merge again. Runs of one seed are refused: they drew the same random numbers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def merge(
     """Write the rows of the data files ``paths``, in order, into the new data file ``out``.
 
     Args:
-        paths: Data files of the same simulator, options and prior (:data:`SAME`).
+        paths: Data files of the same simulator, options and prior (:data:`SAME`), each
+            simulated with its own seed.
         out: The merged file; it must not exist yet.
         progress: Progress bar on stderr (default: when stderr is a terminal).
 
@@ -42,8 +44,8 @@ def merge(
         The merged file, opened for reading.
 
     Raises:
-        UsageError: fewer than two files, files that differ in :data:`SAME`, ``out``
-            already there (one of the inputs, say), or too little free space for it.
+        UsageError: fewer than two files, files that differ in :data:`SAME` or share a
+            seed, ``out`` already there (one of the inputs, say), or too little free space.
         RunError: the disk filled while writing (nothing is left behind).
         StoreError: a path that is not a simgen data file.
     """
@@ -63,11 +65,8 @@ def merge(
                     f"{stores[0].path} and {store.path} differ in {key} ({first.get(key)!r} "
                     f"against {meta.get(key)!r}); only data of the same simulator and prior merge"
                 )
-    sources = [
-        {"path": str(s.path), "seed": meta["seed"], "rows": len(s)}
-        | ({"theta_sha256": meta["theta_sha256"]} if "theta_sha256" in meta else {})
-        for s, meta in zip(stores, metas, strict=True)
-    ]
+    sources = [run for s, meta in zip(stores, metas, strict=True) for run in _runs(s, meta)]
+    _check_streams(sources)
     attempted = sum(int(meta["n_simulated"]) for meta in metas)
     metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
     metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
@@ -75,6 +74,33 @@ def merge(
     with replacing(out, sync=True) as tmp:
         _copy(stores, tmp, metadata, progress)
     return open_store(out)
+
+
+def _runs(store: Store, meta: dict) -> list[dict]:
+    """The runs whose rows ``store`` holds: its ``sources`` if it is a merge, else itself."""
+    if "sources" in meta:
+        return json.loads(meta["sources"])
+    run = {"path": str(store.path), "seed": meta["seed"], "rows": len(store)}
+    return [run | ({"theta_sha256": meta["theta_sha256"]} if "theta_sha256" in meta else {})]
+
+
+def _check_streams(sources: list[dict]) -> None:
+    """Refuse runs that share a seed: their task ``i`` drew the same random numbers, so their
+    rows are the same simulations (prior draws) or share their noise (given parameters), and
+    a model fitted to both would count them twice.
+
+    Raises:
+        UsageError: two runs with one seed.
+    """
+    first: dict[int, dict] = {}
+    for run in sources:
+        other = first.setdefault(run["seed"], run)
+        if other is not run:
+            raise UsageError(
+                f"{other['path']} and {run['path']} were both simulated with seed {run['seed']}, "
+                "so their rows draw the same random numbers (the same simulations, or the same "
+                "noise for other parameters): simulate one of them again with another --seed"
+            )
 
 
 def _copy(stores: list[Store], tmp: Path, metadata: dict, progress: bool | None) -> None:

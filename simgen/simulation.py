@@ -426,9 +426,11 @@ def simulate(
         on_report: Called with the :class:`SimulationReport` at the end.
         theta: Parameters to simulate instead of prior draws, ``(n, d_theta)`` (array-like),
             inside the prior's support: e.g. posterior samples, for a second round of
-            simulations where the posterior is (``examples/sequential.py``). The file's
-            ``prior`` stays the simulator's; the parameters' digest is part of the run's
-            identity, so a file is resumed only with the same parameters.
+            simulations where the posterior is (``examples/sequential.py``), with a seed of
+            its own (with the first round's, every row reuses that round's noise, and
+            :func:`simgen.merge` refuses the pair). The file's ``prior`` stays the
+            simulator's; the parameters' digest is part of the run's identity, so a file is
+            resumed only with the same parameters.
 
     Returns:
         The data file, opened for reading.

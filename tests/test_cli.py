@@ -112,7 +112,7 @@ def test_simulate_given_thetas_then_merge(tmp_path):
     second = tmp_path / "b.h5"
     result = invoke(
         "simulate", "two_moons", "-o", str(second), "--theta-file", str(tmp_path / "posterior.h5"),
-        "--workers", "1", "--json",
+        "--seed", "1", "--workers", "1", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["rows_new"] == 50

@@ -181,3 +181,27 @@ def test_merge_keeps_every_row_in_order_and_refuses_what_does_not_fit(tmp_path):
     with pytest.raises(UsageError, match="at least two"):
         simgen.merge([a.path], tmp_path / "a2.h5")
     assert not (tmp_path / "am.h5").exists() and not (tmp_path / "a2.h5").exists()
+
+
+def test_merge_refuses_runs_of_one_seed(tmp_path):
+    """Task i of a seed draws the same random numbers whatever else differs: two runs of one seed
+    repeat the same simulations (prior draws: here the 100 rows of one are the first 100 of the
+    other) or the same noise (given parameters), also inside an earlier merge, whose sources
+    the new file keeps."""
+    a = simgen.simulate("two_moons", 200, tmp_path / "a.h5", workers=1, progress=False)
+    b = simgen.simulate("two_moons", 100, tmp_path / "b.h5", workers=1, progress=False)
+    np.testing.assert_array_equal(a.x[:100], b.x[:])  # why: the same rows
+    with pytest.raises(UsageError, match="a.h5 and .*b.h5 were both simulated with seed 0"):
+        simgen.merge([a.path, b.path], tmp_path / "ab.h5")
+    given = np.full((50, 2), 0.25, np.float32)
+    g = simgen.simulate("two_moons", 50, tmp_path / "g.h5", theta=given, workers=1, progress=False)
+    with pytest.raises(UsageError, match="both simulated with seed 0"):
+        simgen.merge([a.path, g.path], tmp_path / "ag.h5")
+    c = simgen.simulate("two_moons", 100, tmp_path / "c.h5", seed=1, workers=1, progress=False)
+    ac = simgen.merge([a.path, c.path], tmp_path / "ac.h5", progress=False)
+    with pytest.raises(UsageError, match="c.h5 and .*c.h5 were both simulated with seed 1"):
+        simgen.merge([ac.path, c.path], tmp_path / "acc.h5")
+    d = simgen.simulate("two_moons", 100, tmp_path / "d.h5", seed=2, workers=1, progress=False)
+    acd = simgen.merge([ac.path, d.path], tmp_path / "acd.h5", progress=False)
+    assert [run["seed"] for run in json.loads(acd.metadata["sources"])] == [0, 1, 2]
+    assert not any((tmp_path / f).exists() for f in ("ab.h5", "ag.h5", "acc.h5"))
