@@ -482,9 +482,10 @@ def _failure(error: BaseException, journal: Journal, path: Path, nbytes: int) ->
         return RunError(f"interrupted; {kept}: rerun the same command to resume")
     if isinstance(error, BrokenProcessPool):
         return RunError(
-            f"a worker process died ({error}); a script that starts simulate() with "
-            "worker processes (workers > 1, or the default for a long run of a slow "
-            "simulator) must do so under `if __name__ == '__main__':`, or use workers=1"
+            f"a worker process died ({error}): the simulator may have crashed it (a segfault, "
+            "an exit, memory), which workers=1 shows here; and a script that starts simulate() "
+            "with worker processes (workers > 1, or the default for a long run of a slow "
+            "simulator) must do so under `if __name__ == '__main__':`"
         )
     cause = no_room(error)
     if cause is not None:

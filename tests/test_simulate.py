@@ -12,7 +12,7 @@ import pytest
 
 import simgen
 import simgen.executors
-from simgen.errors import SimulatorError, StoreError, UsageError
+from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import pool_pays
 from simgen.journal import Journal
 from simgen.simulation import run_chunk
@@ -235,6 +235,16 @@ def test_a_simulator_that_cannot_be_pickled_is_one_clear_error(tmp_path):
         simgen.simulate(sim, 100, path, workers=2, progress=False)
     assert not path.exists() and not Journal(path).dir.exists()
     assert len(simgen.simulate(sim, 100, path, seed=1, workers=1, progress=False)) == 100
+
+
+def test_a_worker_process_that_dies_stops_the_run_in_one_line(tmp_path):
+    """A simulator that ends its worker process (a segfault, an exit, memory) stops the run
+    with a RunError that says so and how to see the error, and leaves nothing behind."""
+    sim = simgen.get_simulator("sims_for_tests:Exits")
+    path = tmp_path / "d.h5"
+    with pytest.raises(RunError, match="a worker process died .*workers=1 shows here"):
+        simgen.simulate(sim, 100, path, workers=2, progress=False)
+    assert not path.exists() and not Journal(path).dir.exists()
 
 
 def test_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch):

@@ -65,6 +65,15 @@ class Announced(Slow):
         return super().simulate(theta, rng)
 
 
+class Exits(Slow):
+    """Ends its process (as a segfault or the out-of-memory killer would) on every call."""
+
+    name = "exits"
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        os._exit(3)
+
+
 class BadShape(Slow):
     """Returns one column too few."""
 
