@@ -214,6 +214,11 @@ def _check_identity(store: Store, identity: dict[str, Any]) -> None:
         )
 
 
+# Results held in memory, waiting for an earlier task, are at most this many windows of tasks
+# (tasks in flight included): a straggler stalls the workers instead of filling the memory.
+HELD_WINDOWS = 4
+
+
 def _in_thread(fn: Callable[..., ChunkResult], *args: Any) -> Future:
     """``fn(*args)`` in a daemon thread of this process, on one torch thread as in a worker
     (a daemon, so that Ctrl-C does not wait for it to finish), its outcome in a Future."""
@@ -306,7 +311,14 @@ def _tasks_in_order(
         remaining = iter(todo)
 
         def fill() -> None:
-            while len(pending) < window and (i := next(remaining, None)) is not None:
+            """Submit tasks, in order, while fewer than ``window`` run and fewer than
+            ``HELD_WINDOWS`` windows of them wait for an earlier one (a slow task otherwise
+            keeps every later result in memory while it runs)."""
+            while (
+                len(pending) < window
+                and len(pending) + len(ready) < HELD_WINDOWS * window
+                and (i := next(remaining, None)) is not None
+            ):
                 pending[pool.submit(task, payload, seed, i, *arguments(i))] = i
 
         fill()

@@ -15,7 +15,7 @@ import simgen.executors
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import pool_pays
 from simgen.journal import Journal
-from simgen.simulation import run_chunk
+from simgen.simulation import HELD_WINDOWS, _tasks_in_order, run_chunk
 
 
 def _same(a, b):
@@ -235,6 +235,25 @@ def test_a_simulator_that_cannot_be_pickled_is_one_clear_error(tmp_path):
         simgen.simulate(sim, 100, path, workers=2, progress=False)
     assert not path.exists() and not Journal(path).dir.exists()
     assert len(simgen.simulate(sim, 100, path, seed=1, workers=1, progress=False)) == 100
+
+
+def test_a_slow_task_holds_a_bounded_number_of_later_results(tmp_path):
+    """Task 0 takes 3 s, the 99 others none: while it runs, the other worker finishes later
+    tasks only until HELD_WINDOWS windows of them (in flight included) wait in memory, not
+    all 99; then the run goes on in order."""
+    sim = simgen.get_simulator("sims_for_tests:Straggler", delay=3.0)
+    given = np.full((2000, 2), 0.1, np.float32)
+    given[:20] = 0.95
+    journal = Journal(tmp_path / "d.h5")
+    journal.dir.mkdir()
+    finished: list[int] = []
+    tasks = _tasks_in_order(
+        sim, 0, 20, range(100), journal, 2, None, on_done=finished.append, given=given
+    )
+    index, _ = next(tasks)
+    window = 2 * 2  # tasks in flight on two workers
+    assert index == 0 and len(finished) <= HELD_WINDOWS * window
+    assert [i for i, _ in tasks] == list(range(1, 100))
 
 
 def test_a_worker_process_that_dies_stops_the_run_in_one_line(tmp_path):

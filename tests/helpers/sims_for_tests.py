@@ -65,6 +65,17 @@ class Announced(Slow):
         return super().simulate(theta, rng)
 
 
+class Straggler(Slow):
+    """Slow (``delay`` seconds) only where theta_a > 0.9, instant elsewhere."""
+
+    name = "straggler"
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if theta[0, 0] > 0.9:
+            time.sleep(self.delay)
+        return theta + rng.normal(size=theta.shape)
+
+
 class Exits(Slow):
     """Ends its process (as a segfault or the out-of-memory killer would) on every call."""
 
