@@ -33,7 +33,7 @@ def check_room(path: Path, nbytes: int) -> None:
     Raises:
         UsageError: less free space than ``nbytes``.
     """
-    free = shutil.disk_usage(path.parent if str(path.parent) else Path(".")).free
+    free = shutil.disk_usage(path.parent).free
     if free < nbytes:
         raise UsageError(
             f"{path} needs about {nbytes / 1e6:,.1f} MB but its disk has {free / 1e6:,.1f} MB "
@@ -85,4 +85,4 @@ def replacing(path: Path, sync: bool = False) -> Iterator[Path]:
             raise
         raise RunError(f"cannot write {path}: {cause} and run again") from None
     if sync:
-        fsync_path(path.parent if str(path.parent) else Path("."))
+        fsync_path(path.parent)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from simgen.atomic import replacing
 from simgen.errors import StoreError, UsageError
 
 try:
@@ -141,10 +142,9 @@ class Journal:
                     "arguments to finish it, or delete that folder to start over"
                 )
         else:
-            tmp = self.dir / "manifest.json.tmp"
-            tmp.write_text(json.dumps(identity, sort_keys=True))
-            os.replace(tmp, self.manifest)
-        for stale in self.dir.glob("*.tmp"):
+            with replacing(self.manifest) as tmp:
+                tmp.write_text(json.dumps(identity, sort_keys=True))
+        for stale in self.dir.glob("*.tmp"):  # of a run that was killed
             stale.unlink()
 
     def _task_path(self, index: int) -> Path:
@@ -167,15 +167,9 @@ class Journal:
     def write(self, index: int, result: ChunkResult) -> None:
         """Save one task atomically: three consecutive ``.npy`` arrays in one file (none,
         and no partial file left behind, when that fails: a full disk)."""
-        tmp = self.dir / f"task-{index:09d}.npy.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                for array in (result.theta, result.x, result.ok):
-                    np.save(f, array, allow_pickle=False)
-            os.replace(tmp, self._task_path(index))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with replacing(self._task_path(index)) as tmp, open(tmp, "wb") as f:
+            for array in (result.theta, result.x, result.ok):
+                np.save(f, array, allow_pickle=False)
 
     def read(self, index: int) -> ChunkResult | None:
         """Load one task, or None when its file is missing or damaged."""

@@ -279,7 +279,8 @@ def _tasks_in_order(
     that simulate (1: this one).
 
     Raises:
-        OSError: a task could not be saved in the journal (disk full, permissions).
+        OSError: a task could not be saved in the journal (permissions; a full disk is a
+            RunError, :func:`simgen.atomic.replacing`).
     """
     saved = journal.indices() & set(indices)
     for index in sorted(saved):
@@ -578,7 +579,7 @@ def _run(
             raise failure from None
     rows_total, failed_total = appender.rows
     os.replace(journal.building, path)
-    fsync_path(path.parent if str(path.parent) else Path("."))
+    fsync_path(path.parent)
     journal.remove()
     workers_used = None if scheduler is not None else used[0]
     return SimulationReport(

@@ -99,7 +99,7 @@ def check_hdf5(path: str | os.PathLike, kind: str = "data") -> Path:
 
 def check_writable(path: Path) -> None:
     """Refuse, in one line, a path that is a folder, in a missing folder, or not writable."""
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name such as {path / 'data.h5'}")
     if not parent.is_dir():
