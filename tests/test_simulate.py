@@ -12,6 +12,7 @@ import pytest
 
 import simgen
 import simgen.executors
+from simgen import simulation
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import pool_pays
 from simgen.journal import Journal
@@ -254,6 +255,40 @@ def test_a_slow_task_holds_a_bounded_number_of_later_results(tmp_path):
     window = 2 * 2  # tasks in flight on two workers
     assert index == 0 and len(finished) <= HELD_WINDOWS * window
     assert [i for i, _ in tasks] == list(range(1, 100))
+
+
+def test_one_worker_draws_the_next_tasks_parameters_while_a_task_simulates(tmp_path, monkeypatch):
+    """In this process, task ``i + 1``'s prior draw runs in a thread while task ``i``
+    simulates: each simulation waits (10 s at most) for the next task's draw, which never
+    comes when draws are made only as tasks start; each task gets its own draw."""
+    draws: list[tuple[int, str]] = []
+    drawn = threading.Condition()
+    draw_prior = simulation.draw_prior
+
+    def recorded(sim, seed, index, size):
+        theta = draw_prior(sim, seed, index, size)
+        with drawn:
+            draws.append((index, threading.current_thread().name))
+            drawn.notify_all()
+        return theta
+
+    monkeypatch.setattr(simulation, "draw_prior", recorded)
+    tasks, ahead = 5, []
+
+    class WaitsForTheNextDraw(type(simgen.get_simulator("sims_for_tests:Slow"))):
+        def simulate(self, theta, rng):
+            with drawn:
+                wanted = min(len(ahead) + 2, tasks)
+                ahead.append(drawn.wait_for(lambda: len(draws) >= wanted, timeout=10))
+            return super().simulate(theta, rng)
+
+    sim = WaitsForTheNextDraw(delay=0.0)
+    store = simgen.simulate(sim, 20 * tasks, tmp_path / "d.h5", workers=1, progress=False)
+    assert ahead == [True] * tasks
+    assert [i for i, _ in draws] == list(range(tasks))
+    assert all(name.startswith("simgen-prior") for _, name in draws)
+    expected = np.concatenate([draw_prior(sim, 0, i, 20) for i in range(tasks)])
+    np.testing.assert_array_equal(store.theta, expected)
 
 
 def test_a_worker_process_that_dies_stops_the_run_in_one_line(tmp_path):
