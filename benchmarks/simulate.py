@@ -5,6 +5,9 @@
   on the same tasks (prior draws + ``simulate``, nothing kept), on two_moons; after a warm-up,
   best of 7 interleaved runs each. Both draw with one torch thread, as one worker does (on
   the 2-core machine of the results, two made the in-memory loop slower, not faster).
+  With one worker, simgen draws a task's parameters in a thread while the previous task
+  simulates; ``vs_simulate_alone`` divides the same pipeline rate by ``simulate`` alone on
+  parameters drawn beforehand (untimed), the most such overlap could give.
   Also on two_moons at 1e7 rows (fixed costs amortised; best of 5) and on slower simulators
   (oscillator, lotka_volterra), where writing is a smaller share of the work.
 * ``worker_scaling``: rows/s with k worker processes divided by rows/s with one, process
@@ -47,6 +50,22 @@ def raw_rate(name: str, n: int, chunk_size: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def simulate_alone_rate(name: str, n: int, chunk_size: int) -> float:
+    """Rows/s of ``simulate`` alone in memory, task by task, on one torch thread, on
+    parameters drawn from the prior beforehand (not timed), keeping nothing."""
+    sim = simgen.get_simulator(name)
+    prior = sim.prior()
+    with one_torch_thread():
+        thetas = [
+            prior.sample((min(chunk_size, n - index),)).numpy().astype(np.float64)
+            for index in range(0, n, chunk_size)
+        ]
+        start = time.perf_counter()
+        for index, theta in enumerate(thetas):
+            sim.simulate(theta, np.random.default_rng(index))
+        return n / (time.perf_counter() - start)
+
+
 def pipeline_rate(
     name: str, n: int, workers: int | None, folder: Path, chunk_size: int | None = None
 ) -> float:
@@ -60,20 +79,25 @@ def pipeline_rate(
 
 
 def efficiency(name: str, n: int, repeats: int, folder: Path) -> list[dict]:
-    """Records of the in-memory rate, the one-worker pipeline rate and their ratio."""
+    """Records of the in-memory rates (prior draws + ``simulate``; ``simulate`` alone), the
+    one-worker pipeline rate and its ratios to them."""
     chunk = simgen.get_simulator(name).chunk_size
     raw_rate(name, min(n, chunk), chunk)  # warm-up: imports, allocator, caches
+    simulate_alone_rate(name, min(n, chunk), chunk)
     pipeline_rate(name, min(n, chunk), 1, folder)
-    raws, pipes = [], []
-    for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits both
+    raws, alones, pipes = [], [], []
+    for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits all
         raws.append(raw_rate(name, n, chunk))
+        alones.append(simulate_alone_rate(name, n, chunk))
         pipes.append(pipeline_rate(name, n, 1, folder))
-    raw, piped = max(raws), max(pipes)
-    one = "simgen simulate, 1 worker"
+    raw, alone, piped = max(raws), max(alones), max(pipes)
+    one, rate = "simgen simulate, 1 worker", "simulator_samples_per_s"
     return [
-        record(BENCH, name, "simulator in memory", "simulator_samples_per_s", raw, "rows/s", n),
+        record(BENCH, name, "simulator in memory", rate, raw, "rows/s", n),
+        record(BENCH, name, "simulate alone in memory", rate, alone, "rows/s", n),
         record(BENCH, name, one, "rows_per_s", piped, "rows/s", n),
         record(BENCH, name, one, "pipeline_efficiency", piped / raw, "ratio", n),
+        record(BENCH, name, one, "vs_simulate_alone", piped / alone, "ratio", n),
     ]
 
 

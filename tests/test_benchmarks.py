@@ -48,6 +48,7 @@ def test_simulate_benchmark_quick(tmp_path):
     metrics = {r["metric"] for r in records}
     expected = {
         "pipeline_efficiency",
+        "vs_simulate_alone",
         "worker_scaling",
         "default_vs_best",
         "simulator_samples_per_s",
