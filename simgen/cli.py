@@ -229,9 +229,11 @@ def simulate_command(
                 where = {None: "on the Dask cluster", 1: "in this process"}.get(
                     report.workers, f"in {report.workers} worker processes"
                 )
+                took = report.seconds
+                took = f"{took:.3g}" if took < 100 else f"{took:,.0f}"
                 typer.echo(
                     f"wrote {report.rows_new:,} rows of {sim.name} to {out} in "
-                    f"{report.seconds:.1f} s ({rate:,.0f} rows/s, {where}); "
+                    f"{took} s ({rate:,.0f} rows/s, {where}); "
                     f"{report.rows_total:,} rows in the file",
                     err=True,
                 )
