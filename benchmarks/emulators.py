@@ -38,7 +38,7 @@ import torch
 import simgen
 from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
 from simgen.diagnostics import c2st
-from simgen.simulation import run_chunk
+from simgen.tasks import run_chunk
 from simgen.train import fit
 
 BENCH = "emulators"

@@ -53,7 +53,7 @@ from simgen.diagnostics import (
     sbc_uniformity,
 )
 from simgen.posterior import Posterior
-from simgen.simulation import run_chunk
+from simgen.tasks import run_chunk
 from simgen.train import fit
 
 BENCH = "posterior"

@@ -53,7 +53,7 @@ from simgen.diagnostics import (
 from simgen.metropolis import metropolized_sample
 from simgen.plots import plot_fields, plot_summaries
 from simgen.posterior import Posterior
-from simgen.simulation import run_chunk
+from simgen.tasks import run_chunk
 from simgen.train import fit
 
 BENCH = "scientific"

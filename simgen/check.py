@@ -54,8 +54,8 @@ from simgen.plots import (
     plot_summaries,
 )
 from simgen.posterior import Posterior
-from simgen.simulation import run_chunk
 from simgen.simulator import Simulator, get_simulator
+from simgen.tasks import run_chunk
 
 __all__ = ["C2ST_MAX_FEATURES", "check", "simulator_of"]
 

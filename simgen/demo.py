@@ -16,8 +16,9 @@ import torch
 
 from simgen.diagnostics import c2st
 from simgen.plots import plot_data, plot_emulation
-from simgen.simulation import run_chunk, simulate
+from simgen.simulation import simulate
 from simgen.simulator import get_simulator
+from simgen.tasks import run_chunk
 from simgen.train import fit
 
 __all__ = ["run_demo"]

@@ -82,8 +82,8 @@ _WORKER_SIMULATORS: dict[bytes, Simulator] = {}
 def _run_pickled(
     payload: bytes, seed: int, index: int, size: int, theta: np.ndarray | None = None
 ) -> ChunkResult:
-    """:func:`simgen.simulation.run_chunk` in a worker, the simulator sent once by value."""
-    from simgen.simulation import run_chunk
+    """:func:`simgen.tasks.run_chunk` in a worker, the simulator sent once by value."""
+    from simgen.tasks import run_chunk
 
     key = hashlib.sha256(payload).digest()
     if key not in _WORKER_SIMULATORS:

@@ -12,11 +12,11 @@ import pytest
 
 import simgen
 import simgen.executors
-from simgen import simulation
+from simgen import tasks as simulation_tasks
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.executors import pool_pays
 from simgen.journal import Journal
-from simgen.simulation import HELD_WINDOWS, _tasks_in_order, run_chunk
+from simgen.tasks import HELD_WINDOWS, run_chunk, tasks_in_order
 
 
 def _same(a, b):
@@ -248,7 +248,7 @@ def test_a_slow_task_holds_a_bounded_number_of_later_results(tmp_path):
     journal = Journal(tmp_path / "d.h5")
     journal.dir.mkdir()
     finished: list[int] = []
-    tasks = _tasks_in_order(
+    tasks = tasks_in_order(
         sim, 0, 20, range(100), journal, 2, None, on_done=finished.append, given=given
     )
     index, _ = next(tasks)
@@ -263,7 +263,7 @@ def test_one_worker_draws_the_next_tasks_parameters_while_a_task_simulates(tmp_p
     comes when draws are made only as tasks start; each task gets its own draw."""
     draws: list[tuple[int, str]] = []
     drawn = threading.Condition()
-    draw_prior = simulation.draw_prior
+    draw_prior = simulation_tasks.draw_prior
 
     def recorded(sim, seed, index, size):
         theta = draw_prior(sim, seed, index, size)
@@ -272,7 +272,7 @@ def test_one_worker_draws_the_next_tasks_parameters_while_a_task_simulates(tmp_p
             drawn.notify_all()
         return theta
 
-    monkeypatch.setattr(simulation, "draw_prior", recorded)
+    monkeypatch.setattr(simulation_tasks, "draw_prior", recorded)
     tasks, ahead = 5, []
 
     class WaitsForTheNextDraw(type(simgen.get_simulator("sims_for_tests:Slow"))):

@@ -12,8 +12,8 @@ import simgen
 from simgen.emulator import defaults_for
 from simgen.errors import UsageError
 from simgen.flow import Flow, FlowConfig
-from simgen.simulation import run_chunk
 from simgen.spectral import Hartley
+from simgen.tasks import run_chunk
 
 SIDE = 8
 
