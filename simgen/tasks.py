@@ -246,7 +246,8 @@ def tasks_in_order(
     and are held until their turn. ``on_done(index)`` is called as each task finishes or is
     found in the journal. ``workers=None`` (without a scheduler): the first task to simulate
     decides (:func:`_first_task_decides`); ``on_workers`` is told the number of processes
-    that simulate (1: this one).
+    that simulate (1: this one). In this process, each task's prior draws are made in a
+    thread while the task before it simulates (:class:`_DrawsAhead`).
 
     Raises:
         OSError: a task could not be saved in the journal (permissions; a full disk is a
