@@ -80,6 +80,7 @@ def _streams(seed: int, index: int) -> list[np.random.SeedSequence]:
 def draw_prior(sim: Simulator, seed: int, index: int, size: int) -> np.ndarray:
     """The parameters ``(size, d_theta)`` of task ``index``, drawn from ``sim.prior()`` with
     torch's CPU generator seeded from the task's stream (the caller's torch state is kept)."""
+    _keep_freed_memory()
     prior_seq = _streams(seed, index)[0]
     with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
         # the CPU generator alone: torch.manual_seed would also queue seeds for accelerators
