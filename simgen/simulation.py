@@ -187,7 +187,7 @@ def simulate(
             this process (also with one torch thread, restored after). Default: the first
             task runs in this process, and the others in a pool of all cores where that
             finishes sooner (long runs of slow simulators), else here too
-            (:func:`_first_task_decides`, :func:`simgen.executors.pool_pays`).
+            (:func:`simgen.tasks.tasks_in_order`, :func:`simgen.executors.pool_pays`).
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
