@@ -37,9 +37,9 @@ import torch
 
 import simgen
 from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
-from simgen.diagnostics import c2st
-from simgen.tasks import run_chunk
-from simgen.train import fit
+from simgen.data.tasks import run_chunk
+from simgen.diagnostics.metrics import c2st
+from simgen.train.loop import fit
 
 BENCH = "emulators"
 TASKS = ("gaussian_linear", "two_moons", "slcp", "oscillator")

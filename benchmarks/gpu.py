@@ -40,7 +40,7 @@ import torch
 import simgen
 from benchmarks.emulators import density_error, held_out
 from benchmarks.records import load, markdown_table, record, save
-from simgen.posterior import Posterior
+from simgen.inference.posterior import Posterior
 
 BENCH = "gpu"
 TASKS = {"gaussian_linear": ["flow", "diffusion", "vae"], "slcp": ["flow", "diffusion"]}

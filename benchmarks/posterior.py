@@ -45,16 +45,16 @@ import simgen
 from benchmarks.emulators import VARIANTS, label
 from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
 from benchmarks.references import reference_posterior
-from simgen.diagnostics import (
+from simgen.data.tasks import run_chunk
+from simgen.diagnostics.metrics import (
     c2st,
     coverage_levels,
     expected_coverage,
     sbc_ranks,
     sbc_uniformity,
 )
-from simgen.posterior import Posterior
-from simgen.tasks import run_chunk
-from simgen.train import fit
+from simgen.inference.posterior import Posterior
+from simgen.train.loop import fit
 
 BENCH = "posterior"
 TASKS = ("two_moons", "gaussian_mixture", "slcp", "gaussian_linear")

@@ -28,9 +28,9 @@ r"""Reference posteriors :math:`p(\theta \mid x_{obs})` of the benchmark tasks, 
 from __future__ import annotations
 
 import numpy as np
+from simgen.builtin.slcp import _moments as _slcp_moments
 
 import simgen
-from simulators.slcp import _moments as _slcp_moments
 
 __all__ = ["reference_posterior"]
 
@@ -53,7 +53,7 @@ def reference_posterior(sim: simgen.Simulator, x_obs: np.ndarray, n: int, seed: 
 
 
 def _gaussian_mixture(x_obs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    from simulators.gaussian_mixture import SCALES
+    from simgen.builtin.gaussian_mixture import SCALES
 
     kept: list[np.ndarray] = []
     while sum(len(k) for k in kept) < n:

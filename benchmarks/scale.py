@@ -38,10 +38,10 @@ import torch
 
 import simgen
 from benchmarks.records import markdown_table, record, save
-from simgen.batches import TrainingData
-from simgen.distributed import Ranks
-from simgen.simulator import box_uniform
-from simgen.train import TrainConfig, resolve_device
+from simgen.data.simulator import box_uniform
+from simgen.train.batches import TrainingData
+from simgen.train.config import TrainConfig, resolve_device
+from simgen.train.distributed import Ranks
 
 BENCH = "scale"
 ROW_BYTES = 4 * 64 * 64

@@ -20,7 +20,7 @@ For each simulator, ``n`` simulations and a fixed CPU training budget per family
   Wasserstein distance.
   For the flow, the same metrics of its samples corrected by the simulator's exact
   unnormalised density (``simgen flow + Metropolis (exact density)``:
-  :func:`simgen.metropolis.metropolized_sample`, with its ``metropolis_acceptance``), and of
+  :func:`simgen.inference.metropolis.metropolized_sample`, with its ``metropolis_acceptance``), and of
   a second, independent run of the simulator (``simulator, independent run``): the distances
   that ``m`` samples alone leave.
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
@@ -44,17 +44,17 @@ import torch
 
 import simgen
 from benchmarks.records import RESULTS, load, markdown_table, record, save
-from simgen.diagnostics import (
+from simgen.data.tasks import run_chunk
+from simgen.diagnostics.metrics import (
     coverage_levels,
     expected_coverage,
     power_spectrum,
     wasserstein_relative,
 )
-from simgen.metropolis import metropolized_sample
-from simgen.plots import plot_fields, plot_summaries
-from simgen.posterior import Posterior
-from simgen.tasks import run_chunk
-from simgen.train import fit
+from simgen.diagnostics.plots import plot_fields, plot_summaries
+from simgen.inference.metropolis import metropolized_sample
+from simgen.inference.posterior import Posterior
+from simgen.train.loop import fit
 
 BENCH = "scientific"
 TASKS = ("molecular", "cosmology")
@@ -85,7 +85,7 @@ def metropolized(
     emulator: simgen.Emulator, sim: simgen.Simulator, thetas: np.ndarray, m: int
 ) -> tuple[list[np.ndarray], float, float]:
     """Samples of the emulator corrected by the simulator's exact unnormalised density
-    (:func:`simgen.metropolis.metropolized_sample`, default chains and burn-in) at each theta,
+    (:func:`simgen.inference.metropolis.metropolized_sample`, default chains and burn-in) at each theta,
     the mean acceptance rate and share of distinct samples, and the seconds taken at the
     first theta."""
     samples, acceptance, distinct, seconds = [], [], [], 0.0

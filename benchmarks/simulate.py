@@ -32,8 +32,8 @@ import torch
 
 import simgen
 from benchmarks.records import markdown_table, record, save
-from simgen.executors import one_torch_thread
-from simgen.simulation import default_workers
+from simgen.data.simulation import default_workers
+from simgen.threads import torch_threads
 
 
 def raw_rate(name: str, n: int, chunk_size: int) -> float:
@@ -41,7 +41,7 @@ def raw_rate(name: str, n: int, chunk_size: int) -> float:
     torch thread as in one worker."""
     sim = simgen.get_simulator(name)
     prior = sim.prior()
-    with one_torch_thread():
+    with torch_threads(1):
         start = time.perf_counter()
         for index in range(0, n, chunk_size):
             m = min(chunk_size, n - index)
@@ -55,7 +55,7 @@ def simulate_alone_rate(name: str, n: int, chunk_size: int) -> float:
     parameters drawn from the prior beforehand (not timed), keeping nothing."""
     sim = simgen.get_simulator(name)
     prior = sim.prior()
-    with one_torch_thread():
+    with torch_threads(1):
         thetas = [
             prior.sample((min(chunk_size, n - index),)).numpy().astype(np.float64)
             for index in range(0, n, chunk_size)

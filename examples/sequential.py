@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import simgen
-from simgen.diagnostics import c2st
+from simgen.diagnostics.metrics import c2st
 
 
 def exact_posterior(sim: simgen.Simulator, x_obs: np.ndarray, n: int, side: int) -> np.ndarray:

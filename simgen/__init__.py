@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Simulator": "simgen.simulator",
-    "register": "simgen.simulator",
-    "simulators": "simgen.simulator",
-    "get_simulator": "simgen.simulator",
-    "simulate": "simgen.simulation",
-    "merge": "simgen.merging",
-    "open_store": "simgen.store",
-    "Store": "simgen.store",
+    "Simulator": "simgen.data.simulator",
+    "register": "simgen.data.simulator",
+    "simulators": "simgen.data.simulator",
+    "get_simulator": "simgen.data.simulator",
+    "simulate": "simgen.data.simulation",
+    "merge": "simgen.data.merging",
+    "open_store": "simgen.data.store",
+    "Store": "simgen.data.store",
     "Emulator": "simgen.emulator",
     "load": "simgen.emulator",
-    "fit": "simgen.train",
-    "Posterior": "simgen.posterior",
-    "check": "simgen.check",
+    "fit": "simgen.train.loop",
+    "Posterior": "simgen.inference.posterior",
+    "check": "simgen.diagnostics.report",
     "SimgenError": "simgen.errors",
     "UsageError": "simgen.errors",
     "SimulatorError": "simgen.errors",
@@ -56,15 +56,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from simgen.check import check
+    from simgen.data.merging import merge
+    from simgen.data.simulation import simulate
+    from simgen.data.simulator import Simulator, get_simulator, register, simulators
+    from simgen.data.store import Store, open_store
+    from simgen.diagnostics.report import check
     from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
-    from simgen.merging import merge
-    from simgen.posterior import Posterior
-    from simgen.simulation import simulate
-    from simgen.simulator import Simulator, get_simulator, register, simulators
-    from simgen.store import Store, open_store
-    from simgen.train import fit
+    from simgen.inference.posterior import Posterior
+    from simgen.train.loop import fit
 
 
 def __getattr__(name: str) -> Any:

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from simgen.data.provenance import data_record, recorded_simulator
+from simgen.data.store import Store
 from simgen.emulator import Emulator
-from simgen.progress import progress_bar
-from simgen.simulator import get_simulator
-from simgen.store import Store
+from simgen.terminal import progress_bar
 
 __all__ = ["emulate", "evaluate"]
 
@@ -69,10 +69,8 @@ def evaluate(
         ``log_prob`` ``(N,)``, and ``exact_log_prob`` ``(N,)`` where available.
     """
     stop = len(store) if limit is None else min(limit, len(store))
-    meta = store.metadata
-    sim = None
     try:
-        sim = get_simulator(meta["simulator"], **meta["simulator_options"])
+        sim = recorded_simulator(data_record(store.metadata))
     except Exception:  # noqa: BLE001 (the exact likelihood is a bonus, never a failure)
         sim = None
     exact = sim is not None and sim.has_log_likelihood

@@ -11,7 +11,6 @@ Model files are written atomically and hold only tensors and plain data: ``load`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -30,95 +29,18 @@ from zuko.distributions import NormalizingFlow
 
 import simgen
 from simgen.atomic import replacing
+from simgen.data.provenance import recorded_simulator
+from simgen.data.simulator import Simulator, get_simulator
 from simgen.errors import StoreError, UsageError
+from simgen.models.registry import build_family
 
-__all__ = [
-    "FAMILIES",
-    "FIXED_GAUSSIAN_MAX",
-    "MODEL_FORMAT",
-    "Emulator",
-    "build_family",
-    "defaults_for",
-    "load",
-]
+__all__ = ["MODEL_FORMAT", "Emulator", "load"]
 
 MODEL_FORMAT = "simgen-model/2"
 PROBE_ROWS = 256  # rows of the call that measures memory per row on a GPU
 CPU_ROWS = 16_384  # rows per batched call on CPU
 MAX_ROWS = 1 << 22
-AUTOREGRESSIVE_MAX = 64  # flows over more features default to coupling transforms
-CORRELATED_MAX = 32  # flows over at most this many features decorrelate them given theta
-# flows over at most this many features decide fixed_gaussian from the data ("auto"): the
-# heteroscedastic fit that decides takes 0.5 s on 8,192 rows of 100 values, 9-10 s at 1,024
-# and 21 s at 2,048 (2 CPU cores)
-FIXED_GAUSSIAN_MAX = 1024
 DEVICE_FILL = 0.7  # share of the free GPU memory a batched call may take
-
-
-def _families() -> dict[str, tuple[type, type]]:
-    from simgen.diffusion import Diffusion, DiffusionConfig
-    from simgen.flow import Flow, FlowConfig
-    from simgen.vae import VAE, VAEConfig
-
-    return {
-        "flow": (FlowConfig, Flow),
-        "vae": (VAEConfig, VAE),
-        "diffusion": (DiffusionConfig, Diffusion),
-    }
-
-
-FAMILIES = ("flow", "vae", "diffusion")
-
-
-def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
-    spectral flow (:mod:`simgen.spectral`, no coupling transforms), a convolutional U-Net
-    denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
-    the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
-    theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
-    ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part
-    held fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling
-    transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
-    sampling takes one pass per feature: 500x slower on 32x32 maps), and an MLP diffusion
-    denoiser that adds the exact one
-    of a Gaussian linear in theta (``gaussian``)."""
-    side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
-    if family == "flow" and side:
-        return {"network": "spectral", "transforms": 0}
-    if family == "flow":
-        d_x = math.prod(x_shape)
-        return {
-            "affine": True,
-            "scale_bound": "tanh",
-            **({"fixed_gaussian": "auto"} if d_x <= FIXED_GAUSSIAN_MAX else {}),
-            **({"correlated": True} if d_x <= CORRELATED_MAX else {}),
-            **({"passes": 2} if d_x > AUTOREGRESSIVE_MAX else {}),
-        }
-    if family == "diffusion" and side and side % 2 == 0:
-        return {"network": "unet"}
-    if family == "diffusion":
-        return {"gaussian": True}
-    if family == "vae" and side and side % 8 == 0:
-        return {"network": "conv"}
-    return {}
-
-
-def build_family(family: str, d_x: int, d_theta: int, config: dict[str, Any]) -> nn.Module:
-    """Instantiate family ``family`` from a plain configuration dict (unknown keys refused)."""
-    if family not in FAMILIES:
-        raise UsageError(f"unknown model family '{family}'; choose one of {', '.join(FAMILIES)}")
-    config_cls, model_cls = _families()[family]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(config) - names
-    if unknown:
-        raise UsageError(
-            f"unknown {family} setting(s) {sorted(unknown)}; valid: {', '.join(sorted(names))}"
-        )
-    try:
-        cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"bad {family} setting: {error}") from None
-    return model_cls(d_x, d_theta, cfg)
 
 
 def _as_tensor(value: Any) -> Tensor:
@@ -260,15 +182,29 @@ class Emulator(nn.Module):
         return self._rows[kind]
 
     # --- prior ------------------------------------------------------------------------------
-    def prior(self) -> torch.distributions.Distribution:
-        """The prior of the simulator the emulator was trained on (rebuilt by name/path)."""
-        sim = self.info["simulator"]
-        from simgen.simulator import get_simulator
+    def simulator(self, name: str | None = None) -> Simulator:
+        """The simulator the emulator was trained on, rebuilt from its record with its options
+        (:func:`simgen.data.provenance.recorded_simulator`), or the simulator ``name``
+        (registered name or import path, default options) in its place.
 
-        try:
-            return get_simulator(sim["name"], **sim["options"]).prior()
-        except UsageError:
-            return get_simulator(sim["path"], **sim["options"]).prior()
+        Raises:
+            UsageError: the simulator cannot be found, or its parameters or x shape differ
+                from the emulator's.
+        """
+        if name is None:
+            sim = recorded_simulator(self.info["simulator"])
+        else:
+            sim = get_simulator(name)
+        if tuple(sim.x_shape) != self.x_shape or sim.d_theta != self.d_theta:
+            raise UsageError(
+                f"simulator '{sim.name}' has {sim.d_theta} parameters and x of shape "
+                f"{tuple(sim.x_shape)}; the model has {self.d_theta} and {self.x_shape}"
+            )
+        return sim
+
+    def prior(self) -> torch.distributions.Distribution:
+        """The prior of the simulator the emulator was trained on."""
+        return self.simulator().prior()
 
     def _warn_outside_prior(self, theta: Tensor) -> None:
         if self._support is None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import h5py
 
+from simgen.data.store import check_hdf5, open_store
 from simgen.emulator import MODEL_FORMAT, load
-from simgen.store import check_hdf5, open_store
 
 __all__ = ["describe_file"]
 

@@ -38,7 +38,7 @@ import torch
 from scipy import integrate, special
 
 import simgen
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
 
 __all__ = ["CosmologyField", "bbks_transfer", "power_spectrum_model"]
 

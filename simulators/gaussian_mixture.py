@@ -12,7 +12,7 @@ import torch
 from scipy.special import logsumexp
 
 import simgen
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
 
 __all__ = ["GaussianMixture"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import simgen
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
 
 __all__ = ["LotkaVolterra", "summary_statistics"]
 

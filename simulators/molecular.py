@@ -43,8 +43,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 import simgen
-from simgen.diagnostics import bond_lengths, radius_of_gyration
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
+from simgen.diagnostics.metrics import bond_lengths, radius_of_gyration
 
 __all__ = [
     "BeadSpringChain",

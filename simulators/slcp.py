@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import simgen
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
 
 __all__ = ["SLCP"]
 

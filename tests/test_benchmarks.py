@@ -158,8 +158,8 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
     import simgen
     from benchmarks.posterior import ExactLikelihood
     from benchmarks.references import _slcp
-    from simgen.diagnostics import c2st
-    from simgen.posterior import Posterior
+    from simgen.diagnostics.metrics import c2st
+    from simgen.inference.posterior import Posterior
 
     sim = simgen.get_simulator("slcp")
     theta_o = np.array([[2.979, -0.376, -0.015, -0.518, 1.493]])

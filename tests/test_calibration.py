@@ -12,9 +12,14 @@ import torch
 from test_posterior import ExactEmulator
 
 import simgen
-from simgen.diagnostics import coverage_levels, expected_coverage, sbc_ranks, sbc_uniformity
+from simgen.diagnostics.metrics import (
+    coverage_levels,
+    expected_coverage,
+    sbc_ranks,
+    sbc_uniformity,
+)
 from simgen.errors import UsageError
-from simgen.posterior import Posterior
+from simgen.inference.posterior import Posterior
 
 # 2 parameters, Bonferroni at 1%: a calibrated posterior is rejected with probability <= 0.01
 ALPHA = 0.01 / 2
@@ -97,7 +102,7 @@ def test_cli_check_writes_a_report(tmp_path, cli):
     model = tmp_path / "m.pt"
     sim = simgen.get_simulator("gaussian_linear", dim=2)
     simgen.simulate(sim, 2000, data, workers=1, progress=False)
-    from simgen.train import fit
+    from simgen.train.loop import fit
 
     fit(data, "flow", model, train={"epochs": 3}, progress=False)
     out = tmp_path / "report"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import simgen
 from simgen.cli import app
-from simgen.journal import Journal
+from simgen.data.journal import Journal
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_simulate_given_thetas_then_merge(tmp_path):
     assert json.loads(result.stdout)["rows"] == 250 == len(simgen.open_store(merged))
     one_line_error(invoke("merge", str(first), str(second), "-o", str(merged)), 2)
     line = one_line_error(invoke("simulate", "two_moons", "-o", str(tmp_path / "c.h5")), 2)
-    assert "give -n" in line
+    assert "rows to simulate" in line and "-n" in line
     np.save(tmp_path / "far.npy", np.full((3, 2), 7.0))
     far = invoke(
         "simulate",
@@ -246,15 +246,39 @@ def test_a_broken_simulator_exits_1_with_one_line(tmp_path):
     assert "'bad_shape' returned shape (5, 1)" in line or "returned shape" in line
 
 
-def test_demo(tmp_path):
-    result = invoke("demo", "-o", str(tmp_path / "demo"), "-n", "2000", "--seconds", "3", "--json")
+def test_demo_is_the_same_twice_and_runs_every_stage(tmp_path, monkeypatch):
+    import simgen.demo
+
+    monkeypatch.setattr(simgen.demo, "ROWS", 2000)
+    monkeypatch.setattr(simgen.demo, "TRAIN", {**simgen.demo.TRAIN, "epochs": 2})
+    monkeypatch.setattr(simgen.demo, "DRAWS", 200)
+    runs = []
+    for name in ("a", "b"):
+        result = invoke("demo", "-o", str(tmp_path / name), "--json")
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads(result.stdout))
+    a, b = (
+        {k: v for k, v in run.items() if k not in ("data", "model", "pictures")} for run in runs
+    )
+    assert a == b  # budgets in epochs and seeded streams: the same numbers on any machine
+    for picture in ("data.png", "emulation.png", "posterior.png"):
+        assert (tmp_path / "a" / picture).stat().st_size > 10_000
+    assert len(simgen.open_store(tmp_path / "a" / "data.h5")) == 2000
+    assert simgen.load(tmp_path / "a" / "model.pt").family == a["family"] == "flow"
+    assert a["epochs"] == 2 and a["posterior_draws"] == 200
+
+
+@pytest.mark.slow
+def test_demo_is_accurate(tmp_path):
+    """The demo as users run it. C2ST of 1,000 against 1,000 draws has a standard deviation of
+    about 0.011 when the two agree, so 0.55 and 0.6 leave room for noise but not for a wrong
+    crescent; 0.2 nats is twice the flow's density error at this budget."""
+    result = invoke("demo", "-o", str(tmp_path / "demo"), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    for picture in ("data.png", "emulation.png"):
-        assert (tmp_path / "demo" / picture).stat().st_size > 10_000
-    assert len(simgen.open_store(tmp_path / "demo" / "data.h5")) == 2000
-    assert simgen.load(tmp_path / "demo" / "model.pt").family == "flow"
-    assert 0.4 <= summary["emulation_c2st"] <= 1.0 and summary["density_abs_error_nats"] >= 0
+    assert summary["emulation_c2st"] <= 0.55
+    assert summary["density_abs_error_nats"] <= 0.2
+    assert summary["posterior_c2st"] <= 0.6
 
 
 ARGS = [

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 import simgen
 from simgen.cli import app
 from simgen.emulator import load
-from simgen.posterior import Posterior
-from simgen.train import fit
+from simgen.inference.posterior import Posterior
+from simgen.train.loop import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -123,8 +123,8 @@ def moons(tmp_path_factory):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_check_metropolis_and_latent_picture_with_gpu_emulators(moons, tmp_path):
-    from simgen.check import check
-    from simgen.metropolis import metropolized_sample
+    from simgen.diagnostics.report import check
+    from simgen.inference.metropolis import metropolized_sample
 
     flow = fit(moons, "flow", train={"epochs": 2}, config=TINY["flow"], device="cuda")
     sim = simgen.get_simulator("two_moons")

@@ -10,8 +10,8 @@ import torch
 from torch.distributions import MultivariateNormal
 
 import simgen
-from simgen.diffusion import Diffusion, DiffusionConfig
-from simgen.train import fit
+from simgen.models.diffusion import Diffusion, DiffusionConfig
+from simgen.train.loop import fit
 
 
 class GaussianDiffusion(Diffusion):
@@ -99,7 +99,7 @@ def test_ddpm_elbo_is_the_trajectory_bound_below_log_p(gaussian):
     forward chain; both lie below the exact log density (T = 50, exact noise predictor)."""
     from torch.distributions import Independent, Normal
 
-    from simgen.ddpm import alpha_bar
+    from simgen.models.ddpm import alpha_bar
 
     a, cov = gaussian
     big_t, n = 50, 4000

@@ -17,7 +17,7 @@ import scipy.stats
 import torch
 
 import simgen
-from simgen.train import fit
+from simgen.train.loop import fit
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_fit.py"
 FLOW = {"transforms": 2, "hidden": [16, 16]}

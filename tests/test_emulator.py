@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import simgen
-from simgen.emulator import defaults_for, load
+from simgen.emulator import load
 from simgen.errors import StoreError, UsageError
-from simgen.flow import Flow, FlowConfig
-from simgen.train import fit
-from simgen.transforms import BOUNDS, soft_bound, soft_bound_inverse
+from simgen.models.flow import Flow, FlowConfig
+from simgen.models.registry import defaults_for
+from simgen.models.transforms import BOUNDS, soft_bound, soft_bound_inverse
+from simgen.train.loop import fit
 
 FAMILIES = ["flow", "vae", "diffusion"]
 TINY = {

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import simgen
-from simgen.flow import MAX_SCALE, NOISE_FLOOR, Flow, FlowConfig, needs_fixed_gaussian
-from simgen.heteroscedastic import heteroscedastic_fit, log_abs
-from simgen.train import fit
-from simgen.transforms import soft_bound
+from simgen.models.flow import MAX_SCALE, NOISE_FLOOR, Flow, FlowConfig, needs_fixed_gaussian
+from simgen.models.heteroscedastic import heteroscedastic_fit, log_abs
+from simgen.models.transforms import soft_bound
+from simgen.train.loop import fit
 
 N, D_THETA = 4000, 2
 SCALE_0, POWER_0 = 0.3, 1.5  # sigma_0 = 0.3 |theta_0|^1.5: a noise that vanishes at theta_0 = 0

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simgen.mcmc import effective_sample_size, hmc_sample, slice_sample, split_rhat
+from simgen.inference.mcmc import effective_sample_size, hmc_sample, slice_sample, split_rhat
 
 COV = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)

@@ -7,13 +7,13 @@ import pytest
 from scipy import stats
 
 import simgen
-from simgen.metropolis import (
+from simgen.inference.metropolis import (
     LOW_ACCEPTANCE,
     emulate_exact,
     independence_chains,
     metropolized_sample,
 )
-from simgen.train import fit
+from simgen.train.loop import fit
 
 
 def test_independence_chains_reach_the_target_from_a_wrong_proposal():

@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 from scipy.spatial.transform import Rotation
-
-import simgen
-from simgen.diagnostics import (
-    bond_lengths,
-    pair_distances,
-    power_spectrum,
-    radial_average,
-    radius_of_gyration,
-    wasserstein_relative,
-)
-from simulators.cosmology import CosmologyField
-from simulators.molecular import (
+from simgen.builtin.cosmology import CosmologyField
+from simgen.builtin.molecular import (
     BeadSpringChain,
     energy,
     energy_and_grad,
@@ -28,6 +18,16 @@ from simulators.molecular import (
     jacobian_log_det,
     pivot_move,
     positions,
+)
+
+import simgen
+from simgen.diagnostics.metrics import (
+    bond_lengths,
+    pair_distances,
+    power_spectrum,
+    radial_average,
+    radius_of_gyration,
+    wasserstein_relative,
 )
 
 
@@ -244,8 +244,8 @@ def test_wasserstein_relative():
     ],
 )
 def test_check_compares_physical_statistics(tmp_path, name, options, expected):
-    from simgen.check import check
-    from simgen.train import fit
+    from simgen.diagnostics.report import check
+    from simgen.train.loop import fit
 
     sim = simgen.get_simulator(name, **options)
     data = simgen.simulate(sim, 1000, tmp_path / "d.h5", workers=1, progress=False)

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import simgen
 from simgen.cli import app
-from simgen.emulator import build_family, defaults_for
 from simgen.errors import UsageError
-from simgen.nn import full_precision
-from simgen.train import fit
+from simgen.models.nn import full_precision
+from simgen.models.registry import build_family, defaults_for
+from simgen.train.loop import fit
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
@@ -85,7 +85,7 @@ def test_unknown_precision_is_refused(data, tmp_path):
 def test_autocast_state_is_read_on_older_torch(monkeypatch):
     """torch < 2.4: ``is_autocast_enabled()`` takes no device (and means CUDA); the CPU state has
     its own call."""
-    from simgen.nn import _autocast_on
+    from simgen.models.nn import _autocast_on
 
     # autocast entered first: it uses the new signature itself
     with torch.autocast(**BF16), monkeypatch.context() as patch:
@@ -95,7 +95,7 @@ def test_autocast_state_is_read_on_older_torch(monkeypatch):
 
 
 def test_auto_precision_is_bf16_for_convolutional_networks_on_cuda_only():
-    from simgen.train import TrainConfig, uses_bf16
+    from simgen.train.config import TrainConfig, uses_bf16
 
     mlp = build_family("flow", 3, 2, defaults_for("flow", (3,)))
     unet = build_family("diffusion", 64, 2, defaults_for("diffusion", (8, 8)))

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import simgen
-import simgen.executors
-from simgen import tasks as simulation_tasks
+import simgen.data.executors
+from simgen.data import tasks as simulation_tasks
+from simgen.data.executors import pool_pays
+from simgen.data.journal import Journal
+from simgen.data.tasks import HELD_WINDOWS, run_chunk, tasks_in_order
 from simgen.errors import RunError, SimulatorError, StoreError, UsageError
-from simgen.executors import pool_pays
-from simgen.journal import Journal
-from simgen.tasks import HELD_WINDOWS, run_chunk, tasks_in_order
 
 
 def _same(a, b):
@@ -62,11 +62,11 @@ def test_default_workers_take_all_cores_for_slow_tasks(tmp_path, monkeypatch, st
     """Tasks of 50 ms. With a pool that starts at once, the first task outlasts the start and
     the pool starts meanwhile; with a start of 0.5 s, the first task ends first and
     ``pool_pays`` chooses the pool for the 29 others (0.5 + 15 x 0.05 s < 29 x 0.05 s)."""
-    monkeypatch.setattr(simgen.executors, "POOL_START_SECONDS", start)
+    monkeypatch.setattr(simgen.data.executors, "POOL_START_SECONDS", start)
     slow, reports = simgen.get_simulator("sims_for_tests:Slow"), []
     path, alone = tmp_path / "s.h5", tmp_path / "s1.h5"
     simgen.simulate(slow, 600, path, progress=False, on_report=reports.append)
-    assert reports[-1].workers == simgen.executors.default_workers()
+    assert reports[-1].workers == simgen.data.executors.default_workers()
     one = simgen.simulate(slow, 600, alone, workers=1, progress=False, on_report=reports.append)
     assert reports[-1].workers == 1
     _same(simgen.open_store(path), one)

@@ -13,8 +13,8 @@ import torch
 from conftest import BUILTINS
 
 import simgen
+from simgen.data.simulator import describe_prior, option_spec, parse_option, simulator_class
 from simgen.errors import SimulatorError, UsageError
-from simgen.simulator import describe_prior, option_spec, parse_option, simulator_class
 
 
 def test_builtins_come_through_entry_points():

@@ -11,7 +11,7 @@ from conftest import BUILTINS
 from scipy import stats
 
 import simgen
-from simgen.tasks import run_chunk
+from simgen.data.tasks import run_chunk
 
 
 @pytest.mark.parametrize("name", BUILTINS)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import simgen
-from simgen.emulator import defaults_for
+from simgen.data.tasks import run_chunk
 from simgen.errors import UsageError
-from simgen.flow import Flow, FlowConfig
-from simgen.spectral import Hartley
-from simgen.tasks import run_chunk
+from simgen.models.flow import Flow, FlowConfig
+from simgen.models.registry import defaults_for
+from simgen.models.spectral import Hartley
 
 SIDE = 8
 
@@ -99,7 +99,7 @@ def test_spectral_flow_learns_a_gaussian_field(gaussian_maps, tmp_path):
 def test_pixel_initialisation_finds_the_gaussianising_shape():
     """From a batch alone, the pixel map starts (nearly) affine on Gaussian pixels and (nearly)
     the log on log-normal ones, the maps that make each Gaussian; its output is standardised."""
-    from simgen.spectral import PixelTransform
+    from simgen.models.spectral import PixelTransform
 
     sim = simgen.get_simulator("cosmology", size=SIDE, box=64.0)
     theta = sim.prior().sample((256,)).double().numpy()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import simgen
+from simgen.data.store import FORMAT, REQUIRED_ATTRS, open_store
 from simgen.errors import StoreError, UsageError
-from simgen.store import FORMAT, REQUIRED_ATTRS, open_store
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_bad_files(tmp_path, store):
 
 
 def test_appender_writes_in_order_and_reports_writer_errors(tmp_path, store):
-    from simgen.store import create
-    from simgen.writer import Appender
+    from simgen.data.store import create
+    from simgen.data.writer import Appender
 
     meta = {k: v for k, v in store.metadata.items() if k != "format"}
     with Appender(lambda: create(tmp_path / "a.h5", meta), buffer_bytes=1000) as appender:
@@ -143,7 +143,7 @@ def test_appended_blocks_read_back_whatever_their_alignment(tmp_path, compressio
     """Rows appended in blocks that cover whole HDF5 chunks (written straight to the file),
     part of one, or start inside one, read back as the concatenation; a filtered dataset takes
     the usual path."""
-    from simgen.writer import _Column
+    from simgen.data.writer import _Column
 
     rng = np.random.default_rng(0)
     blocks = [rng.standard_normal((m, 3)).astype(np.float32) for m in (8, 4, 3, 13, 16, 0, 5)]

@@ -10,12 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 import simgen
-import simgen.train as train_module
+import simgen.train.loop as train_module
 from simgen.cli import app
 from simgen.emulator import load
 from simgen.errors import RunError, UsageError
-from simgen.metropolis import LOW_ACCEPTANCE
-from simgen.train import fit, read_config
+from simgen.inference.metropolis import LOW_ACCEPTANCE
+from simgen.train.config import read_config
+from simgen.train.loop import fit
 
 FLOW = {"transforms": 2, "hidden": [16, 16]}
 
@@ -52,7 +53,7 @@ def test_interrupted_fit_resumes_to_the_same_model(data, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_without_writing_a_model(data, tmp_path, monkeypatch):
-    from simgen.flow import Flow
+    from simgen.models.flow import Flow
 
     monkeypatch.setattr(Flow, "loss", lambda self, theta, x: torch.full(x.shape[:1], float("nan")))
     out = tmp_path / "m.pt"
@@ -243,7 +244,7 @@ def test_cli_bad_input(data, tmp_path):
 def test_prefetch_keeps_order_raises_errors_and_stops_early():
     import threading
 
-    from simgen.batches import prefetch
+    from simgen.train.batches import prefetch
 
     assert list(prefetch(range(10), depth=2, transform=lambda i: 2 * i)) == list(range(0, 20, 2))
 
@@ -274,7 +275,7 @@ def test_compiled_fit_matches_eager(data):
 
 def test_auto_device_follows_simgen_device(monkeypatch):
     from simgen.errors import UsageError
-    from simgen.train import resolve_device
+    from simgen.train.config import resolve_device
 
     monkeypatch.setenv("SIMGEN_DEVICE", "cpu")
     assert resolve_device("auto") == torch.device("cpu")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import simgen
-from simgen.diffusion import Diffusion, DiffusionConfig
 from simgen.errors import UsageError
-from simgen.unet import UNet
+from simgen.models.diffusion import Diffusion, DiffusionConfig
+from simgen.models.unet import UNet
 
 
 def test_circular_unet_commutes_with_periodic_shifts():
@@ -58,7 +58,7 @@ def test_tiny_unet_diffusion_fits_and_samples_maps(maps, tmp_path):
 
 
 def test_conv_vae_fits_maps_and_refuses_other_shapes(maps, tmp_path):
-    from simgen.vae import VAE, VAEConfig
+    from simgen.models.vae import VAE, VAEConfig
 
     with pytest.raises(UsageError, match="square maps"):
         VAE(100, 2, VAEConfig(network="conv", channels=(4, 8, 16)))  # side 10: not by 8
@@ -73,7 +73,7 @@ def test_conv_vae_fits_maps_and_refuses_other_shapes(maps, tmp_path):
     with torch.no_grad():
         assert torch.isfinite(emulator.log_prob(x, theta)).all()
     # a 2-D latent: simgen check draws the decoded grid
-    from simgen.check import check
+    from simgen.diagnostics.report import check
 
     report = check(emulator, tmp_path / "r", pairs=4, draws=3, thetas=1, samples=50, warmup=2)
     assert "latent.png" in report["files"] and (tmp_path / "r" / "latent.png").stat().st_size

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import simgen
-from simgen.simulator import box_uniform
+from simgen.data.simulator import box_uniform
 
 
 class Flaky(simgen.Simulator):

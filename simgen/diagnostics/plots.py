@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from simgen.store import Store
+from simgen.data.store import Store
 
 __all__ = [
     "plot_calibration",
@@ -164,7 +164,7 @@ def plot_calibration(
     Args:
         ranks: ``(m, d)`` ranks in ``{0, ..., draws}``.
         draws: Posterior draws per pair.
-        curve: From :func:`simgen.diagnostics.coverage_levels`.
+        curve: From :func:`simgen.diagnostics.metrics.coverage_levels`.
         names: Parameter names.
         path: Where to write the PNG.
         bins: Histogram bins.

@@ -14,11 +14,9 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,103 +25,18 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from simgen.atomic import replacing
-from simgen.batches import TrainingData
-from simgen.distributed import Ranks, setup
-from simgen.emulator import FAMILIES, Emulator, build_family, defaults_for
+from simgen.data.store import Store, check_writable, open_store
+from simgen.emulator import Emulator
 from simgen.errors import RunError, UsageError
-from simgen.flow import Flow
-from simgen.progress import progress_bar
-from simgen.store import Store, open_store
+from simgen.models.family import Family
+from simgen.models.registry import FAMILIES, build_family, defaults_for
+from simgen.terminal import progress_bar
+from simgen.threads import fit_threads, torch_threads
+from simgen.train.batches import TrainingData
+from simgen.train.config import PRECISIONS, TrainConfig, cosine_lr, resolve_device, uses_bf16
+from simgen.train.distributed import Ranks, setup
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["TrainConfig", "fit", "read_config", "resolve_device", "uses_bf16"]
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training loop.
-
-    Attributes:
-        epochs: Maximum passes over the training rows.
-        batch_size: Rows per step.
-        lr: Peak learning rate of AdamW, decayed on a cosine to 1% over ``epochs`` or over
-            ``max_seconds``, whichever comes first.
-        weight_decay: AdamW weight decay.
-        clip: Gradient-norm clip.
-        ema_decay: Decay of the exponential moving average of the weights.
-        patience: Epochs without validation improvement before stopping.
-        val_fraction: Share of rows held out (the last rows: rows are i.i.d. from the prior).
-        seed: Seed of initialisation, shuffling and noise.
-        max_seconds: Stop after this much training time (None: no limit).
-        in_memory_bytes: Data sets up to this size (per process) are read into the training
-            device's memory once; larger ones stream from HDF5 every epoch.
-        shuffle_buffer: Chunk-aligned spans of the file whose rows a streamed epoch mixes (the
-            memory a streamed epoch holds is this many spans).
-        compile: Compile the training loss with ``torch.compile`` (worth it on GPUs, for long
-            fits; the first steps pay the compilation).
-        precision: Arithmetic of the training forward pass on CUDA: ``"bf16"`` (autocast: matrix
-            products and convolutions in bfloat16, every network's output layer and the loss
-            in float32), ``"fp32"``, or ``"auto"``: bf16 for networks with convolutions (the
-            U-Net and the convolutional VAE on maps), fp32 for the rest (MLPs on vectors: on an
-            H200, bf16 trained them 4-25% slower to the same density error,
-            ``benchmarks/results/gpu.json``). CPU fits always run in float32; evaluation
-            (``log_prob``, ``sample``) always does.
-    """
-
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    clip: float = 5.0
-    ema_decay: float = 0.995
-    patience: int = 20
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_seconds: float | None = None
-    in_memory_bytes: int = 2 << 30
-    shuffle_buffer: int = 4
-    compile: bool = False
-    precision: str = "auto"
-
-
-def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a TOML file with tables ``[train]`` and ``[model]`` -> (train, model) dicts."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise UsageError(f"cannot read config {path}: {error}") from None
-    unknown = set(data) - {"train", "model"}
-    if unknown:
-        raise UsageError(
-            f"config {path}: unknown table(s) {sorted(unknown)}; use [train], [model]"
-        )
-    return dict(data.get("train", {})), dict(data.get("model", {}))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the environment variable ``SIMGEN_DEVICE`` when set (``cpu`` keeps a GPU
-    free, ``cuda:1`` picks one), else CUDA when present, else CPU; ``"cuda"`` without a GPU is
-    refused."""
-    if device == "auto":
-        chosen = os.environ.get("SIMGEN_DEVICE", "")
-        if chosen and chosen != "auto":
-            try:
-                return resolve_device(chosen)
-            except UsageError as error:
-                raise UsageError(f"SIMGEN_DEVICE={chosen}: {error}") from None
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU; use auto or cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"unknown device '{device}'; use auto, cpu or cuda")
-    return torch.device(device)
+__all__ = ["fit"]
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -171,7 +84,7 @@ def fit(
         train: Overrides of :class:`TrainConfig` fields.
         config: Overrides of the family's configuration (``FlowConfig``, ``VAEConfig``,
             ``DiffusionConfig``), over the defaults for this kind of x
-            (:func:`simgen.emulator.defaults_for`: a U-Net for diffusion on square maps).
+            (:func:`simgen.models.registry.defaults_for`: a U-Net for diffusion on square maps).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         progress: Progress bar on stderr (default: when stderr is a terminal).
         resume: Continue from ``<out>.ckpt`` when it exists and matches.
@@ -191,6 +104,8 @@ def fit(
     tc = TrainConfig(**(train or {}))
     if tc.precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{tc.precision}'; use {', '.join(PRECISIONS)}")
+    if out is not None:
+        check_writable(Path(out))
     if len(store) < 10:
         raise UsageError(f"{store.path} has {len(store)} rows; simulate more (at least 10)")
     ranks = setup(resolve_device(device))
@@ -243,17 +158,30 @@ def _fit(
     torch.manual_seed(tc.seed)
     config = {**defaults_for(model, store.x_shape), **config}
     net = build_family(model, math.prod(store.x_shape), len(store.parameters), config)
-    data = TrainingData(store, tc, ranks, pool_x=getattr(net, "stationary", False))
+    threads = fit_threads(net, tc.threads) if dev.type == "cpu" else torch.get_num_threads()
+    with torch_threads(threads):
+        return _train(store, model, out, tc, net, ranks, progress, resume)
+
+
+def _train(
+    store: Store,
+    model: str,
+    out: str | os.PathLike | None,
+    tc: TrainConfig,
+    net: Family,
+    ranks: Ranks,
+    progress: bool | None,
+    resume: bool,
+) -> Emulator:
+    dev = ranks.device
+    data = TrainingData(store, tc, ranks, pool_x=net.stationary)
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
-    if hasattr(net, "initialize"):  # data-dependent starting values (DDP copies rank 0's)
-        rows = _first_rows(data.epoch(seed=tc.seed))
-        if isinstance(net, Flow):  # theta = 0 in standardised units, for its log|theta| features
-            origin = -data.norm["theta_mean"] / data.norm["theta_std"]
-            net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
-        else:
-            net.initialize(*rows)
-        info["model_config"] = _model_config(net)  # what initialize settled ("auto")
+    # data-dependent starting values (DDP copies rank 0's)
+    rows = _first_rows(data.epoch(seed=tc.seed))
+    origin = -data.norm["theta_mean"] / data.norm["theta_std"]  # theta = 0, standardised
+    net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
+    info["model_config"] = _model_config(net)  # what initialize settled ("auto")
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise
@@ -403,20 +331,6 @@ def _validate(net: torch.nn.Module, data: TrainingData, ranks: Ranks, seed: int)
             rows += len(v)
     total, rows = ranks.sum(torch.tensor([total, rows], dtype=torch.float64)).tolist()
     return total / rows
-
-
-def uses_bf16(net: torch.nn.Module, device: torch.device, tc: TrainConfig) -> bool:
-    """Whether the training forward pass runs under bf16 autocast: on CUDA only, for
-    ``precision = "bf16"``, or ``"auto"`` and a network with convolutions."""
-    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
-    wanted = tc.precision == "bf16" or (tc.precision == "auto" and convolutional)
-    return device.type == "cuda" and wanted
-
-
-def cosine_lr(peak: float, progress: float) -> float:
-    """Cosine decay from ``peak`` to ``peak / 100`` as ``progress`` goes from 0 to 1."""
-    progress = min(max(progress, 0.0), 1.0)
-    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _load_checkpoint(out: Path, dev: torch.device) -> dict[str, Any] | None:

@@ -5,8 +5,8 @@ prior and its simulations from streams seeded by ``numpy.random.SeedSequence(see
 spawn_key=(i,))`` (the ``i``-th child of ``SeedSequence(seed).spawn``), so a data set is a
 function of (simulator, options, seed, chunk size, n) alone: not of the number of workers, the
 executor, or how often the run was interrupted. Tasks run in this process (one worker), a process
-pool, or a Dask cluster (:mod:`simgen.tasks`); one writer, this process, owns the file. See
-:mod:`simgen.journal` for how stops are survived.
+pool, or a Dask cluster (:mod:`simgen.data.tasks`); one writer, this process, owns the file. See
+:mod:`simgen.data.journal` for how stops are survived.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ import torch
 
 import simgen
 from simgen.atomic import check_room, fsync_path, no_room
+from simgen.data.executors import default_workers
+from simgen.data.journal import Journal
+from simgen.data.merging import check_not_merged
+from simgen.data.samples import read_theta_rows
+from simgen.data.simulator import Simulator, describe_prior, get_simulator
+from simgen.data.store import Store, check_writable, create, open_store
+from simgen.data.tasks import tasks_in_order
+from simgen.data.writer import Appender
 from simgen.errors import RunError, StoreError, UsageError
-from simgen.executors import default_workers
-from simgen.journal import Journal
-from simgen.merging import check_not_merged
-from simgen.progress import progress_bar
-from simgen.simulator import Simulator, describe_prior, get_simulator
-from simgen.store import Store, check_writable, create, open_store
-from simgen.tasks import tasks_in_order
-from simgen.writer import Appender
+from simgen.terminal import progress_bar
 
 __all__ = ["SimulationReport", "default_workers", "simulate"]
 
@@ -64,6 +65,26 @@ class SimulationReport:
     seconds: float
     resumed_chunks: int
     workers: int | None = 0
+
+    def describe(self, path: str | os.PathLike) -> str:
+        """One line for people: rows written to ``path``, time, rate, where, and failures."""
+        if self.rows_new == 0:
+            return f"{path} already holds {self.rows_total:,} simulated rows; nothing to do"
+        where = {None: "on the Dask cluster", 1: "in this process"}.get(
+            self.workers, f"in {self.workers} worker processes"
+        )
+        rate = self.rows_new / self.seconds if self.seconds > 0 else float("nan")
+        took = f"{self.seconds:.3g}" if self.seconds < 100 else f"{self.seconds:,.0f}"
+        line = (
+            f"wrote {self.rows_new:,} rows to {path} in {took} s ({rate:,.0f} rows/s, {where}); "
+            f"{self.rows_total:,} rows in the file"
+        )
+        if self.failed_new:
+            line += (
+                f"\nwarning: {self.failed_new:,} of {self.rows_new:,} rows failed (the simulator "
+                "raised or gave NaN/inf); their theta is kept under failed/theta"
+            )
+        return line
 
 
 def _identity(
@@ -159,7 +180,7 @@ def _rows_done(path: Path, identity: dict[str, Any]) -> tuple[int, int]:
 
 def simulate(
     simulator: Simulator | str,
-    n: int,
+    n: int | None,
     path: str | os.PathLike,
     *,
     seed: int = 0,
@@ -180,19 +201,21 @@ def simulate(
 
     Args:
         simulator: A :class:`Simulator` or a registered name / import path (default options).
-        n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``).
+        n: Rows to attempt in total (failed rows count, and are kept under ``failed/theta``);
+            None: one per row of ``theta``.
         path: The data file.
         seed: Root seed of all random streams.
         workers: Processes simulating in parallel, each with one torch thread; 1 runs in
             this process (also with one torch thread, restored after). Default: the first
             task runs in this process, and the others in a pool of all cores where that
             finishes sooner (long runs of slow simulators), else here too
-            (:func:`simgen.tasks.tasks_in_order`, :func:`simgen.executors.pool_pays`).
+            (:func:`simgen.data.tasks.tasks_in_order`, :func:`simgen.data.executors.pool_pays`).
         chunk_size: Rows per task (default: the simulator's ``chunk_size``).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``): run the tasks there.
         progress: Show a progress bar on stderr (default: when stderr is a terminal).
         on_report: Called with the :class:`SimulationReport` at the end.
-        theta: Parameters to simulate instead of prior draws, ``(n, d_theta)`` (array-like),
+        theta: Parameters to simulate instead of prior draws, ``(n, d_theta)`` (array-like, or
+            a file of them: :func:`simgen.data.samples.read_theta_rows`),
             inside the prior's support: e.g. posterior samples, for a second round of
             simulations where the posterior is (``examples/sequential.py``), with a seed of
             its own (with the first round's, every row reuses that round's noise, and
@@ -217,6 +240,14 @@ def simulate(
     path = Path(path)
     chunk_size = int(chunk_size or sim.chunk_size)
     workers = None if workers is None else int(workers)
+    if isinstance(theta, str | os.PathLike):
+        theta = read_theta_rows(theta)
+    if n is None and theta is None:
+        raise UsageError(
+            "give the rows to simulate (n; -n on the command line) or the parameters to "
+            "simulate (theta; --theta-file)"
+        )
+    n = len(theta) if n is None else n
     if n < 1 or chunk_size < 1 or (workers is not None and workers < 1):
         raise UsageError("n, chunk_size and workers must be positive integers")
     given = None if theta is None else _given_parameters(sim, theta, n)

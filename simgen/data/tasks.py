@@ -4,8 +4,8 @@ Task ``i`` of a run simulates ``chunk_size`` rows: its parameters are drawn from
 a torch seed, and its simulations from a numpy ``Generator``, both from
 ``numpy.random.SeedSequence(seed, spawn_key=(i,))`` (:func:`run_chunk`, :func:`draw_prior`), so a
 task's rows do not depend on where it runs. :func:`tasks_in_order` runs a run's tasks in this
-process, a process pool or a Dask cluster (:mod:`simgen.executors`), saves the slow ones in the
-journal (:mod:`simgen.journal`), and yields them in order to the one writer.
+process, a process pool or a Dask cluster (:mod:`simgen.data.executors`), saves the slow ones in the
+journal (:mod:`simgen.data.journal`), and yields them in order to the one writer.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from simgen import executors
-from simgen.errors import SimulatorError
-from simgen.executors import (
+from simgen.data import executors
+from simgen.data.executors import (
     default_workers,
     executor,
-    one_torch_thread,
     pool_pays,
     task_and_payload,
 )
-from simgen.journal import ChunkResult, Journal
-from simgen.simulator import Simulator
+from simgen.data.journal import ChunkResult, Journal
+from simgen.data.simulator import Simulator
+from simgen.errors import SimulatorError
+from simgen.threads import torch_threads
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -165,7 +165,7 @@ def _in_thread(fn: Callable[..., ChunkResult], *args: Any) -> Future:
 
     def run() -> None:
         try:
-            with one_torch_thread():
+            with torch_threads(1):
                 future.set_result(fn(*args))
         except BaseException as error:  # noqa: BLE001 (handed to the caller via the future)
             future.set_exception(error)
@@ -183,7 +183,7 @@ def _first_task_decides(
 ) -> tuple[int, Future]:
     """Run task ``index`` here, in a thread, and choose how many processes simulate the
     ``remaining`` tasks: all cores if it outlasts the pool's start (the pool pays whatever
-    follows, so it starts meanwhile) or where :func:`~simgen.executors.pool_pays`, else 1
+    follows, so it starts meanwhile) or where :func:`~simgen.data.executors.pool_pays`, else 1
     (this process). Returns that number and the task's Future."""
     cores = default_workers()
     probe = _in_thread(run_chunk, sim, seed, index, *arguments)

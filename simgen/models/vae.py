@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Size, Tensor, nn
+from torch import Size, Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints
 
-from simgen.conv import ConvDecoder, ConvEncoder
 from simgen.errors import UsageError
-from simgen.nn import MLP
+from simgen.models.conv import ConvDecoder, ConvEncoder
+from simgen.models.family import Family
+from simgen.models.nn import MLP
 
 __all__ = ["VAE", "IWAEDistribution", "VAEConfig"]
 
@@ -44,7 +45,7 @@ class VAEConfig:
     Attributes:
         latent: Latent size.
         network: ``"mlp"`` encoder and decoder over the flattened x, or ``"conv"``
-            (convolutional, for square 2-D maps; :mod:`simgen.conv`).
+            (convolutional, for square 2-D maps; :mod:`simgen.models.conv`).
         hidden: Hidden layer sizes of encoder, decoder and prior networks (with ``conv``: of
             the MLPs between the convolutions and the latent).
         channels: Channels of the convolutions after each halving of the resolution.
@@ -75,7 +76,7 @@ class _JoinedMLP(MLP):
         return super().forward(torch.cat([a, b], dim=-1))
 
 
-class VAE(nn.Module):
+class VAE(Family):
     """The conditional VAE over ``d_x`` features given ``d_theta`` parameters."""
 
     def __init__(self, d_x: int, d_theta: int, config: VAEConfig) -> None:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from simgen.distributed import Ranks
+from simgen.data.store import Store
 from simgen.errors import UsageError
-from simgen.store import Store
+from simgen.train.distributed import Ranks
 
 if TYPE_CHECKING:
-    from simgen.train import TrainConfig
+    from simgen.train.config import TrainConfig
 
 __all__ = ["TrainingData", "prefetch"]
 

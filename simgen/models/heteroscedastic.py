@@ -1,5 +1,5 @@
 r"""The maximum-likelihood heteroscedastic linear-Gaussian model of x given theta: the fixed part
-of the flow's standardisation (:class:`simgen.flow.ConditionalAffine` with ``fixed_gaussian``).
+of the flow's standardisation (:class:`simgen.models.flow.ConditionalAffine` with ``fixed_gaussian``).
 
 Each value of x is modelled as :math:`x_i \sim N(\mu_i(\theta), e^{-2 s_i(\theta)})` with
 

@@ -33,8 +33,8 @@ from torch.distributions import Distribution, biject_to
 
 from simgen.emulator import Emulator, _as_tensor
 from simgen.errors import UsageError
-from simgen.mcmc import effective_sample_size, hmc_sample, slice_sample, split_rhat
-from simgen.progress import progress_bar
+from simgen.inference.mcmc import effective_sample_size, hmc_sample, slice_sample, split_rhat
+from simgen.terminal import progress_bar
 
 __all__ = ["Posterior", "PosteriorSamples"]
 

@@ -7,6 +7,7 @@ so one loop drives them all. Processes and Dask workers get the simulator by val
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -20,14 +21,15 @@ import cloudpickle
 import numpy as np
 import torch
 
+from simgen.data.journal import ChunkResult
+from simgen.data.simulator import Simulator
 from simgen.errors import UsageError
-from simgen.journal import ChunkResult
-from simgen.simulator import Simulator
+from simgen.threads import torch_threads
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["default_workers", "executor", "one_torch_thread", "pool_pays", "task_and_payload"]
+__all__ = ["default_workers", "executor", "pool_pays", "task_and_payload"]
 
 # What a process pool costs, measured on the 2-core machine of the benchmarks, two workers
 # simulating beside this process: starting it (spawning processes that import numpy and torch)
@@ -65,26 +67,19 @@ def pool_pays(task_seconds: float, task_bytes: int, tasks: int, workers: int) ->
     return POOL_START_SECONDS + max(rounds, receiving) < alone
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block (as one worker does), and restore the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 _WORKER_SIMULATORS: dict[bytes, Simulator] = {}
 
 
 def _run_pickled(
-    payload: bytes, seed: int, index: int, size: int, theta: np.ndarray | None = None
+    run_chunk: Callable[..., ChunkResult],
+    payload: bytes,
+    seed: int,
+    index: int,
+    size: int,
+    theta: np.ndarray | None = None,
 ) -> ChunkResult:
-    """:func:`simgen.tasks.run_chunk` in a worker, the simulator sent once by value."""
-    from simgen.tasks import run_chunk
-
+    """``run_chunk`` (:func:`simgen.data.tasks.run_chunk`) in a worker, the simulator sent once
+    by value."""
     key = hashlib.sha256(payload).digest()
     if key not in _WORKER_SIMULATORS:
         _WORKER_SIMULATORS.clear()
@@ -104,7 +99,7 @@ def task_and_payload(
     if local:
         return run_chunk, sim
     try:
-        return _run_pickled, cloudpickle.dumps(sim)
+        return functools.partial(_run_pickled, run_chunk), cloudpickle.dumps(sim)
     except Exception as error:  # noqa: BLE001 (pickling user objects can raise anything)
         raise UsageError(
             f"simulator '{sim.name}' cannot be sent to worker processes ({error}): keep "
@@ -156,7 +151,7 @@ def executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, in
         finally:
             client.close()
     elif workers == 1:
-        with one_torch_thread():  # one worker, one core, as in the worker processes
+        with torch_threads(1):  # one worker, one core, as in the worker processes
             yield _InlineExecutor(), 1
     else:
         import multiprocessing

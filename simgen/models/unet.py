@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from simgen.nn import full_precision
+from simgen.models.nn import full_precision
 
 __all__ = ["UNet"]
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from simgen.data.simulator import Simulator
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.progress import progress_bar
-from simgen.simulator import Simulator
+from simgen.terminal import progress_bar
 
 __all__ = [
     "MetropolisSample",

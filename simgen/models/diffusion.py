@@ -16,7 +16,7 @@ SDE or the probability-flow ODE
 The density follows the probability-flow ODE with an adaptive solver (``zuko``'s
 ``FreeFormJacobianTransform``): exact divergence for small x, Hutchinson's unbiased estimator
 for large x (then ``log_prob`` is stochastic, with spread that ``log_prob_spread`` reports).
-With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.ddpm`): trained at
+With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.models.ddpm`): trained at
 its steps, sampled ancestrally, its density bounded below by the ELBO.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,11 @@ from torch.distributions import Distribution, Independent, Normal
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import FreeFormJacobianTransform
 
-from simgen.ddpm import DDPMDistribution, ancestral_sample
 from simgen.errors import UsageError
-from simgen.nn import MLP, TimeEmbedding, full_precision, linear_gaussian_fit
-from simgen.unet import UNet
+from simgen.models.ddpm import DDPMDistribution, ancestral_sample
+from simgen.models.family import Family
+from simgen.models.nn import MLP, TimeEmbedding, full_precision, linear_gaussian_fit
+from simgen.models.unet import UNet
 
 __all__ = ["Diffusion", "DiffusionConfig", "vp_alpha_sigma", "vp_beta"]
 
@@ -48,7 +50,7 @@ class DiffusionConfig:
 
     Attributes:
         network: The denoiser: ``"mlp"`` over the flattened x, or ``"unet"`` (convolutional,
-            for square 2-D maps; :class:`simgen.unet.UNet`).
+            for square 2-D maps; :class:`simgen.models.unet.UNet`).
         hidden: Hidden layer sizes of the denoiser MLP (``mlp``) or of the conditioning
             network (``unet``).
         channels: Channels of the U-Net at each resolution, finest first.
@@ -57,7 +59,7 @@ class DiffusionConfig:
         time: ``"continuous"`` (the SDE: trained at any t, sampled by ODE/SDE solvers, density
             by the probability-flow ODE) or ``"discrete"`` (the DDPM chain of
             ``discrete_steps`` steps: trained at its steps, ancestral sampling, density = its
-            ELBO; :mod:`simgen.ddpm`).
+            ELBO; :mod:`simgen.models.ddpm`).
         discrete_steps: Steps ``T`` of the discrete chain.
         parameterization: What the network predicts: ``"eps"``, ``"x0"`` or ``"score"``.
         beta_min: :math:`\\beta_0`.
@@ -73,7 +75,7 @@ class DiffusionConfig:
             (:class:`GaussianDenoiser`: least-squares start, then trained with the network,
             whose last layer starts at zero), so the network learns only how the data differ
             from that Gaussian. The default for new fits with the MLP denoiser
-            (:func:`simgen.emulator.defaults_for`); False here for files that predate it.
+            (:func:`simgen.models.registry.defaults_for`); False here for files that predate it.
     """
 
     network: str = "mlp"
@@ -172,7 +174,7 @@ class GaussianDenoiser(nn.Module):
         return -r / v
 
 
-class Diffusion(nn.Module):
+class Diffusion(Family):
     """The conditional diffusion model over ``d_x`` features given ``d_theta`` parameters."""
 
     def __init__(self, d_x: int, d_theta: int, config: DiffusionConfig) -> None:
@@ -200,7 +202,13 @@ class Diffusion(nn.Module):
         """:math:`(\\alpha_t, \\sigma_t)`."""
         return vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
 
-    def initialize(self, theta: Tensor, x: Tensor) -> None:
+    def initialize(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        origin: Tensor | None = None,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> None:
         """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
         least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``); else nothing."""
         if self.gaussian is not None:

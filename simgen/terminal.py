@@ -1,10 +1,13 @@
-"""Progress bars on stderr (rich), with rate and time remaining; silent when disabled."""
+"""What simgen shows on a terminal: progress bars on stderr (rich), with rate and time
+remaining, silent when disabled; and tables on stdout that fold long values, never cut them,
+and turn into tab-separated lines when stdout is not a terminal."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -17,9 +20,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
-__all__ = ["default_enabled", "progress_bar"]
+__all__ = ["default_enabled", "progress_bar", "table"]
 
 
 class RateColumn(ProgressColumn):
@@ -75,3 +79,28 @@ def progress_bar(
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v!r}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return ("yes" if value else "-") if isinstance(value, bool) else str(value)
+
+
+def table(title: str, rows: list[dict[str, Any]], header: bool = True) -> None:
+    """``rows`` (one dict each, keys the columns) on stdout: a rich table on a terminal (long
+    values fold, never cut), tab-separated lines otherwise (for grep, cut and files)."""
+    columns = list(rows[0]) if rows else []
+    cells = [[_text(row[c]) for c in columns] for row in rows]
+    if not sys.stdout.isatty():
+        for line in [columns, *cells] if header else cells:
+            print("\t".join(line))
+        return
+    out = Table(*columns, title=title or None, show_header=header)
+    for column in out.columns:
+        column.overflow = "fold"
+    for line in cells:
+        out.add_row(*line)
+    Console().print(out)

@@ -41,8 +41,8 @@ from zuko.distributions import DiagNormal
 from zuko.flows import LazyTransform, UnconditionalDistribution
 from zuko.transforms import ComposedTransform, DependentTransform, MonotonicRQSTransform
 
-from simgen.nn import MLP
-from simgen.transforms import Affine
+from simgen.models.nn import MLP
+from simgen.models.transforms import Affine
 
 __all__ = [
     "RANK",

@@ -34,26 +34,36 @@ arXiv:2102.09672: the same :math:`\bar\alpha` at the kept steps).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Size, Tensor
 from torch.distributions import Distribution, constraints
 
-if TYPE_CHECKING:
-    from simgen.diffusion import Diffusion
-
-__all__ = ["DDPMDistribution", "alpha_bar", "ancestral_sample", "elbo"]
+__all__ = ["DDPMDistribution", "NoisePredictor", "alpha_bar", "ancestral_sample", "elbo"]
 
 
-def alpha_bar(model: Diffusion, steps: Tensor) -> Tensor:
+class NoisePredictor(Protocol):
+    """What the chain needs of a diffusion model (:class:`simgen.models.diffusion.Diffusion`):
+    ``config.discrete_steps``, the schedule :math:`t \\mapsto (\alpha_t, \\sigma_t)`, the noise
+    prediction :math:`\\hat\\epsilon(x_t, t, \theta)` and the size of x."""
+
+    config: Any
+    d_x: int
+
+    def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def epsilon(self, x: Tensor, t: Tensor, theta: Tensor) -> Tensor: ...
+
+
+def alpha_bar(model: NoisePredictor, steps: Tensor) -> Tensor:
     """:math:`\\bar\\alpha_i` at integer steps ``i`` in ``0..T`` (1 at ``i = 0``)."""
     t = steps.double() / model.config.discrete_steps
     alpha, _ = model.schedule(t)
     return torch.where(steps == 0, torch.ones_like(alpha), alpha**2)
 
 
-def elbo(model: Diffusion, x: Tensor, theta: Tensor, chunk: int = 50) -> Tensor:
+def elbo(model: NoisePredictor, x: Tensor, theta: Tensor, chunk: int = 50) -> Tensor:
     """The ELBO of rows ``x`` ``(b, d_x)`` given ``theta`` ``(b, d_theta)``, ``(b,)``, one noise
     draw per step, the network evaluated ``chunk`` steps at a time."""
     big_t, d = model.config.discrete_steps, x.shape[-1]
@@ -78,7 +88,7 @@ def elbo(model: Diffusion, x: Tensor, theta: Tensor, chunk: int = 50) -> Tensor:
 
 
 @torch.no_grad()
-def ancestral_sample(model: Diffusion, theta: Tensor, steps: int) -> Tensor:
+def ancestral_sample(model: NoisePredictor, theta: Tensor, steps: int) -> Tensor:
     """One ``x`` per row of ``theta`` ``(b, d_theta)`` down the chain respaced to ``steps``."""
     big_t = model.config.discrete_steps
     kept = torch.linspace(big_t, 1, min(steps, big_t), device=theta.device).round().long()
@@ -103,7 +113,7 @@ class DDPMDistribution(Distribution):
     arg_constraints: ClassVar[dict] = {}
     support = constraints.real_vector
 
-    def __init__(self, model: Diffusion, theta: Tensor) -> None:
+    def __init__(self, model: NoisePredictor, theta: Tensor) -> None:
         self.model, self.theta = model, theta
         super().__init__(theta.shape[:-1], Size([model.d_x]), validate_args=False)
 

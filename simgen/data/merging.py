@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from simgen.atomic import check_room, replacing
+from simgen.data.store import Store, check_writable, create, open_store
 from simgen.errors import UsageError
-from simgen.progress import progress_bar
-from simgen.store import Store, check_writable, create, open_store
+from simgen.terminal import progress_bar
 
 __all__ = ["SAME", "check_not_merged", "merge"]
 

@@ -13,7 +13,7 @@ What ``simgen check MODEL`` runs. With fresh simulations (streams no training ro
 * **calibration**: ``pairs`` pairs ``(theta_i, x_i)`` from the prior predictive, the posterior
   of every ``x_i`` sampled in one batch (:meth:`Posterior.sample_batch`), SBC ranks of the
   ``theta_i`` with a chi-square test of uniformity per parameter, and the expected coverage of
-  the highest-posterior-density regions (:mod:`simgen.diagnostics`).
+  the highest-posterior-density regions (:mod:`simgen.diagnostics.metrics`).
 
 * **latent space**, for a VAE with a 2-D latent: the decoder's mean over a grid of the latent
   at one theta (``latent.png``).
@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from simgen.atomic import replacing
-from simgen.diagnostics import (
+from simgen.data.simulator import Simulator
+from simgen.data.tasks import run_chunk
+from simgen.diagnostics.metrics import (
     c2st,
     coverage_levels,
     expected_coverage,
@@ -43,43 +45,22 @@ from simgen.diagnostics import (
     sbc_uniformity,
     wasserstein_relative,
 )
-from simgen.emulator import Emulator
-from simgen.errors import UsageError
-from simgen.metropolis import metropolized_sample, require_log_unnormalized
-from simgen.plots import (
+from simgen.diagnostics.plots import (
     plot_calibration,
     plot_emulation,
     plot_fields,
     plot_latent_grid,
     plot_summaries,
 )
-from simgen.posterior import Posterior
-from simgen.simulator import Simulator, get_simulator
-from simgen.tasks import run_chunk
+from simgen.emulator import Emulator
+from simgen.errors import UsageError
+from simgen.inference.metropolis import metropolized_sample, require_log_unnormalized
+from simgen.inference.posterior import Posterior
 
-__all__ = ["C2ST_MAX_FEATURES", "check", "simulator_of"]
+__all__ = ["C2ST_MAX_FEATURES", "check"]
 
 C2ST_MAX_FEATURES = 256
 HELD_OUT = 10**9  # task index of the check's simulations: far beyond any training task
-
-
-def simulator_of(emulator: Emulator, name: str | None = None) -> Simulator:
-    """The simulator ``name`` (registered name or import path), default: the one the emulator
-    was trained on, with its options; refused if its parameters or x shape differ."""
-    info = emulator.info["simulator"]
-    if name is None:
-        try:
-            sim = get_simulator(info["name"], **info["options"])
-        except UsageError:
-            sim = get_simulator(info["path"], **info["options"])
-    else:
-        sim = get_simulator(name)
-    if tuple(sim.x_shape) != emulator.x_shape or sim.d_theta != emulator.d_theta:
-        raise UsageError(
-            f"simulator '{sim.name}' has {sim.d_theta} parameters and x of shape "
-            f"{tuple(sim.x_shape)}; the model has {emulator.d_theta} and {emulator.x_shape}"
-        )
-    return sim
 
 
 def check(
@@ -110,7 +91,7 @@ def check(
         seed: Seed of the check's simulations and samplers.
         progress: Progress bar for the posterior sampling.
         metropolis: Compare the emulator's samples corrected by the simulator's density
-            (:func:`simgen.metropolis.metropolized_sample`; flows of simulators with
+            (:func:`simgen.inference.metropolis.metropolized_sample`; flows of simulators with
             ``log_unnormalized``); the report then gives their ``acceptance`` per theta.
 
     Returns:
@@ -120,7 +101,7 @@ def check(
     """
     if pairs < 2 or draws < 1 or thetas < 1 or samples < 2:
         raise UsageError("pairs >= 2, draws >= 1, thetas >= 1 and samples >= 2 are needed")
-    sim = simulator or simulator_of(emulator)
+    sim = simulator or emulator.simulator()
     if metropolis:
         require_log_unnormalized(sim, "--metropolis needs its density")
     out = Path(out)

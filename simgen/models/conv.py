@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from simgen.nn import MLP, full_precision
+from simgen.models.nn import MLP, full_precision
 
 __all__ = ["ConvDecoder", "ConvEncoder"]
 

@@ -12,8 +12,9 @@ import h5py
 import numpy as np
 
 from simgen.atomic import replacing
+from simgen.errors import UsageError
 
-__all__ = ["SAMPLES_FORMAT", "write_samples"]
+__all__ = ["SAMPLES_FORMAT", "read_theta_rows", "write_samples"]
 
 SAMPLES_FORMAT = "simgen-samples/1"
 
@@ -36,3 +37,28 @@ def write_samples(
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
         f.attrs["format"] = SAMPLES_FORMAT
     return path
+
+
+def read_theta_rows(path: str | os.PathLike) -> np.ndarray:
+    """Parameters ``(n, d)`` from ``path``: a ``.npy`` array, ``.csv`` rows, or the ``theta`` of
+    an HDF5 file (posterior samples of ``simgen sample --observed``, or a data file).
+
+    Raises:
+        UsageError: a missing or unreadable file, or an HDF5 file without ``theta``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                if "theta" not in f:
+                    raise UsageError(f"{path} holds no 'theta' data set")
+                values = f["theta"][:]
+        else:
+            values = np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError as error:
+        raise UsageError(f"cannot read thetas from {path}: {error}") from None
+    return np.atleast_2d(values)

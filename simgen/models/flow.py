@@ -1,6 +1,6 @@
 r"""Conditional neural spline flow (Durkan et al. 2019, arXiv:1906.04032) via ``zuko.flows.NSF``:
 the baseline family. Exact density :math:`\log p(x \mid \theta)` by change of variables. On
-square maps of a stationary field, the ``"spectral"`` network (:mod:`simgen.spectral`): a
+square maps of a stationary field, the ``"spectral"`` network (:mod:`simgen.models.spectral`): a
 point-wise spline, the Hartley transform and a whitening of each Fourier mode.
 
 All families share one interface, in standardised coordinates: ``loss(theta, x)`` per sample,
@@ -23,10 +23,17 @@ from zuko.flows import LazyTransform
 from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.errors import UsageError
-from simgen.heteroscedastic import HeteroscedasticFit, heteroscedastic_fit, log_abs
-from simgen.nn import MLP, cholesky_ridge, full_precision, linear_gaussian_fit
-from simgen.spectral import initialize, spectral_flow
-from simgen.transforms import BOUNDS, LocationScale, UnitLower, soft_bound, soft_bound_inverse
+from simgen.models.family import Family
+from simgen.models.heteroscedastic import HeteroscedasticFit, heteroscedastic_fit, log_abs
+from simgen.models.nn import MLP, cholesky_ridge, full_precision, linear_gaussian_fit
+from simgen.models.spectral import initialize, spectral_flow
+from simgen.models.transforms import (
+    BOUNDS,
+    LocationScale,
+    UnitLower,
+    soft_bound,
+    soft_bound_inverse,
+)
 
 __all__ = ["NOISE_FLOOR", "Flow", "FlowConfig", "needs_fixed_gaussian"]
 
@@ -45,8 +52,8 @@ class FlowConfig:
 
     Attributes:
         network: ``"nsf"`` (spline transforms over the features) or ``"spectral"`` (square
-            maps of a stationary field on a periodic grid, :mod:`simgen.spectral`; the
-            default there, :func:`simgen.emulator.defaults_for`).
+            maps of a stationary field on a periodic grid, :mod:`simgen.models.spectral`; the
+            default there, :func:`simgen.models.registry.defaults_for`).
         transforms: Number of spline transforms (``spectral``: coupling transforms after the
             whitening of the modes, 0 allowed).
         hidden: Hidden layer sizes of each transform's conditioner.
@@ -54,21 +61,21 @@ class FlowConfig:
         passes: Passes of each ``nsf`` transform: None (fully autoregressive: exact, but
             sampling takes one network pass per feature) or 2 (coupling: half the features
             condition the other half; sampling as fast as the density). Large x defaults to 2
-            (:func:`simgen.emulator.defaults_for`).
+            (:func:`simgen.models.registry.defaults_for`).
         affine: ``nsf`` only: first standardise x given theta, an affine map per feature
             whose mean and log-scale are linear in theta plus an MLP of theta
             (:class:`ConditionalAffine`; it starts at the least-squares fit of the first
             batch), so the splines model the residual;
             a simulator that adds noise to a deterministic signal of theta becomes a
             theta-independent problem. The default for new fits on vectors
-            (:func:`simgen.emulator.defaults_for`); False here for files that predate it.
+            (:func:`simgen.models.registry.defaults_for`); False here for files that predate it.
         correlated: With ``affine``: the standardisation also decorrelates x, a unit
             lower-triangular map whose entries are linear in theta plus an MLP of theta, so
             that it is a full covariance given theta (the least-squares start whitens the
             residuals). The default for new fits on vectors of at most
-            :data:`simgen.emulator.CORRELATED_MAX` values.
+            :data:`simgen.models.registry.CORRELATED_MAX` values.
         scale_bound: With ``affine``: how the log-scale is bounded by ``log(1e6)``
-            (:func:`simgen.transforms.soft_bound`): ``"tanh"`` (the default for new fits since
+            (:func:`simgen.models.transforms.soft_bound`): ``"tanh"`` (the default for new fits since
             2026-11-30), ``"softplus"`` (the identity until close to the bound; what
             ``fixed_gaussian`` needs where the noise spans orders of magnitude), or
             ``"rational"`` (zuko's soft clamp; files that predate the setting).
@@ -80,12 +87,12 @@ class FlowConfig:
             (``docs/architecture.md``), hence not yet a default.
         fixed_gaussian: With ``affine``: the linear part of the standardisation is the
             maximum-likelihood heteroscedastic linear-Gaussian model of the first rows
-            (:mod:`simgen.heteroscedastic`: a mean linear in theta, a log-scale linear in theta
+            (:mod:`simgen.models.heteroscedastic`: a mean linear in theta, a log-scale linear in theta
             and in log|theta|), held fixed, and the MLP's corrections to the mean are in units
             of that model's noise scale: training steps move the mean by a fraction of the
             local noise, however small it is (with ``scale_bound = "softplus"``). ``"auto"``
-            (the default for new fits on at most :data:`simgen.emulator.FIXED_GAUSSIAN_MAX`
-            values, :func:`simgen.emulator.defaults_for`) decides from the first rows
+            (the default for new fits on at most :data:`simgen.models.registry.FIXED_GAUSSIAN_MAX`
+            values, :func:`simgen.models.registry.defaults_for`) decides from the first rows
             (:func:`needs_fixed_gaussian`): fixed, with the softplus bound, where
             the noise falls below :data:`NOISE_FLOOR` of x's spread (slcp, whose posterior
             C2ST it takes to the exact likelihood's); elsewhere it cost accuracy when measured
@@ -125,9 +132,9 @@ class ConditionalAffine(LazyTransform):
     :math:`\theta_3^2, \theta_4^2`).
 
     ``fixed_gaussian``: the linear part is the maximum-likelihood heteroscedastic model of
-    :mod:`simgen.heteroscedastic` and does not train: :math:`a = a_0(\theta) + a_{MLP}`,
+    :mod:`simgen.models.heteroscedastic` and does not train: :math:`a = a_0(\theta) + a_{MLP}`,
     :math:`a_0 = W_s \theta + V \ell(\theta) + c` (:math:`\ell \approx \log|\theta|`,
-    :func:`simgen.heteroscedastic.log_abs`), and
+    :func:`simgen.models.heteroscedastic.log_abs`), and
     :math:`\mu = \mu_0(\theta) + e^{-s_0(\theta)} \mu_{MLP}` with
     :math:`s_0 = \mathrm{bound}(a_0)`: the MLP corrects the mean in units of the fixed
     model's noise. An optimiser's step changes a weight by about the learning rate whatever the
@@ -261,7 +268,7 @@ def needs_fixed_gaussian(fit: HeteroscedasticFit, theta: Tensor, origin: Tensor)
     return bool(torch.quantile(noise, 0.01) < NOISE_FLOOR)
 
 
-class Flow(nn.Module):
+class Flow(Family):
     """:math:`p(x \\mid \\theta)` as a conditional NSF over ``d_x`` features, whose spline
     transforms start at the identity (zero last layer of each conditioner)."""
 

@@ -38,6 +38,7 @@ __all__ = [
     "get_simulator",
     "option_spec",
     "parse_option",
+    "parse_options",
     "register",
     "simulator_class",
     "simulators",
@@ -140,7 +141,7 @@ class Simulator:
     def log_unnormalized(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         r""":math:`\log p(x \mid \theta) + c(\theta)`: the log density up to a constant in x,
         where the normaliser is unknown (a Boltzmann density :math:`e^{-U(x) / T}`), and
-        ``-inf`` outside the support of x. :func:`simgen.metropolis.metropolized_sample` uses
+        ``-inf`` outside the support of x. :func:`simgen.inference.metropolis.metropolized_sample` uses
         it to make emulated samples exact. Defaults to :meth:`log_likelihood`.
 
         Args:
@@ -341,6 +342,13 @@ def parse_option(cls: type[Simulator], text: str) -> tuple[str, Any]:
         raise UsageError(
             f"option '{key}' of simulator '{name}' expects {type_name}, got '{value}'"
         ) from None
+
+
+def parse_options(name: str, texts: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Options of the simulator ``name`` from ``key=value`` strings (``--option``), each
+    parsed against the option's type (:func:`parse_option`)."""
+    cls = simulator_class(name)
+    return dict(parse_option(cls, text) for text in texts)
 
 
 def describe_prior(prior: torch.distributions.Distribution) -> dict[str, Any]:
