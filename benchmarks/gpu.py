@@ -1,7 +1,7 @@
 """What a GPU gives: the CUDA path end to end, bf16 autocast against float32, speed against the CPU.
 
-Every fit below trains on the data read once onto the device, with the same seed and the same
-time budget, and is then evaluated on the device (float32):
+Every fit below trains on the data read once onto the device, with the same seed for the same
+number of epochs (``--epochs``), and is then evaluated on the device (float32):
 
 * ``density_abs_error_nats`` (gaussian_linear: 10-D, constant noise; slcp: 8-D, noise down to
   2e-4): mean ``|learned - exact| log p(x | theta)`` over 1,000 held-out pairs, for each family
@@ -19,7 +19,7 @@ time budget, and is then evaluated on the device (float32):
 Each record's ``method`` names the device (``torch.cuda.get_device_name``). Without CUDA the
 script measures the CPU alone (``--quick`` does so in the test suite).
 
-Run: ``python -m benchmarks.gpu [--quick] [--budget 10] [--steps likelihood batch field
+Run: ``python -m benchmarks.gpu [--quick] [--epochs 20] [--steps likelihood batch field
 posterior] [--out DIR]``; writes ``benchmarks/results/gpu.json`` after each step, replacing only
 the records the run measured again (a device lease too short for all steps can run the rest
 later).
@@ -67,10 +67,11 @@ def dataset(task: str, folder: Path, quick: bool) -> simgen.Store:
 
 
 def fit(
-    store: simgen.Store, family: str, device: str, budget: float, **train: Any
+    store: simgen.Store, family: str, device: str, epochs: int, **train: Any
 ) -> simgen.Emulator:
-    """A fit of ``family`` on ``device`` for ``budget`` seconds (batch 512 unless ``train`` says)."""
-    train = {"max_seconds": budget, "epochs": 10_000, "batch_size": 512, **train}
+    """A fit of ``family`` on ``device`` for ``epochs`` epochs (batch 512 unless ``train``
+    says)."""
+    train = {"epochs": epochs, "patience": epochs, "batch_size": 512, **train}
     return simgen.fit(store, family, None, train=train, device=device, progress=False)
 
 
@@ -89,7 +90,7 @@ def likelihood_tasks(
         for family in families:
             for name, device in devices.items():
                 for precision in ("bf16", "fp32") if name != "cpu" else ("fp32",):
-                    emulator = fit(store, family, device, args.budget, precision=precision)
+                    emulator = fit(store, family, device, args.epochs, precision=precision)
                     method = f"simgen {family} ({name}, {precision})"
                     m = 1_000 if args.quick else 100_000
                     emulate_s, _ = synchronized(emulator.sample, theta0, m)
@@ -116,7 +117,7 @@ def batch_speed(devices: dict[str, str], args: Namespace, folder: Path) -> list[
     store = dataset("gaussian_linear", folder, args.quick)
     for name, device in devices.items():
         for batch in (512, 4096):
-            emulator = fit(store, "flow", device, args.budget, batch_size=batch, precision="bf16")
+            emulator = fit(store, "flow", device, args.epochs, batch_size=batch, precision="bf16")
             speeds[name, batch] = emulator.info["metrics"]["train_samples_per_s"]
             method = f"simgen flow ({name}, batch {batch})"
             records.append(
@@ -146,7 +147,7 @@ def field(devices: dict[str, str], args: Namespace, folder: Path) -> list[dict]:
     theta = torch.tensor([0.3, 0.8])
     for name, device in gpu.items():
         for precision in ("bf16", "fp32"):
-            emulator = fit(store, "diffusion", device, args.budget, precision=precision)
+            emulator = fit(store, "diffusion", device, args.epochs, precision=precision)
             maps = 64 if args.quick else 1_024
             seconds, _ = synchronized(emulator.sample, theta, maps)
             method = f"simgen diffusion U-Net ({name}, {precision})"
@@ -167,7 +168,7 @@ def posterior_speed(devices: dict[str, str], args: Namespace, folder: Path) -> l
     records, rates = [], {}
     sim = simgen.get_simulator("gaussian_linear")
     store = dataset("gaussian_linear", folder, args.quick)
-    emulator = fit(store, "flow", "cpu", args.budget)
+    emulator = fit(store, "flow", "cpu", args.epochs)
     x_obs = held_out(sim, 1, seed=2)[1][0]
     n, chains, warmup = (100, 10, 20) if args.quick else (1_000, 100, 100)
     for name, device in devices.items():
@@ -206,14 +207,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
-    parser.add_argument("--budget", type=float, default=10.0, help="seconds per fit")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per fit")
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     args = parser.parse_args()
     devices = {"cpu": "cpu"}
     if torch.cuda.is_available():
         devices = {torch.cuda.get_device_name(0): "cuda", **devices}
     if args.quick:
-        args.budget = min(args.budget, 1.0)
+        args.epochs = 1
     name = "gpu-quick" if args.quick else "gpu"
     old, records = load(name, args.out), []
     with tempfile.TemporaryDirectory() as tmp:

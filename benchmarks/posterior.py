@@ -1,6 +1,7 @@
 """How close are simgen's posteriors to the true ones, how fast, and how calibrated?
 
-For each task, with ``n`` simulations (1e4) and a fixed CPU training budget per family:
+For each task, with ``n`` simulations (1e4) and each family trained as :func:`simgen.fit`
+trains it by default (epochs and early stopping; ``--epochs`` caps the epochs):
 
 * ``posterior_c2st``: C2ST (5-fold, MLP) between ``draws`` posterior samples and as many
   samples of the reference posterior (:mod:`benchmarks.references`: analytic or exact on a
@@ -129,7 +130,7 @@ def simgen_family(
     observation's posterior, score and time it."""
     name, n = store.metadata["simulator"], len(store)
     family, config = VARIANTS[variant]
-    train = {"max_seconds": cfg["budget"], "epochs": 10_000, "patience": 30}
+    train = {} if cfg["epochs"] is None else {"epochs": cfg["epochs"]}
     train_s, emulator = timed(fit, store, family, None, train=train, config=config, progress=False)
     posterior = Posterior(emulator)
     records = [record(BENCH, name, label(variant), "train_seconds", train_s, "s", n)]
@@ -261,7 +262,7 @@ def main() -> None:
         help="families, or variants of benchmarks.emulators (flow-gaussian, diffusion-x0, ...)",
     )  # fmt: skip
     parser.add_argument("--n", type=int, default=10_000, help="simulations per task")
-    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per fit")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: fit's)")
     parser.add_argument("--draws", type=int, default=1000, help="posterior draws per observation")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-sbi", action="store_true", help="skip sbi's NPE and NLE")
@@ -271,7 +272,7 @@ def main() -> None:
     cfg = {
         "quick": args.quick,
         "n": 1000 if args.quick else args.n,
-        "budget": 2.0 if args.quick else args.budget,
+        "epochs": 2 if args.quick else args.epochs,
         "draws": 40 if args.quick else args.draws,
         "observations": 1 if args.quick else 5,
         "sbc_pairs": 10 if args.quick else 100,

@@ -1,37 +1,124 @@
-"""Regenerate the README's results section from ``benchmarks/results/*.json``.
+"""Results pages generated from ``benchmarks/results/*.json``: nothing in them is typed by hand.
 
-Run: ``python -m benchmarks.report``. The section between ``<!-- results:start -->`` and
-``<!-- results:end -->`` is replaced; nothing in it is typed by hand.
+* :func:`pages`: one docs page per results file (``results/NAME.md``: per task, a table of
+  methods by metrics, and the benchmark's own description) and ``results/index.md``; the
+  docs build (``docs/hooks.py``) adds them to the site.
+* ``python -m benchmarks.report``: regenerate the README's short results table, the section
+  between ``<!-- results:start -->`` and ``<!-- results:end -->``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
-from benchmarks.records import RESULTS, markdown_table
+from benchmarks.records import RESULTS
+
+__all__ = ["README", "pages", "pivot", "readme_table"]
 
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# the README's short table: (results file, task, metric, what the column says)
+HEADLINE = (
+    ("emulators", "density_abs_error_nats", "density error (nats)"),
+    ("emulators", "emulation_c2st", "emulation C2ST"),
+    ("posterior", "posterior_c2st", "posterior C2ST"),
+    ("posterior", "posterior_samples_per_s", "posterior samples/s"),
+)
 
 
-def section() -> str:
-    """Markdown for every results file, one table per benchmark."""
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def pivot(records: list[dict[str, Any]]) -> str:
+    """Markdown: for each task, a table with a row per method and a column per metric."""
     parts = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        rows = [r for r in records if r["task"] == task]
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        cell = {(r["method"], r["metric"]): r for r in rows}
+        units = {r["metric"]: r["unit"] for r in rows}
+        budget = rows[0]["budget"]
+        head = f"### {task}" + ("" if budget is None else f" ({budget:,} simulations)")
+        lines = [
+            head,
+            "",
+            "| method | " + " | ".join(f"{m} ({units[m]})" for m in metrics) + " |",
+            "| --- |" + " ---: |" * len(metrics),
+        ]
+        for method in methods:
+            values = [cell.get((method, m)) for m in metrics]
+            shown = ["" if v is None else _fmt(v["value"]) for v in values]
+            lines.append(f"| {method} | " + " | ".join(shown) + " |")
+        parts.append("\n".join(lines))
+    if records:
+        machines = sorted({r["machine"] for r in records})
+        dates = sorted({r["date"] for r in records})
+        parts.append(f"_Measured on {'; '.join(machines)}, {dates[0]} to {dates[-1]}._")
+    return "\n\n".join(parts)
+
+
+def _description(name: str) -> str:
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+    except ImportError:
+        return ""
+    return (module.__doc__ or "").strip()
+
+
+def pages() -> dict[str, str]:
+    """``{"results/NAME.md": markdown}`` for every results file, and ``results/index.md``."""
+    out, index = {}, ["# Results", ""]
+    index.append(
+        "Every number on these pages comes from `benchmarks/results/NAME.json`, written by "
+        "`python -m benchmarks.NAME`; peers and limits are measured in the same run as simgen. "
+        "Training is budgeted in epochs, never seconds."
+    )
+    index.append("")
     for path in sorted(RESULTS.glob("*.json")):
         if path.stem.endswith("-quick"):
             continue
         records = json.loads(path.read_text())
-        command = f"python -m benchmarks.{path.stem}"
-        parts.append(f"#### `{path.stem}` (`{command}`)\n\n{markdown_table(records)}")
-    return "\n\n".join(parts) if parts else "_No results yet._"
+        about = _description(path.stem).replace("\n\n", "\n\n", 1)
+        out[f"results/{path.stem}.md"] = (
+            f"# {path.stem}\n\n`python -m benchmarks.{path.stem}`\n\n"
+            f"```text\n{about}\n```\n\n{pivot(records)}\n"
+        )
+        index.append(f"- [{path.stem}]({path.stem}.md): {about.splitlines()[0] if about else ''}")
+    out["results/index.md"] = "\n".join(index) + "\n"
+    return out
+
+
+def readme_table() -> str:
+    """The README's short table: headline metrics of the flow and the mission families."""
+    records = []
+    for name in {h[0] for h in HEADLINE}:
+        path = RESULTS / f"{name}.json"
+        records += json.loads(path.read_text()) if path.exists() else []
+    lines = ["| task | method | " + " | ".join(h[2] for h in HEADLINE) + " |"]
+    lines.append("| --- | --- |" + " ---: |" * len(HEADLINE))
+    keys = dict.fromkeys(
+        (r["task"], r["method"]) for r in records if r["method"].startswith("simgen")
+    )
+    cell = {(r["benchmark"], r["task"], r["method"], r["metric"]): r["value"] for r in records}
+    for task, method in keys:
+        values = [cell.get((b, task, method, m)) for b, m, _ in HEADLINE]
+        if all(v is None for v in values):
+            continue
+        shown = ["" if v is None else _fmt(v) for v in values]
+        lines.append(f"| {task} | {method} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "_No results yet._"
 
 
 def main() -> None:
     text = README.read_text()
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
-    README.write_text(f"{head}{START}\n{section()}\n{END}{tail}")
+    README.write_text(f"{head}{START}\n{readme_table()}\n{END}{tail}")
     print(f"updated {README}")
 
 

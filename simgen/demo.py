@@ -6,8 +6,9 @@ the posterior of one observation with the learned likelihood and compare it with
 posterior (C2ST and a corner plot).
 
 The demo fits the flow, the baseline family: it is the family whose posterior is accurate at
-this budget today. Training is budgeted in epochs and every random stream is seeded, so the
-numbers are the same on any machine for a given seed, whatever its load.
+this budget today. Training is budgeted in epochs, runs on the CPU with one thread, and every
+random stream is seeded, so a seed gives the same numbers on every run, however fast or busy the
+machine.
 """
 
 from __future__ import annotations

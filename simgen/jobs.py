@@ -8,6 +8,7 @@ summary dict it returns. These functions read and write the files the commands t
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,6 @@ def describe_simulators() -> list[dict[str, Any]]:
     """Every registered simulator with its parameters, x shape, options (type and default) and
     whether it has an exact log-likelihood (``simgen simulators``). A simulator that cannot be
     built with its default options is left out with a warning."""
-    import warnings
-
     rows = []
     for name, cls in simulators(load=True).items():  # type: ignore[union-attr]
         try:
@@ -159,7 +158,8 @@ def emulate_file(
     Args:
         theta: Rows ``(m, d)`` (or one ``(d,)``), a file of them (``.npy``, ``.csv``, HDF5 with
             ``theta``), or a count of draws from the prior.
-        steps, sampler: The diffusion sampler's steps and kind (``"ode"`` or ``"sde"``).
+        steps: The diffusion sampler's steps.
+        sampler: The diffusion sampler, ``"ode"`` or ``"sde"``.
         metropolis: Make the draws exact with the simulator's unnormalised density
             (:func:`simgen.inference.metropolis.emulate_exact`).
 

@@ -43,6 +43,13 @@ def run_quick(name: str, tmp_path: Path, *extra: str, timeout: int) -> tuple[lis
     return records, out.stdout
 
 
+def assert_records(records: list[dict]) -> None:
+    """Every value finite, every budget a count of simulations (training is budgeted in
+    epochs by each benchmark, never in seconds)."""
+    assert all(np.isfinite(r["value"]) for r in records)
+    assert all(r["budget"] is None or isinstance(r["budget"], int) for r in records)
+
+
 def test_simulate_benchmark_quick(tmp_path):
     records, stdout = run_quick("simulate", tmp_path, timeout=300)
     metrics = {r["metric"] for r in records}
@@ -61,15 +68,24 @@ def test_simulate_benchmark_quick(tmp_path):
 def test_report_renders_results(tmp_path, monkeypatch):
     from benchmarks import records, report
 
-    records.save("demo", [records.record("demo", "t", "m", "x", 1.5, "u", 10)], tmp_path)
+    rows = [
+        records.record("emulators", "t", "simgen flow", "emulation_c2st", 0.512, "accuracy", 10),
+        records.record("emulators", "t", "sbi NLE", "emulation_c2st", 0.6, "accuracy", 10),
+        records.record("emulators", "t", "simgen flow", "log_prob_per_s", 1234.0, "evals/s", 10),
+    ]
+    records.save("emulators", rows, tmp_path)
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text(f"head\n{report.START}\nold\n{report.END}\ntail\n")
     monkeypatch.setattr(report, "README", readme)
     report.main()
     text = readme.read_text()
-    assert "old" not in text and "| demo | t | m | x | 1.5 | u | 10 |" in text
+    assert "old" not in text and "| t | simgen flow |  | 0.512 |  |  |" in text
+    assert "sbi NLE" not in text  # the README's short table shows simgen's rows
     assert text.startswith("head\n") and text.endswith("tail\n")
+    page = report.pages()["results/emulators.md"]
+    assert "| simgen flow | 0.512 | 1,234 |" in page and "| sbi NLE | 0.6 |  |" in page
+    assert "[emulators](emulators.md)" in report.pages()["results/index.md"]
 
 
 def test_emulators_benchmark_quick(tmp_path):
@@ -85,8 +101,7 @@ def test_emulators_benchmark_quick(tmp_path):
         ):
             assert (f"simgen {family}", metric) in found
     assert ("simulator", "simulator_samples_per_s") in found
-    c2st = [r["value"] for r in records if r["metric"] == "emulation_c2st"]
-    assert all(0.0 <= v <= 1.0 for v in c2st)
+    assert_records(records)
 
 
 def test_posterior_benchmark_quick(tmp_path):
@@ -97,8 +112,7 @@ def test_posterior_benchmark_quick(tmp_path):
         assert (f"simgen flow ({sampler})", "posterior_samples_per_s") in found
     assert ("simgen flow (slice)", "sbc_min_pvalue") in found
     assert ("simgen flow (slice)", "coverage_max_deviation") in found
-    c2st = [r["value"] for r in records if r["metric"] == "posterior_c2st"]
-    assert all(0.0 <= v <= 1.0 for v in c2st)
+    assert_records(records)
 
 
 def test_scientific_benchmark_quick(tmp_path):
@@ -116,7 +130,18 @@ def test_scientific_benchmark_quick(tmp_path):
         "emulator_speedup",
     ):
         assert ("cosmology", metric) in found
-    assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in records)
+    assert_records(records)
+
+
+def test_threads_benchmark_quick(tmp_path):
+    records, stdout = run_quick("threads", tmp_path, timeout=300)
+    methods = {(r["task"], r["method"]) for r in records}
+    for threads in {1, len(os.sched_getaffinity(0))}:
+        for load in ("idle", "busy"):
+            assert ("two_moons", f"simgen flow (threads={threads}, {load})") in methods
+            assert ("cosmology", f"simgen vae (threads={threads}, {load})") in methods
+    assert_records(records)
+    assert "| seconds_per_step |" in stdout
 
 
 def test_scale_benchmark_quick(tmp_path):
@@ -137,7 +162,7 @@ def test_gpu_benchmark_quick(tmp_path):
               if r["metric"] == "density_abs_error_nats"}  # fmt: skip
     on = f"{torch.cuda.get_device_name(0)}, bf16" if torch.cuda.is_available() else "cpu, fp32"
     assert ("slcp", f"simgen diffusion ({on})") in errors
-    assert all(np.isfinite(v) and v >= 0 for v in errors.values())
+    assert_records(records)
     assert any(r["metric"] == "posterior_samples_per_s" for r in records)
     assert "| density_abs_error_nats |" in stdout
     again, _ = run_quick("gpu", tmp_path, "--steps", "batch", timeout=300)

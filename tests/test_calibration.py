@@ -129,7 +129,8 @@ def test_cli_check_writes_a_report(tmp_path, cli):
     assert (out / "calibration.png").stat().st_size > 0
     assert (out / "emulation.png").stat().st_size > 0
     assert set(report["calibration"]["sbc_pvalues"]) == {"theta_1", "theta_2"}
-    assert 0.0 <= report["emulation"]["c2st_mean"] <= 1.0
+    scores = report["emulation"]["c2st"]
+    assert len(scores) == 1 and report["emulation"]["c2st_mean"] == scores[0]
     bad = cli("check", str(model), "-o", str(out), "--simulator", "slcp")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "the model has 2" in bad.stderr

@@ -54,8 +54,17 @@ def test_simulators_json():
         rows["two_moons"]["exact_log_likelihood"]
         and not rows["lotka_volterra"]["exact_log_likelihood"]
     )
-    table = invoke("simulators")
-    assert table.exit_code == 0 and "oscillator" in table.stdout
+    table = invoke("simulators")  # not a terminal: tab-separated lines, nothing cut
+    assert table.exit_code == 0
+    lines = [line.split("\t") for line in table.stdout.splitlines()]
+    assert lines[0][0] == "name" and {line[0] for line in lines[1:]} == set(rows)
+    assert all(len(line) == len(lines[0]) for line in lines)
+
+
+def test_help_is_plain_text():
+    help_text = invoke("fit", "--help").stdout
+    assert "[train] and [model] tables" in help_text
+    assert "<bool>" not in help_text and "Usage: simgen fit [OPTIONS] DATA" in help_text
 
 
 def test_simulate_and_info(tmp_path):

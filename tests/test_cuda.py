@@ -136,11 +136,3 @@ def test_check_metropolis_and_latent_picture_with_gpu_emulators(moons, tmp_path)
     vae = fit(moons, "vae", train={"epochs": 2}, config=TINY["vae"], device="cuda")
     report = check(vae, tmp_path / "vae", pairs=4, draws=9, thetas=1, samples=50, warmup=10)
     assert "latent.png" in report["files"]
-
-
-def test_demo_on_cuda(tmp_path, monkeypatch):
-    from simgen.demo import run_demo
-
-    monkeypatch.setenv("SIMGEN_DEVICE", "cuda")
-    summary = run_demo(tmp_path, n=2000, seconds=3, progress=False, say=lambda _: None)
-    assert 0.4 <= summary["emulation_c2st"] <= 1 and np.isfinite(summary["density_abs_error_nats"])

@@ -1,11 +1,10 @@
 """The ``simgen`` typer app and what every command shares: errors as one line and an exit
-status (0 success, 1 a run that failed, 2 bad usage or bad input), counts people type as
-``1e5``, JSON output, progress settings. Heavy modules (torch, h5py) are imported inside the
-commands, so ``simgen --help`` answers at once.
-"""
+status (0 success, 1 a failed run, 2 bad input), counts typed as ``1e5``, JSON output, progress
+bars. Heavy modules (torch, h5py) load inside the commands: ``simgen --help`` answers at once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,8 +23,7 @@ __all__ += ["bars", "main", "opt", "show"]
 
 
 class Command(TyperCommand):
-    """A command that reports errors as one line (:func:`errors`) and whose usage line names
-    its arguments in capitals (``DATA``, ``[OUT]``)."""
+    """A command whose errors are one line (:func:`errors`), its arguments in capitals."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         with errors():
@@ -46,9 +44,7 @@ app = typer.Typer(
 )
 
 
-def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register a command of the app under ``name``."""
-    return app.command(name, cls=Command)
+command = functools.partial(app.command, cls=Command)  # registers a command of the app
 
 
 def opt(help: str, *names: str, **kwargs: Any) -> Any:
@@ -58,7 +54,7 @@ def opt(help: str, *names: str, **kwargs: Any) -> Any:
 
 def counted(help: str, *names: str, minimum: int = 1) -> Any:
     """An option for a count of at least ``minimum`` (:func:`count`)."""
-    return opt(help, *names, parser=count(minimum), metavar="INTEGER")
+    return opt(help, *names, parser=count(minimum), metavar="<int>")
 
 
 Quiet = Annotated[bool, opt("No progress bar or summary.", "--quiet", "-q")]
@@ -68,8 +64,12 @@ Seed = Annotated[int, opt("Random seed.")]
 
 
 def count(minimum: int) -> Callable[[str], int]:
-    """A parser of counts of at least ``minimum`` that takes what people type for large ones:
-    ``100000``, ``100_000``, ``1e5``, ``2.5e4``."""
+    """A parser of counts of at least ``minimum`` that takes what people type for large ones.
+
+    Example:
+        >>> [count(1)(text) for text in ("100000", "100_000", "1e5", "2.5e4")]
+        [100000, 100000, 100000, 25000]
+    """
 
     def parse(text: str | int) -> int:
         text = str(text)  # typer passes defaults through the parser too

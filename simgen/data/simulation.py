@@ -223,6 +223,13 @@ def simulate(
             simulator's; the parameters' digest is part of the run's identity, so a file is
             resumed only with the same parameters.
 
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.h5"
+        >>> store = simulate("two_moons", 2000, path, workers=1, progress=False)
+        >>> len(store), store.parameters, store.x_shape
+        (2000, ('theta_1', 'theta_2'), (2,))
+
     Returns:
         The data file, opened for reading.
 

@@ -62,14 +62,23 @@ class Simulator:
     them (see :attr:`options`) so that a data set says exactly how it was made.
 
     Example:
-        >>> @simgen.register
-        ... class Pendulum(simgen.Simulator):
+        >>> class Pendulum(Simulator):
         ...     name = "pendulum"
         ...     parameters = ("length", "damping")
-        ...     x_shape = (100,)
-        ...     def __init__(self, noise: float = 0.05): self.noise = noise
-        ...     def prior(self): ...
-        ...     def simulate(self, theta, rng): ...
+        ...     x_shape = (50,)
+        ...     def __init__(self, noise: float = 0.05):
+        ...         self.noise = noise
+        ...     def prior(self):
+        ...         return box_uniform([0.5, 0.0], [2.0, 0.5])
+        ...     def simulate(self, theta, rng):
+        ...         t = np.linspace(0, 10, 50)
+        ...         angle = np.exp(-theta[:, 1:] * t) * np.cos(np.sqrt(9.81 / theta[:, :1]) * t)
+        ...         return angle + self.noise * rng.standard_normal(angle.shape)
+        >>> sim = Pendulum(noise=0.1)
+        >>> sim.options
+        {'noise': 0.1}
+        >>> sim.simulate(np.array([[1.0, 0.2]]), np.random.default_rng(0)).shape
+        (1, 50)
     """
 
     name: ClassVar[str] = ""
@@ -228,6 +237,10 @@ def _load_entry_point(ep: EntryPoint) -> type[Simulator]:
 def simulators(load: bool = False) -> list[str] | dict[str, type[Simulator]]:
     """Names of all registered simulators (decorated and entry points), sorted.
 
+    Example:
+        >>> "two_moons" in simulators()
+        True
+
     Args:
         load: Return ``{name: class}`` instead, loading every plugin; a plugin that fails to
             load is left out with a warning that names it, and the others still load.
@@ -280,8 +293,11 @@ def _import_path(path: str) -> type[Simulator]:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as error:  # noqa: BLE001 (user code can raise anything)
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0]:
+            hint = " (is its folder on the Python path? e.g. PYTHONPATH=. for the current one)"
         raise UsageError(
-            f"cannot import simulator '{path}': {type(error).__name__}: {error}"
+            f"cannot import simulator '{path}': {type(error).__name__}: {error}{hint}"
         ) from None
     if not (isinstance(obj, type) and issubclass(obj, Simulator)):
         raise UsageError(f"'{path}' is not a subclass of simgen.Simulator")
@@ -289,7 +305,13 @@ def _import_path(path: str) -> type[Simulator]:
 
 
 def get_simulator(name: str, **options: Any) -> Simulator:
-    """Instantiate the simulator ``name`` (registered name or import path) with ``options``."""
+    """Instantiate the simulator ``name`` (registered name or import path) with ``options``.
+
+    Example:
+        >>> sim = get_simulator("gaussian_linear", dim=3)
+        >>> sim.parameters, sim.x_shape
+        (('theta_1', 'theta_2', 'theta_3'), (3,))
+    """
     cls = simulator_class(name)
     sim = cls(**options)
     if not sim.name:
@@ -366,7 +388,13 @@ def describe_prior(prior: torch.distributions.Distribution) -> dict[str, Any]:
 
 
 def box_uniform(low: Any, high: Any) -> torch.distributions.Distribution:
-    """A uniform prior on the box ``[low, high]``, event shape ``(d,)`` (sbi's ``BoxUniform``)."""
+    """A uniform prior on the box ``[low, high]``, event shape ``(d,)`` (sbi's ``BoxUniform``).
+
+    Example:
+        >>> prior = box_uniform([0.0, -1.0], [1.0, 1.0])
+        >>> prior.sample((5,)).shape, prior.event_shape
+        (torch.Size([5, 2]), torch.Size([2]))
+    """
     low_t = torch.as_tensor(low, dtype=torch.float32)
     high_t = torch.as_tensor(high, dtype=torch.float32)
     return torch.distributions.Independent(torch.distributions.Uniform(low_t, high_t), 1)

@@ -185,7 +185,11 @@ class Posterior:
             n: Draws per observation.
             chains: Chains per observation.
             init_draws: Prior draws, shared, from which each observation's chains start.
-            (others as in :meth:`sample`)
+            sampler: As in :meth:`sample`.
+            warmup: As in :meth:`sample`.
+            thin: As in :meth:`sample`.
+            seed: As in :meth:`sample`.
+            progress: As in :meth:`sample`.
 
         Returns:
             ``theta`` ``(m, n, d)``, ``log_prob`` ``(m, n)``, and ``diagnostics`` with

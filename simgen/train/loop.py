@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from simgen.atomic import replacing
+from simgen.data.provenance import data_record
 from simgen.data.store import Store, check_writable, open_store
 from simgen.emulator import Emulator
 from simgen.errors import RunError, UsageError
@@ -121,12 +122,7 @@ def _provenance(store: Store, model: str, net: torch.nn.Module, tc: TrainConfig)
     return {
         "parameters": list(store.parameters),
         "x_shape": list(store.x_shape),
-        "simulator": {
-            "name": meta["simulator"],
-            "path": meta["simulator_path"],
-            "options": meta["simulator_options"],
-            "prior": meta["prior"],
-        },
+        "simulator": {**data_record(meta), "prior": meta["prior"]},
         "model_config": _model_config(net),
         "train_config": dataclasses.asdict(tc),
         "data": {"path": str(store.path), "rows": len(store), "seed": meta["seed"]},
@@ -177,11 +173,11 @@ def _train(
     data = TrainingData(store, tc, ranks, pool_x=net.stationary)
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
-    # data-dependent starting values (DDP copies rank 0's)
-    rows = _first_rows(data.epoch(seed=tc.seed))
-    origin = -data.norm["theta_mean"] / data.norm["theta_std"]  # theta = 0, standardised
-    net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
-    info["model_config"] = _model_config(net)  # what initialize settled ("auto")
+    if type(net).initialize is not Family.initialize:  # a data-dependent start (DDP: rank 0's)
+        rows = _first_rows(data.epoch(seed=tc.seed))
+        origin = -data.norm["theta_mean"] / data.norm["theta_std"]  # theta = 0, standardised
+        net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
+        info["model_config"] = _model_config(net)  # what initialize settled ("auto")
     objective: torch.nn.Module = _Objective(net)
     if ranks.world > 1:
         # one initialisation (DDP copies rank 0's weights), but each rank its own loss noise
