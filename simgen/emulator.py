@@ -29,7 +29,7 @@ from zuko.distributions import NormalizingFlow
 
 import simgen
 from simgen.atomic import replacing
-from simgen.data.provenance import recorded_simulator
+from simgen.data.provenance import recorded_prior, recorded_simulator
 from simgen.data.simulator import Simulator, get_simulator
 from simgen.errors import StoreError, UsageError
 from simgen.models.registry import build_family
@@ -183,13 +183,14 @@ class Emulator(nn.Module):
 
     # --- prior ------------------------------------------------------------------------------
     def simulator(self, name: str | None = None) -> Simulator:
-        """The simulator the emulator was trained on, rebuilt from its record with its options
-        (:func:`simgen.data.provenance.recorded_simulator`), or the simulator ``name``
+        """The simulator the emulator was trained on, rebuilt by its registered name with its
+        recorded options (:func:`simgen.data.provenance.recorded_simulator`: a simulator the
+        model file only names by import path is not imported), or the simulator ``name``
         (registered name or import path, default options) in its place.
 
         Raises:
-            UsageError: the simulator cannot be found, or its parameters or x shape differ
-                from the emulator's.
+            UsageError: the simulator is not registered here (name it), or its parameters or
+                x shape differ from the emulator's.
         """
         if name is None:
             sim = recorded_simulator(self.info["simulator"])
@@ -203,8 +204,13 @@ class Emulator(nn.Module):
         return sim
 
     def prior(self) -> torch.distributions.Distribution:
-        """The prior of the simulator the emulator was trained on."""
-        return self.simulator().prior()
+        """The prior the emulator was trained with, rebuilt from the model file's description
+        with ``torch.distributions`` alone (:func:`simgen.data.provenance.recorded_prior`), or,
+        for a prior class of the simulator's own, from the registered simulator."""
+        try:
+            return recorded_prior(self.info["simulator"]["prior"])
+        except UsageError:
+            return self.simulator().prior()
 
     def _warn_outside_prior(self, theta: Tensor) -> None:
         if self._support is None:
