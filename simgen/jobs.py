@@ -17,7 +17,7 @@ import torch
 
 from simgen.data.samples import read_theta_rows, write_samples
 from simgen.data.simulator import option_spec, simulators
-from simgen.data.store import check_writable, open_store
+from simgen.data.store import check_finite, check_writable, open_store
 from simgen.diagnostics.plots import plot_corner
 from simgen.diagnostics.report import check
 from simgen.emulation import emulate, evaluate
@@ -292,6 +292,7 @@ def log_prob_file(
         )
     if out is not None:
         check_writable(Path(out))
+    check_finite(store, limit)
     result = evaluate(emulator, store, limit=limit, progress=progress)
     lp = result["log_prob"]
     summary: dict[str, Any] = {"rows": len(lp), "mean_log_prob": float(lp.mean())}

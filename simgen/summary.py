@@ -70,6 +70,7 @@ def _describe_data(path: str | os.PathLike) -> dict[str, Any]:
         **{k: meta[k] for k in sorted(meta)},
         "rows": len(store),
         "failed_rows": store.n_failed,
+        "nonfinite_rows": store.nonfinite_rows(),
         "complete": meta["n_simulated"] >= meta["n_requested"],
         "size_mib": round(Path(path).stat().st_size / 2**20, 3),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -205,3 +206,41 @@ def test_merge_refuses_runs_of_one_seed(tmp_path):
     acd = simgen.merge([ac.path, d.path], tmp_path / "acd.h5", progress=False)
     assert [run["seed"] for run in json.loads(acd.metadata["sources"])] == [0, 1, 2]
     assert not any((tmp_path / f).exists() for f in ("ab.h5", "ag.h5", "acc.h5"))
+
+
+def _damaged(tmp_path, name, edit):
+    path = tmp_path / f"{name}.h5"
+    simgen.simulate("two_moons", 200, path, workers=1, progress=False)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def test_nonfinite_rows_are_counted_and_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from simgen.cli import app
+
+    def poison(f):
+        f["x"][3] = np.nan
+        f["theta"][7, 1] = np.inf
+
+    path = _damaged(tmp_path, "nan", poison)
+    assert simgen.open_store(path).nonfinite_rows() == 2
+    with pytest.raises(StoreError, match="2 of 200 rows .* hold NaN or inf"):
+        simgen.fit(path, "flow", train={"epochs": 1}, progress=False)
+    info = CliRunner().invoke(app, ["info", str(path), "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["nonfinite_rows"] == 2
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: f["x"].resize((190, 2)), "theta has 200 rows and x 190"),
+        (lambda f: f.attrs.modify("x_shape", [3]), "not (rows, *(3,))"),
+    ],
+)
+def test_mismatched_shapes_are_refused_in_one_line(tmp_path, edit, message):
+    path = _damaged(tmp_path, "bad", edit)
+    with pytest.raises(StoreError, match=re.escape(message)):
+        simgen.open_store(path)

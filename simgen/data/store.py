@@ -29,6 +29,7 @@ __all__ = [
     "REQUIRED_ATTRS",
     "Store",
     "StoreDataset",
+    "check_finite",
     "check_hdf5",
     "check_writable",
     "create",
@@ -226,6 +227,16 @@ class Store:
     def __len__(self) -> int:
         return int(self.file["x"].shape[0])
 
+    def nonfinite_rows(self, stop: int | None = None, batch_size: int = 65_536) -> int:
+        """Rows among the first ``stop`` (default: all) whose theta or x hold NaN or inf, read
+        in chunk-aligned batches. ``simulate`` never writes such rows (they go to
+        ``failed/theta``); a file edited or made elsewhere may hold them."""
+        bad = 0
+        for theta, x in self.batches(batch_size, stop=stop):
+            finite = torch.isfinite(theta).all(1) & torch.isfinite(x.flatten(1)).all(1)
+            bad += int((~finite).sum())
+        return bad
+
     def batches(
         self,
         batch_size: int,
@@ -344,4 +355,35 @@ def open_store(path: str | os.PathLike) -> Store:
         missing += [d for d in ("theta", "x", "failed/theta", "chunks") if d not in f]
         if missing:
             raise StoreError(f"{path} is a damaged simgen data file: missing {', '.join(missing)}")
+        _check_shapes(path, f)
     return Store(path)
+
+
+def check_finite(store: Store, stop: int | None = None) -> None:
+    """Refuse, in one line with the count, data whose first ``stop`` rows (default: all) hold
+    NaN or inf: a fit would stop on a NaN loss, a density would be NaN."""
+    bad = store.nonfinite_rows(stop)
+    if bad:
+        rows = len(store) if stop is None else min(stop, len(store))
+        raise StoreError(
+            f"{bad:,} of {rows:,} rows of {store.path} hold NaN or inf: remove them, or simulate "
+            "the file again (simgen simulate keeps failed rows out of x, under failed/theta)"
+        )
+
+
+def _check_shapes(path: Path, f: h5py.File) -> None:
+    """Refuse, in one line, a file whose ``theta`` and ``x`` disagree with each other or with
+    the recorded ``parameters`` and ``x_shape``."""
+    theta, x = f["theta"].shape, f["x"].shape
+    d_theta, x_shape = len(f.attrs["parameters"]), tuple(int(v) for v in f.attrs["x_shape"])
+    if len(theta) != 2 or theta[1] != d_theta:
+        raise StoreError(
+            f"{path}: theta has shape {theta}, not (rows, {d_theta}) for its parameters"
+        )
+    if tuple(x[1:]) != x_shape:
+        raise StoreError(f"{path}: x has shape {x}, not (rows, *{x_shape}) as the file records")
+    if theta[0] != x[0]:
+        raise StoreError(
+            f"{path}: theta has {theta[0]:,} rows and x {x[0]:,}: the file is damaged; "
+            "simulate it again"
+        )

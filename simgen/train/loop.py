@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from simgen.atomic import replacing
 from simgen.data.provenance import data_record
-from simgen.data.store import Store, check_writable, open_store
+from simgen.data.store import Store, check_finite, check_writable, open_store
 from simgen.emulator import Emulator
 from simgen.errors import RunError, UsageError
 from simgen.models.family import Family
@@ -107,6 +107,7 @@ def fit(
         raise UsageError(f"unknown precision '{tc.precision}'; use {', '.join(PRECISIONS)}")
     if out is not None:
         check_writable(Path(out))
+    check_finite(store)
     if len(store) < 10:
         raise UsageError(f"{store.path} has {len(store)} rows; simulate more (at least 10)")
     ranks = setup(resolve_device(device))
