@@ -75,6 +75,7 @@ def fit_file(
     train: dict[str, Any] | None = None,
     device: str = "auto",
     progress: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Fit a ``model`` emulator to the data file ``data`` and write it to ``out``
     (``simgen fit``): :func:`simgen.fit` with the ``[train]`` and ``[model]`` tables of the TOML
@@ -87,13 +88,14 @@ def fit_file(
     settings, model_config = read_config(config) if config is not None else ({}, {})
     settings.update(train or {})
     emulator = fit(
-        data, model, out, train=settings, config=model_config, device=device, progress=progress
-    )
+        data, model, out, train=settings, config=model_config, device=device, progress=progress,
+        force=force,
+    )  # fmt: skip
     if not is_main_process():
         return {}
     m = {k: v for k, v in emulator.info["metrics"].items() if not isinstance(v, list)}
     message = (
-        f"wrote {out}: {model}, best validation loss {m['best_val_loss']:.4f} at epoch "
+        f"{out}: {model}, best validation loss {m['best_val_loss']:.4f} at epoch "
         f"{m['best_epoch']} of {m['epochs_run']} ({m['train_samples_per_s']:,.0f} samples/s)"
     )
     return {"path": str(out), "family": model, **m, "message": message}

@@ -286,3 +286,24 @@ def test_auto_device_follows_simgen_device(monkeypatch):
     monkeypatch.delenv("SIMGEN_DEVICE")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
+
+
+def test_a_finished_fit_rerun_keeps_the_model_unless_forced(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from simgen.cli import app
+
+    model = tmp_path / "m.pt"
+    args = ["fit", str(data.path), "-o", str(model), "--epochs", "1", "--json"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    written = model.read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "already holds this fit" in again.stderr
+    assert model.read_bytes() == written  # kept, not trained again
+    assert json.loads(again.stdout)["epochs_run"] == 1
+    other = runner.invoke(app, [*args[:-2], "2", "--json"])  # other settings: a new fit
+    assert other.exit_code == 0 and json.loads(other.stdout)["epochs_run"] == 2
+    forced = runner.invoke(app, [*args[:-2], "2", "--force", "--json"])
+    assert forced.exit_code == 0 and "already holds" not in forced.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated
@@ -122,6 +123,7 @@ def fit_command(
     device: Device = "auto",
     precision: Annotated[str | None, opt("CUDA arithmetic: auto, bf16 or fp32.")] = None,
     compile_: Annotated[bool, opt("Compile the loss (torch.compile).", "--compile")] = False,
+    force: Annotated[bool, opt("Fit again even when -o holds this fit.", "--force")] = False,
     config: Annotated[Path | None, opt("TOML file with [train] and [model] tables.")] = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
@@ -136,9 +138,9 @@ def fit_command(
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
              "max_seconds": max_seconds, "threads": threads, "compile": compile_ or None,
              "precision": precision}  # fmt: skip
-    train = {k: v for k, v in flags.items() if v is not None}
-    shown = bars(quiet, as_json)
-    summary = fit_file(data, out, model, config=config, train=train, device=device, progress=shown)
+    train, shown = {k: v for k, v in flags.items() if v is not None}, bars(quiet, as_json)
+    summary = fit_file(data, out, model, config=config, train=train, device=device,
+                       progress=shown, force=force)  # fmt: skip
     if summary:  # the first rank of a data-parallel fit, or a fit of one process
         show(summary, as_json, quiet)
 
@@ -248,9 +250,7 @@ def demo_command(
     sample a posterior."""
     from simgen.demo import run_demo
 
-    def say(line: str) -> None:
-        show(None, False, quiet or as_json, line)
-
+    say = functools.partial(show, None, False, quiet or as_json)  # step lines on stderr
     summary = run_demo(out, seed=seed, progress=bars(quiet, as_json), say=say)
     if as_json:
         return show(summary, True, False)

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from simgen.atomic import replacing
 from simgen.data.provenance import data_record
 from simgen.data.store import Store, check_finite, check_writable, open_store
 from simgen.emulator import Emulator
@@ -34,14 +33,11 @@ from simgen.models.registry import FAMILIES, build_family, defaults_for
 from simgen.terminal import progress_bar
 from simgen.threads import fit_threads, torch_threads
 from simgen.train.batches import TrainingData
+from simgen.train.checkpoints import checkpoint_path, finished, load_checkpoint, save_checkpoint
 from simgen.train.config import PRECISIONS, TrainConfig, cosine_lr, resolve_device, uses_bf16
 from simgen.train.distributed import Ranks, setup
 
 __all__ = ["fit"]
-
-
-def _checkpoint_path(out: Path) -> Path:
-    return out.with_name(f"{out.name}.ckpt")
 
 
 class _Objective(torch.nn.Module):
@@ -68,6 +64,7 @@ def fit(
     device: str = "auto",
     progress: bool | None = None,
     resume: bool = True,
+    force: bool = False,
 ) -> Emulator:
     """Fit a conditional model of :math:`p(x \\mid \\theta)` to a simgen data file.
 
@@ -89,6 +86,8 @@ def fit(
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         progress: Progress bar on stderr (default: when stderr is a terminal).
         resume: Continue from ``<out>.ckpt`` when it exists and matches.
+        force: Fit again even when ``out`` holds a model fitted to these data with these
+            settings (without it, that model is loaded and returned, with a warning).
 
     Returns:
         The emulator with the best EMA weights (lowest validation loss).
@@ -110,6 +109,12 @@ def fit(
     check_finite(store)
     if len(store) < 10:
         raise UsageError(f"{store.path} has {len(store)} rows; simulate more (at least 10)")
+    done = None if out is None or force else finished(Path(out), store, model, tc, config or {})
+    if done is not None:
+        warnings.warn(
+            f"{out} already holds this fit of {store.path}: kept it (--force refits)", stacklevel=2
+        )
+        return done.to(resolve_device(device))
     ranks = setup(resolve_device(device))
     try:
         return _fit(store, model, out, tc, config or {}, ranks, progress, resume)
@@ -201,7 +206,7 @@ def _train(
         "train": info["train_config"],
         "data": info["data"],
     }
-    ckpt = _load_checkpoint(out_path, dev) if out_path is not None and resume else None
+    ckpt = load_checkpoint(out_path, dev) if out_path is not None and resume else None
     if ckpt is not None and ckpt.get("identity") == identity:
         net.load_state_dict(ckpt["net"])
         ema.load_state_dict(ckpt["ema"])
@@ -261,7 +266,7 @@ def _train(
                 f"({rows * ranks.world / seconds:,.0f} samples/s)"
             )
             if out_path is not None and ranks.main:
-                _save_checkpoint(
+                save_checkpoint(
                     out_path,
                     identity,
                     net,
@@ -290,7 +295,7 @@ def _train(
     }
     if out_path is not None and ranks.main:
         emulator.save(out_path)
-        _checkpoint_path(out_path).unlink(missing_ok=True)
+        checkpoint_path(out_path).unlink(missing_ok=True)
     return emulator.eval()
 
 
@@ -328,43 +333,3 @@ def _validate(net: torch.nn.Module, data: TrainingData, ranks: Ranks, seed: int)
             rows += len(v)
     total, rows = ranks.sum(torch.tensor([total, rows], dtype=torch.float64)).tolist()
     return total / rows
-
-
-def _load_checkpoint(out: Path, dev: torch.device) -> dict[str, Any] | None:
-    """The checkpoint beside ``out``, or None when there is none or it is damaged."""
-    path = _checkpoint_path(out)
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location=dev, weights_only=True)
-    except Exception:  # noqa: BLE001 (a damaged checkpoint only costs the time to refit)
-        warnings.warn(
-            f"ignoring the damaged checkpoint {path}; training from the start", stacklevel=3
-        )
-        return None
-
-
-def _save_checkpoint(
-    out: Path,
-    identity: dict,
-    net: torch.nn.Module,
-    ema: AveragedModel,
-    optimizer: torch.optim.Optimizer,
-    clock: tuple[int, float],
-    history: dict,
-    best: dict,
-    epoch: int,
-) -> None:
-    state = {
-        "identity": identity,
-        "net": net.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": clock[0],
-        "trained_seconds": clock[1],
-        "history": history,
-        "best": best,
-        "epoch": epoch,
-    }
-    with replacing(_checkpoint_path(out)) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
