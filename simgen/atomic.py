@@ -16,7 +16,7 @@ from pathlib import Path
 
 from simgen.errors import RunError, UsageError
 
-__all__ = ["check_room", "fsync_path", "no_room", "replacing"]
+__all__ = ["check_room", "fsync_path", "make_folder", "no_room", "replacing"]
 
 # errno of a write that failed for want of room, and what to do about it
 _NO_ROOM = {
@@ -86,3 +86,20 @@ def replacing(path: Path, sync: bool = False) -> Iterator[Path]:
         raise RunError(f"cannot write {path}: {cause} and run again") from None
     if sync:
         fsync_path(path.parent)
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """The folder ``path``, made with its parents when missing, and writable.
+
+    Raises:
+        UsageError: it cannot be made (a file in the way, a read-only or missing parent) or
+            written, in one line.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make the folder {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write in the folder {path}: permission denied")
+    return path

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from simgen.atomic import make_folder
 from simgen.data.simulation import simulate
 from simgen.data.simulator import Simulator, get_simulator
 from simgen.data.tasks import run_chunk
@@ -80,7 +81,7 @@ def run_demo(
         (learned vs exact posterior of one observation).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     sim = get_simulator("two_moons")
     at = [round(v, 3) for v in THETA.tolist()]
     say(f"1/5 simulating {ROWS:,} rows of two_moons into {out / 'data.h5'}")

@@ -497,3 +497,10 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    line = one_line_error(invoke("demo", "-o", str(blocker / "demo")), 2)
+    assert "cannot make the folder" in line

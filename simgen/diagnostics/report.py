@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simgen.atomic import replacing
+from simgen.atomic import make_folder, replacing
 from simgen.data.simulator import Simulator
 from simgen.data.tasks import run_chunk
 from simgen.diagnostics.metrics import (
@@ -105,7 +105,7 @@ def check(
     if metropolis:
         require_log_unnormalized(sim, "--metropolis needs its density")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     names = list(emulator.parameters_names)
     report: dict[str, Any] = {"model": emulator.identity, "simulator": sim.name}
     report["emulation"] = _emulation(emulator, sim, thetas, samples, seed, out, metropolis)
