@@ -184,11 +184,26 @@ def test_contract_violations_stop_the_run(tmp_path):
         simgen.simulate(
             "sims_for_tests:BadShape", 10, tmp_path / "a.h5", workers=1, progress=False
         )
-    with pytest.raises(SimulatorError, match="raised on every row.*ZeroDivisionError"):
-        simgen.simulate(
-            "sims_for_tests:AlwaysRaises", 10, tmp_path / "b.h5", workers=1, progress=False
-        )
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_a_simulator_that_raises_on_every_row_loses_no_row(tmp_path):
+    """The run fails (a bug, not bad parameters), but the file accounts for every row: the
+    parameters under failed/theta, each task's error in the attribute failed_errors."""
+    path = tmp_path / "b.h5"
+    with pytest.raises(SimulatorError, match=r"every row of 100 task\(s\).*ZeroDivisionError"):
+        simgen.simulate(
+            "sims_for_tests:AlwaysRaises", 200, path, workers=1, chunk_size=2, progress=False
+        )
+    store = simgen.open_store(path)
+    assert len(store) == 0 and store.n_failed == 200
+    errors = store.metadata["failed_errors"]
+    assert [e[0] for e in errors] == list(range(100)) and all(e[1] == 2 for e in errors)
+    assert errors[0][2].startswith("ZeroDivisionError")
+    again = []  # the rows are done: a rerun has nothing to simulate
+    simgen.simulate("sims_for_tests:AlwaysRaises", 200, path, workers=1, chunk_size=2,
+                    progress=False, on_report=again.append)  # fmt: skip
+    assert again[0].rows_new == 0
 
 
 def test_bad_arguments(tmp_path):

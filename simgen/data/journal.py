@@ -44,12 +44,14 @@ class ChunkResult:
         x: Simulations, ``(m, *x_shape)`` float32; NaN where ``ok`` is False.
         ok: Whether each row's simulation succeeded, ``(m,)`` bool.
         seconds: Time it took to simulate.
+        error: The first exception a row raised, ``"Type: message"`` ("" when none did).
     """
 
     theta: np.ndarray
     x: np.ndarray
     ok: np.ndarray
     seconds: float = 0.0
+    error: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -165,22 +167,23 @@ class Journal:
         return result.seconds > payoff * (1e-3 + result.nbytes / write_bytes_per_s)
 
     def write(self, index: int, result: ChunkResult) -> None:
-        """Save one task atomically: three consecutive ``.npy`` arrays in one file (none,
-        and no partial file left behind, when that fails: a full disk)."""
+        """Save one task atomically: four consecutive ``.npy`` arrays in one file, ``theta``,
+        ``x``, ``ok`` and the error text (none, and no partial file left behind, when that
+        fails: a full disk)."""
         with replacing(self._task_path(index)) as tmp, open(tmp, "wb") as f:
-            for array in (result.theta, result.x, result.ok):
+            for array in (result.theta, result.x, result.ok, np.array(result.error)):
                 np.save(f, array, allow_pickle=False)
 
     def read(self, index: int) -> ChunkResult | None:
         """Load one task, or None when its file is missing or damaged."""
         try:
             with open(self._task_path(index), "rb") as f:
-                theta, x, ok = (np.load(f, allow_pickle=False) for _ in range(3))
+                theta, x, ok, error = (np.load(f, allow_pickle=False) for _ in range(4))
         except (OSError, ValueError, EOFError):
             return None
         if not (len(theta) == len(x) == len(ok)):
             return None
-        return ChunkResult(theta, x, ok)
+        return ChunkResult(theta, x, ok, error=str(error))
 
     def discard(self, keep_from: int) -> None:
         """Delete saved tasks with index below ``keep_from`` (already in the data file)."""

@@ -37,7 +37,7 @@ from simgen.data.simulator import Simulator, describe_prior, get_simulator
 from simgen.data.store import Store, check_writable, create, open_store
 from simgen.data.tasks import tasks_in_order
 from simgen.data.writer import Appender
-from simgen.errors import RunError, StoreError, UsageError
+from simgen.errors import RunError, SimulatorError, StoreError, UsageError
 from simgen.terminal import progress_bar
 
 __all__ = ["SimulationReport", "default_workers", "simulate"]
@@ -342,6 +342,8 @@ def _run(
         return slice(max(n_old - index * chunk_size, 0), min(n - index * chunk_size, chunk_size))
 
     failed_new, used = 0, []
+    errors = Store(path).metadata.get("failed_errors", []) if n_old else []
+    whole = []  # (task, rows, error) of the tasks whose every row raised
     with progress_bar(n - n_old, f"simulate {sim.name}", enabled=progress) as bar:
         try:
             with Appender(open_building) as appender:
@@ -360,8 +362,14 @@ def _run(
                 for index, result in tasks:
                     rows = rows_of(index)
                     appender.add(index, result.theta[rows], result.x[rows], result.ok[rows])
-                    failed_new += int((~result.ok[rows]).sum())
-                appender.close({"n_requested": n, "n_simulated": n})
+                    failed = int((~result.ok[rows]).sum())
+                    failed_new += failed
+                    if result.error and failed:
+                        errors.append([index, failed, result.error])
+                        if failed == rows.stop - rows.start:
+                            whole.append(errors[-1])
+                attrs = {"n_requested": n, "n_simulated": n, "failed_errors": json.dumps(errors)}
+                appender.close(attrs)
         except BaseException as error:
             journal.building.unlink(missing_ok=True)  # a rerun builds it afresh: free its space
             if not journal.indices():  # nothing to resume: leave no folder to refuse other runs
@@ -374,6 +382,13 @@ def _run(
     os.replace(journal.building, path)
     fsync_path(path.parent)
     journal.remove()
+    if whole:  # a bug rather than a failure of some parameters: the run fails, nothing lost
+        rows = sum(w[1] for w in whole)
+        raise SimulatorError(
+            f"simulator '{sim.name}' raised on every row of {len(whole)} task(s) ({whole[0][2]}"
+            f"); their {rows:,} rows are under failed/theta of {path} (attribute failed_errors "
+            "names each task's error): fix the simulator"
+        )
     workers_used = None if scheduler is not None else used[0]
     return SimulationReport(
         n - n_old, failed_new, rows_total, failed_total, 0.0, resumed, workers_used

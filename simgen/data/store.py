@@ -184,7 +184,7 @@ class Store:
             value = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
             if isinstance(value, list):
                 value = [v.decode() if isinstance(v, bytes) else v for v in value]
-            if key in ("simulator_options", "prior"):
+            if key in ("simulator_options", "prior", "failed_errors"):
                 value = json.loads(value)
             out[key] = value
         return out
