@@ -94,24 +94,27 @@ def pages() -> dict[str, str]:
 
 
 def readme_table() -> str:
-    """The README's short table: headline metrics of the flow and the mission families."""
+    """The README's short table: the headline metrics of simgen's methods (columns that no
+    results file holds yet are left out)."""
     records = []
     for name in {h[0] for h in HEADLINE}:
         path = RESULTS / f"{name}.json"
         records += json.loads(path.read_text()) if path.exists() else []
-    lines = ["| task | method | " + " | ".join(h[2] for h in HEADLINE) + " |"]
-    lines.append("| --- | --- |" + " ---: |" * len(HEADLINE))
     keys = dict.fromkeys(
         (r["task"], r["method"]) for r in records if r["method"].startswith("simgen")
     )
     cell = {(r["benchmark"], r["task"], r["method"], r["metric"]): r["value"] for r in records}
-    for task, method in keys:
-        values = [cell.get((b, task, method, m)) for b, m, _ in HEADLINE]
-        if all(v is None for v in values):
-            continue
-        shown = ["" if v is None else _fmt(v) for v in values]
-        lines.append(f"| {task} | {method} | " + " | ".join(shown) + " |")
-    return "\n".join(lines) if len(lines) > 2 else "_No results yet._"
+    rows = {k: [cell.get((b, *k, m)) for b, m, _ in HEADLINE] for k in keys}
+    rows = {k: v for k, v in rows.items() if any(x is not None for x in v)}
+    shown = [i for i in range(len(HEADLINE)) if any(v[i] is not None for v in rows.values())]
+    if not rows:
+        return "_No results yet._"
+    lines = ["| task | method | " + " | ".join(HEADLINE[i][2] for i in shown) + " |"]
+    lines.append("| --- | --- |" + " ---: |" * len(shown))
+    for (task, method), values in rows.items():
+        cells = ["" if values[i] is None else _fmt(values[i]) for i in shown]
+        lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
