@@ -69,7 +69,13 @@ def merge(
     _check_streams(sources)
     attempted = sum(int(meta["n_simulated"]) for meta in metas)
     metadata = {k: v for k, v in first.items() if k not in ("format", "theta_sha256")}
-    metadata.update(n_requested=attempted, n_simulated=attempted, sources=json.dumps(sources))
+    errors = [e for m in metas for e in m.get("failed_errors", [])]  # of each source's tasks
+    metadata.update(
+        n_requested=attempted,
+        n_simulated=attempted,
+        sources=json.dumps(sources),
+        failed_errors=errors,
+    )
     check_room(out, sum(s.path.stat().st_size for s in stores))
     with replacing(out, sync=True) as tmp:
         _copy(stores, tmp, metadata, progress)

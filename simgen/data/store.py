@@ -26,6 +26,7 @@ from simgen.errors import StoreError, UsageError
 
 __all__ = [
     "FORMAT",
+    "JSON_ATTRS",
     "REQUIRED_ATTRS",
     "Store",
     "StoreDataset",
@@ -53,6 +54,9 @@ REQUIRED_ATTRS = (
     "simgen_version",
 )
 BLOCK_BYTES = 4 << 20  # largest HDF5 chunk of x
+
+
+JSON_ATTRS = ("simulator_options", "prior", "failed_errors")  # attributes stored as JSON
 
 
 def _block_rows(task_rows: int, row_bytes: int) -> int:
@@ -137,7 +141,7 @@ def create(
     )
     f.create_dataset("chunks", (0, 3), np.int64, maxshape=(None, 3), chunks=(1024, 3))
     for key, value in metadata.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) or key in JSON_ATTRS:
             value = json.dumps(value, sort_keys=True)
         f.attrs[key] = value
     f.attrs["format"] = FORMAT
@@ -184,7 +188,7 @@ class Store:
             value = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
             if isinstance(value, list):
                 value = [v.decode() if isinstance(v, bytes) else v for v in value]
-            if key in ("simulator_options", "prior", "failed_errors"):
+            if key in JSON_ATTRS:
                 value = json.loads(value)
             out[key] = value
         return out
