@@ -209,8 +209,11 @@ class Emulator(nn.Module):
         for a prior class of the simulator's own, from the registered simulator."""
         try:
             return recorded_prior(self.info["simulator"]["prior"])
-        except UsageError:
-            return self.simulator().prior()
+        except UsageError as error:
+            try:
+                return self.simulator().prior()
+            except UsageError:
+                raise error from None  # it says how to pass the prior
 
     def _warn_outside_prior(self, theta: Tensor) -> None:
         if self._support is None:
