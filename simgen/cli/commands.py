@@ -119,7 +119,7 @@ def fit_command(
     lr: Annotated[float | None, opt("Peak learning rate.")] = None,
     seed: Annotated[int | None, opt("Training seed.")] = None,
     max_seconds: Annotated[float | None, opt("Stop after this much training time.")] = None,
-    threads: Annotated[int | None, opt("CPU threads (default: see the docs).", min=1)] = None,
+    threads: Annotated[int | None, opt("CPU threads (1; conv nets: cores - 1).", min=1)] = None,
     device: Device = "auto",
     precision: Annotated[str | None, opt("CUDA arithmetic: auto, bf16 or fp32.")] = None,
     compile_: Annotated[bool, opt("Compile the loss (torch.compile).", "--compile")] = False,
