@@ -131,8 +131,9 @@ def _thetas(emulator: Emulator, theta: Any, seed: int) -> np.ndarray:
     elif isinstance(theta, str | os.PathLike):
         values = read_theta_rows(Path(theta))
     else:
-        values = np.atleast_2d(np.asarray(theta, np.float32))
-    values = values.astype(np.float32)
+        values = np.atleast_2d(np.asarray(theta, np.float64))
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+        values = values.astype(np.float32)
     if values.ndim != 2 or values.shape[-1] != emulator.d_theta or not np.isfinite(values).all():
         raise UsageError(
             f"theta should hold {emulator.d_theta} finite numbers per row "
@@ -237,7 +238,8 @@ def posterior_file(
             observed = np.load(path, allow_pickle=False)
         except ValueError as error:
             raise UsageError(f"cannot read {path} as a .npy array: {error}") from None
-    x_obs = np.asarray(observed, np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused by Posterior
+        x_obs = np.asarray(observed, np.float32)
     result = Posterior(emulator).sample(
         x_obs, n, sampler=sampler, chains=chains, warmup=warmup, seed=seed, progress=progress
     )
