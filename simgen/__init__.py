@@ -24,6 +24,7 @@ _EXPORTS = {
     "Emulator": "simgen.emulator",
     "load": "simgen.emulator",
     "fit": "simgen.train.loop",
+    "fit_proposal": "simgen.train.proposal",
     "Posterior": "simgen.inference.posterior",
     "check": "simgen.diagnostics.report",
     "SimgenError": "simgen.errors",
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "check",
     "fit",
+    "fit_proposal",
     "get_simulator",
     "load",
     "merge",
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
     from simgen.inference.posterior import Posterior
     from simgen.train.loop import fit
+    from simgen.train.proposal import fit_proposal
 
 
 def __getattr__(name: str) -> Any:

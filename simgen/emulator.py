@@ -32,6 +32,7 @@ from simgen.atomic import replacing
 from simgen.data.provenance import recorded_prior, recorded_simulator
 from simgen.data.simulator import Simulator, get_simulator
 from simgen.errors import StoreError, UsageError
+from simgen.models.proposal import Proposal, ProposalConfig
 from simgen.models.registry import build_family
 
 __all__ = ["MODEL_FORMAT", "Emulator", "load"]
@@ -55,7 +56,12 @@ class Emulator(nn.Module):
         model: The family's module, in standardised coordinates.
         normalization: ``theta_mean``, ``theta_std``, ``x_mean``, ``x_std`` (flat tensors).
         info: Provenance: ``parameters``, ``x_shape``, ``simulator`` (name, path, options,
-            prior), ``model_config``, ``train_config``, ``metrics``, ``data``.
+            prior), ``model_config``, ``train_config``, ``metrics``, ``data`` (and
+            ``proposal``, its configuration, when it has one).
+
+    Attributes:
+        proposal: The amortised proposal :math:`q(\\theta \\mid x)` the posterior engine draws
+            from (:class:`simgen.models.proposal.Proposal`), or None.
     """
 
     def __init__(
@@ -71,6 +77,13 @@ class Emulator(nn.Module):
         self.identity = ""
         self._support: torch.distributions.constraints.Constraint | None = None
         self._rows: dict[str, int] = {}  # rows per batched call on the device, by kind
+        self.proposal: Proposal | None = None
+
+    def standardized(self, x: Any) -> Tensor:
+        """``x`` ``(..., *x_shape)`` -> ``u = (x - mu_x) / s_x`` flattened, ``(..., d_x)``."""
+        x = self._x(x)
+        flat = x.reshape(*x.shape[: x.ndim - len(self.x_shape)], -1)
+        return (flat - self.x_mean) / self.x_std
 
     # --- inputs -----------------------------------------------------------------------------
     def _theta(self, theta: Any) -> Tensor:
@@ -285,6 +298,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Emulato
     sd = state["state_dict"]
     normalization = {k: sd[k] for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
     emulator = Emulator(family, model, normalization, info)
+    if "proposal" in info:
+        config = ProposalConfig(**info["proposal"]["config"])
+        emulator.proposal = Proposal(d_x, len(info["parameters"]), config)
     emulator.load_state_dict(sd)
     emulator.identity = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return emulator.to(device).eval()

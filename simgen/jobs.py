@@ -76,6 +76,7 @@ def fit_file(
     device: str = "auto",
     progress: bool | None = None,
     force: bool = False,
+    proposal: bool = True,
 ) -> dict[str, Any]:
     """Fit a ``model`` emulator to the data file ``data`` and write it to ``out``
     (``simgen fit``): :func:`simgen.fit` with the ``[train]`` and ``[model]`` tables of the TOML
@@ -89,7 +90,7 @@ def fit_file(
     settings.update(train or {})
     emulator = fit(
         data, model, out, train=settings, config=model_config, device=device, progress=progress,
-        force=force,
+        force=force, proposal=proposal,
     )  # fmt: skip
     if not is_main_process():
         return {}
@@ -211,7 +212,7 @@ def posterior_file(
     out: str | os.PathLike,
     n: int = 1000,
     *,
-    sampler: str = "slice",
+    sampler: str = "auto",
     chains: int | None = None,
     warmup: int | None = None,
     seed: int = 0,
@@ -226,7 +227,9 @@ def posterior_file(
         observed: The observation ``x_obs`` (``x_shape``), or a ``.npy`` file holding it.
 
     Returns:
-        A summary: ``path``, ``draws``, ``max_rhat``, ``min_ess``, ``acceptance`` (and ``plot``).
+        A summary: ``path``, ``draws``, ``sampler`` (the engine's path), ``reason`` (why it
+        left importance sampling, or None), ``ess``, ``khat``, ``log_evidence`` and
+        ``log_evidence_se`` (and ``plot``).
     """
     out = Path(out)
     check_writable(out)
@@ -254,20 +257,17 @@ def posterior_file(
         "diagnostics": diagnostics,
     }
     write_samples(out, {**datasets, "observed": x_obs}, attrs)
-    summary = {
-        "path": str(out),
-        "draws": len(result.theta),
-        "max_rhat": max(diagnostics["rhat"]),
-        "min_ess": min(diagnostics["ess"]),
-        "acceptance": diagnostics["acceptance"],
-    }
+    keys = ("sampler", "reason", "ess", "khat", "log_evidence", "log_evidence_se")
+    summary = {"path": str(out), "draws": len(result.theta), **{k: diagnostics[k] for k in keys}}
     if plot:
         picture = out.with_suffix(".png")
         plot_corner(result.theta.numpy(), emulator.parameters_names, picture)
         summary["plot"] = str(picture)
+    how = f"by {summary['sampler']}" + (f" ({summary['reason']})" if summary["reason"] else "")
     summary["message"] = (
-        f"wrote {summary['draws']:,} posterior draws to {out} (max R-hat "
-        f"{summary['max_rhat']:.3f}, min ESS {summary['min_ess']:.0f})"
+        f"wrote {summary['draws']:,} posterior draws to {out} {how}; importance sampling ESS "
+        f"{summary['ess']:.0f}, Pareto k {summary['khat']:.2f}, log evidence "
+        f"{summary['log_evidence']:.3f} +- {summary['log_evidence_se']:.3f}"
     )
     return summary
 

@@ -59,27 +59,28 @@ def test_exact_likelihood_gives_the_analytic_posterior(sampler):
     result = post.sample(x_obs, 2000, sampler=sampler, chains=40, progress=False)
     assert result.theta.shape == (2000, 2) and result.log_prob.shape == (2000,)
     assert torch.isfinite(result.log_prob).all()
-    assert max(result.diagnostics["rhat"]) < 1.05
+    assert max(result.diagnostics["mcmc"]["rhat"]) < 1.05
+    assert result.diagnostics["sampler"] == sampler
     reference = analytic(x_obs).sample((2000,))
     # C2ST of two sample sets from one law is 0.5 +- sqrt(0.25 / 4000) ~ 0.008: 0.55 is > 5 sigma
     assert c2st(reference.numpy(), result.theta.numpy()) < 0.55
-    # log_prob is the unnormalised log posterior: differences match the analytic ones
+    # log_prob is the log posterior normalised by the importance-sampling evidence estimate
     exact = analytic(x_obs).log_prob(result.theta)
     diff = (result.log_prob - exact).double()
     assert diff.std() < 1e-3
+    assert diff.mean().abs() < 5 * result.diagnostics["log_evidence_se"] + 1e-3
 
 
 def test_bounded_prior_stays_in_support():
     sim = simgen.get_simulator("two_moons")
     post = Posterior(ExactEmulator(sim))
     x_obs = torch.tensor([0.0, 0.1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # two modes: chains in each give R-hat > 1.05
-        result = post.sample(x_obs, 400, chains=20, warmup=50, progress=False)
-    assert ((result.theta > -1) & (result.theta < 1)).all()
-    # both crescents of the bimodal posterior are found (theta_1 + theta_2 of either sign)
-    s = result.theta.sum(-1)
-    assert (s > 0).float().mean().item() == pytest.approx(0.5, abs=0.3)
+    for sampler in ("importance", "smc", "slice"):
+        result = post.sample(x_obs, 400, sampler=sampler, warmup=50, progress=False)
+        assert ((result.theta > -1) & (result.theta < 1)).all()
+        # both crescents of the bimodal posterior are found (theta_1 + theta_2 of either sign)
+        s = result.theta.sum(-1)
+        assert (s > 0).float().mean().item() == pytest.approx(0.5, abs=0.3)
 
 
 def test_log_prob_and_bad_observations():
@@ -134,10 +135,6 @@ def test_cli_posterior_with_plot(tmp_path):
             str(tmp_path / "obs.npy"),
             "-n",
             "300",
-            "--warmup",
-            "20",
-            "--chains",
-            "30",
             "-o",
             str(tmp_path / "post.h5"),
             "--plot",
@@ -151,8 +148,10 @@ def test_cli_posterior_with_plot(tmp_path):
 
     with h5py.File(tmp_path / "post.h5") as f:
         assert f["theta"].shape == (300, 2) and f["log_prob"].shape == (300,)
-        assert f.attrs["kind"] == "posterior" and "rhat" in f.attrs["diagnostics"]
-        assert __import__("json").loads(f.attrs["diagnostics"])["chains"] == 30
+        assert f.attrs["kind"] == "posterior"
+        diagnostics = __import__("json").loads(f.attrs["diagnostics"])
+        assert diagnostics["ess"] > 0 and np.isfinite(diagnostics["log_evidence"])
+        assert np.isfinite(f["log_prob"][:]).all()
     np.save(tmp_path / "bad.npy", np.zeros(3, np.float32))
     done = runner.invoke(
         app,
@@ -170,10 +169,10 @@ def test_cli_posterior_with_plot(tmp_path):
 
 @pytest.mark.slow  # 30 s: a VAE fit, 1,000 draws through a K = 256 estimate, a K = 4096 grid
 def test_fixed_seed_vae_estimate_targets_the_models_posterior(tmp_path):
-    # The sampler sees one fixed realisation of the IWAE estimate (K = 256 here). Its bias is
-    # measured against the same VAE's posterior with a 16x larger K, computed on a grid (no
-    # MCMC): the C2ST between the two must stay below issue 4's target of 0.55 (two samples of
-    # one law of 1,000 draws each give 0.5 +- 0.011).
+    # Importance sampling weighs by the IWAE estimate p-hat (K = 256 here), unbiased for the
+    # VAE's p. Its draws are compared with the same VAE's posterior with a 16x larger K,
+    # computed on a grid: the C2ST between the two must stay below issue 4's target of 0.55
+    # (two samples of one law of 1,000 draws each give 0.5 +- 0.011).
     from simgen.train.loop import fit
 
     sim = simgen.get_simulator("gaussian_linear", dim=2)
@@ -184,7 +183,7 @@ def test_fixed_seed_vae_estimate_targets_the_models_posterior(tmp_path):
     x_obs = torch.tensor([0.2, -0.3])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = post.sample(x_obs, 1000, chains=50, warmup=30, progress=False)
+        result = post.sample(x_obs, 1000, progress=False)
     emu.model.config.iw_samples = 4096
     # the posterior's scale is sqrt(0.05) = 0.22: the grid reaches 0.3 past the extreme draws
     # (4.6 scales out), in cells of about 0.15 of it (their jitter adds 0.2% to the variance)

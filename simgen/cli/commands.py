@@ -124,6 +124,7 @@ def fit_command(
     precision: Annotated[str | None, opt("CUDA arithmetic: auto, bf16 or fp32.")] = None,
     compile_: Annotated[bool, opt("Compile the loss (torch.compile).", "--compile")] = False,
     force: Annotated[bool, opt("Fit again even when -o holds this fit.", "--force")] = False,
+    proposal: Annotated[bool, opt("Also fit q(theta|x), the posterior's proposal.")] = True,
     config: Annotated[Path | None, opt("TOML file with [train] and [model] tables.")] = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
@@ -140,7 +141,7 @@ def fit_command(
              "precision": precision}  # fmt: skip
     train, shown = {k: v for k, v in flags.items() if v is not None}, bars(quiet, as_json)
     summary = fit_file(data, out, model, config=config, train=train, device=device,
-                       progress=shown, force=force)  # fmt: skip
+                       progress=shown, force=force, proposal=proposal)  # fmt: skip
     if summary:  # the first rank of a data-parallel fit, or a fit of one process
         show(summary, as_json, quiet)
 
@@ -157,9 +158,9 @@ def sample_command(
     method: Annotated[str | None, opt("Diffusion sampler: ode or sde.")] = None,
     metropolis: Annotated[bool, opt("Exact samples by the simulator's density (flows).")] = False,
     observed: Annotated[Path | None, opt("Observation .npy: sample the posterior.")] = None,
-    sampler: Annotated[str, opt("Posterior MCMC: slice or hmc.")] = "slice",
-    warmup: Annotated[int | None, opt("Posterior warm-up iterations.", min=0)] = None,
-    chains: Annotated[int | None, opt("Posterior chains (n / 5, <= 200).", min=1)] = None,
+    sampler: Annotated[str, opt("Posterior: auto, importance, smc, slice or hmc.")] = "auto",
+    warmup: Annotated[int | None, opt("Posterior MCMC warm-up iterations.", min=0)] = None,
+    chains: Annotated[int | None, opt("Posterior MCMC chains (n / 10, <= 64).", min=1)] = None,
     plot: Annotated[bool, opt("Write a corner plot PNG beside -o.")] = False,
     log_prob: Annotated[bool, opt("Store log p(x|theta) of each sample.")] = True,
     seed: Seed = 0,
@@ -176,12 +177,8 @@ def sample_command(
 
     given = {"theta": theta, "theta_file": theta_file, "from_prior": from_prior}
     if observed is None:
-        sampling = {
-            "steps": steps,
-            "sampler": method,
-            "metropolis": metropolis,
-            "log_prob": log_prob,
-        }
+        sampling = {"steps": steps, "sampler": method, "metropolis": metropolis,
+                    "log_prob": log_prob}  # fmt: skip
     else:  # the posterior
         sampling = {"sampler": sampler, "chains": chains, "warmup": warmup, "plot": plot,
                     "metropolis": metropolis}  # fmt: skip
@@ -219,7 +216,7 @@ def check_command(
     draws: Annotated[int, counted("Posterior draws per pair.")] = 99,
     thetas: Annotated[int, opt("Parameters for emulation checks.", min=1)] = 3,
     samples: Annotated[int, counted("x per side at each of them.", minimum=2)] = 1000,
-    warmup: Annotated[int, opt("Posterior sampler warm-up.", min=0)] = 100,
+    sampler: Annotated[str, opt("Posterior: auto, importance, smc, slice or hmc.")] = "auto",
     seed: Seed = 0,
     metropolis: Annotated[bool, opt("Correct emulated x by the simulator's density.")] = False,
     device: Device = "auto",
@@ -233,7 +230,7 @@ def check_command(
 
     report = check_file(
         _load(model, device), out, simulator, pairs=pairs, draws=draws, thetas=thetas,
-        samples=samples, warmup=warmup, seed=seed, progress=bars(quiet, as_json),
+        samples=samples, sampler=sampler, seed=seed, progress=bars(quiet, as_json),
         metropolis=metropolis,
     )  # fmt: skip
     show(report, as_json, quiet)

@@ -28,7 +28,7 @@ import torch
 from simgen.errors import SimulatorError, UsageError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -34,7 +34,7 @@ from simgen.errors import SimulatorError
 from simgen.threads import torch_threads
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["HELD_WINDOWS", "draw_prior", "run_chunk", "tasks_in_order"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from simgen.atomic import fsync_path
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["Appender"]
 

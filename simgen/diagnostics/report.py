@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def check(
     draws: int = 99,
     thetas: int = 3,
     samples: int = 1000,
-    warmup: int = 100,
+    sampler: str = "auto",
     seed: int = 0,
     progress: bool | None = None,
     metropolis: bool = False,
@@ -87,7 +88,8 @@ def check(
         draws: Posterior draws per pair (``draws + 1`` should have small divisors, e.g. 99).
         thetas: Parameters at which emulated and simulated x are compared.
         samples: x per side at each of those parameters.
-        warmup: Sampler warm-up iterations of the posteriors.
+        sampler: The posterior engine's path (:meth:`simgen.Posterior.sample`): ``"auto"``
+            tries importance sampling, then SMC, then MCMC.
         seed: Seed of the check's simulations and samplers.
         progress: Progress bar for the posterior sampling.
         metropolis: Compare the emulator's samples corrected by the simulator's density
@@ -112,7 +114,7 @@ def check(
     if emulator.family == "vae" and emulator.model.config.latent == 2:
         _latent_picture(emulator, sim, seed, out)
     report["calibration"] = _calibration(
-        emulator, sim, pairs, draws, warmup, seed, progress, out, names
+        emulator, sim, pairs, draws, sampler, seed, progress, out, names
     )
     report["files"] = sorted(p.name for p in out.glob("*.png")) + ["report.json"]
     with replacing(out / "report.json") as tmp:
@@ -219,7 +221,7 @@ def _calibration(
     sim: Simulator,
     pairs: int,
     draws: int,
-    warmup: int,
+    sampler: str,
     seed: int,
     progress: bool | None,
     out: Path,
@@ -228,16 +230,13 @@ def _calibration(
     data = run_chunk(sim, seed, HELD_OUT, pairs)
     theta, x = data.theta[data.ok], data.x[data.ok]
     posterior = Posterior(emulator)
-    chains = max(2, min(draws, 11))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = posterior.sample_batch(
-            x, draws, chains=chains, warmup=warmup, thin=3, seed=seed, progress=progress
-        )
-        with torch.no_grad():
+        result = posterior.sample_batch(x, draws, sampler=sampler, seed=seed, progress=progress)
+        with torch.no_grad():  # normalised like the draws' densities
             truth = torch.stack(
                 [posterior.log_prob(t, xi) for t, xi in zip(theta, x, strict=True)]
-            )
+            ) - torch.tensor(result.diagnostics["log_evidence"])
     ranks = sbc_ranks(theta, result.theta)
     pvalues = sbc_uniformity(ranks, draws)
     curve = coverage_levels(expected_coverage(truth, result.log_prob))
@@ -251,6 +250,7 @@ def _calibration(
         "sbc_uniform": bool(pvalues.min() > 0.01 / len(names)),
         "coverage_max_deviation": float(deviation.max()),
         "coverage_within_band": float(inside.mean()),
-        "max_rhat": float(max(result.diagnostics["rhat"])),
+        "samplers": dict(Counter(result.diagnostics["sampler"])),
+        "min_ess": float(min(result.diagnostics["ess"])),
         "sampler_warnings": sorted({str(w.message) for w in caught}),
     }

@@ -1,23 +1,30 @@
-r"""``Posterior``: prior times a learned likelihood, sampled by vectorised MCMC.
+r"""``Posterior``: the prior times a learned likelihood, sampled by one engine for every
+emulator family.
 
 .. math::
-    \log p(\theta \mid x_{1:k}) = \sum_{i=1}^k \log p(x_i \mid \theta) + \log p(\theta) + C,
+    p(\theta \mid x_{1:k}) = \frac{p(\theta) \prod_{i=1}^k p(x_i \mid \theta)}{Z},
+    \qquad Z = p(x_{1:k}),
 
-with :math:`p(x \mid \theta)` an emulator. Sampling runs in the unconstrained space
-:math:`z = T^{-1}(\theta)`, :math:`T` = ``torch.distributions.biject_to(prior.support)``, with the
-log-Jacobian of :math:`T` added, so bounded priors need no rejection.
+with :math:`p(x \mid \theta)` an emulator. The engine (:mod:`simgen.inference.engine`) tries,
+in order, importance sampling from a defensive mixture of the emulator's amortised proposal
+:math:`q(\theta \mid x_1)` and the prior, tempered SMC, and MCMC, stopping at the first that is
+reliable for an observation. With ``k`` i.i.d. observations the proposal is conditioned on the
+first: it covers their joint posterior, which is narrower.
+
+Every draw comes with its normalised log density :math:`\log p(\theta \mid x)`, using the
+evidence estimate of the path that produced it; ``diagnostics`` say which path ran and why.
+SMC and MCMC run in the unconstrained space :math:`z = T^{-1}(\theta)`,
+:math:`T` = ``torch.distributions.biject_to(prior.support)``, with the log-Jacobian of
+:math:`T` added, so bounded priors need no rejection.
 
 Stochastic likelihood estimates (the VAE's importance weights, Hutchinson's trace for large x)
-are made deterministic functions of :math:`\theta` by fixing their random numbers: every
-evaluation runs under the same seed, so each chain sees one fixed realisation of the estimator
-(with K importance samples its spread is small), and the sampler targets that smooth surrogate
-instead of a noisy density; ``tests/test_posterior.py`` bounds the resulting bias by C2ST.
+run with fixed random numbers (every evaluation under the same seed): importance sampling
+uses them as unbiased estimates of :math:`p`; for SMC and MCMC they are a fixed, smooth
+function of :math:`\theta`.
 
-Devices: the chains (a few hundred points of d parameters), the prior and the transform stay on
-the CPU, where any ``torch.distributions`` prior lives; the observations are copied once to the
-emulator's device, every batched evaluation of the learned likelihood (all chains at once) runs
-there (the GPU when the emulator was fitted or loaded on one), and only its ``(chains,)`` log
-densities come back, differentiably for HMC.
+Devices: draws, the prior and the transform stay on the CPU, where any ``torch.distributions``
+prior lives; the observations are copied once to the emulator's device, and every batched
+evaluation of the learned likelihood runs there (the GPU when the emulator is on one).
 """
 
 from __future__ import annotations
@@ -33,12 +40,22 @@ from torch.distributions import Distribution, biject_to
 
 from simgen.emulator import Emulator, _as_tensor
 from simgen.errors import UsageError
-from simgen.inference.mcmc import effective_sample_size, hmc_sample, slice_sample, split_rhat
-from simgen.terminal import progress_bar
+from simgen.inference.engine import SAMPLERS, Settings, run_engine
+from simgen.inference.importance import DefensiveMixture
 
-__all__ = ["Posterior", "PosteriorSamples"]
+__all__ = ["SAMPLERS", "Posterior", "PosteriorSamples"]
 
 ESTIMATOR_SEED = 1234
+# diagnostics with a value per observation: one value for Posterior.sample
+PER_OBSERVATION = (
+    "sampler",
+    "reason",
+    "log_evidence",
+    "log_evidence_se",
+    "ess",
+    "ess_fraction",
+    "khat",
+)
 
 
 @dataclass
@@ -46,10 +63,15 @@ class PosteriorSamples:
     """Posterior draws with their log densities.
 
     Attributes:
-        theta: ``(n, d_theta)`` draws.
-        log_prob: ``(n,)`` unnormalised log posterior density of each draw.
-        diagnostics: ``sampler``, ``chains``, ``acceptance``, ``rhat`` and ``ess`` per
-            parameter, ``evaluations_per_draw``.
+        theta: ``(n, d)`` draws (``(m, n, d)`` from :meth:`Posterior.sample_batch`).
+        log_prob: ``(n,)`` (``(m, n)``) normalised log posterior density of each draw.
+        diagnostics: ``sampler`` (the path that ran), ``reason`` (why importance sampling
+            handed over, or None), ``log_evidence`` (of the path that ran) and
+            ``log_evidence_se`` (importance sampling's), ``ess``, ``ess_fraction`` and
+            ``khat`` of importance sampling, ``proposals`` drawn per observation; one value
+            per observation in :meth:`Posterior.sample_batch`. When they ran: ``smc``
+            (``stages``, ``acceptance``, ``evaluations_per_draw``) and ``mcmc`` (``chains``,
+            ``acceptance``, ``rhat`` and ``ess`` per parameter, ...).
     """
 
     theta: Tensor
@@ -62,7 +84,9 @@ class Posterior:
     likelihood.
 
     Args:
-        emulator: The learned :math:`p(x \\mid \\theta)`.
+        emulator: The learned :math:`p(x \\mid \\theta)`: an :class:`~simgen.Emulator`, or any
+            object with its ``log_prob``, ``prior``, ``x_shape``, ``d_theta``, ``x_mean`` and
+            ``x_std`` (``proposal`` and ``standardized`` too for importance sampling).
         prior: The prior; default: the one of the simulator the emulator was trained on.
     """
 
@@ -122,78 +146,72 @@ class Posterior:
         x_obs: Any,
         n: int = 10_000,
         *,
-        sampler: str = "slice",
+        sampler: str = "auto",
+        seed: int = 0,
+        progress: bool | None = None,
         chains: int | None = None,
         warmup: int | None = None,
         thin: int = 1,
-        init_draws: int = 10_000,
-        seed: int = 0,
-        progress: bool | None = None,
     ) -> PosteriorSamples:
-        """Draw ``n`` samples of :math:`\\theta \\sim p(\\theta \\mid x_{obs})`.
-
-        Chains start at the ``chains`` best of ``init_draws`` prior draws (highest posterior
-        density: spread over every mode those draws find), run ``warmup`` iterations, then keep
-        every ``thin``-th.
-        A warning is raised when split R-hat exceeds 1.05 or the ESS is below 10% of ``n``.
+        """Draw ``n`` samples of :math:`\\theta \\sim p(\\theta \\mid x_{obs})`, each with its
+        normalised log density.
 
         Args:
             x_obs: One observation ``x_shape``, or ``(k, *x_shape)`` i.i.d. observations.
             n: Draws returned.
-            sampler: ``"slice"`` or ``"hmc"``.
-            chains: Parallel chains (default: ``max(4, min(n // 5, 200))``: many short
-                chains, because chains seldom cross between separated modes, so the share
-                of chains that starts in each mode sets its weight; on slcp's four modes,
-                1,000 draws in 200 chains instead of 10 took C2ST from 0.63 to 0.52 for
-                1.7 times the time).
-            warmup: Iterations discarded per chain (default: 100 slice, 200 HMC).
-            thin: Keep one iteration in ``thin``.
-            init_draws: Prior draws from which chains start.
-            seed: Seed of initialisation and sampling.
+            sampler: ``"auto"`` (importance sampling, then SMC, then MCMC, each when the one
+                before is not reliable), or one path alone: ``"importance"``, ``"smc"``,
+                ``"slice"`` or ``"hmc"`` (MCMC started from importance-weighted draws). Without
+                a proposal, every path but ``"auto"`` draws from the prior in its place.
+            seed: Seed of every random number the engine draws.
             progress: Progress bar on stderr.
+            chains: MCMC chains (default: 64, fewer for few draws).
+            warmup: MCMC iterations discarded per chain (default: 100 slice, 200 HMC).
+            thin: MCMC: keep one iteration in ``thin``.
 
         Returns:
             ``theta`` ``(n, d)``, ``log_prob`` ``(n,)`` and ``diagnostics``.
+
+        Raises:
+            UsageError: a bad observation, an unknown sampler, or ``auto`` with an emulator
+                that has no proposal (fitted with ``proposal=False``).
         """
         x = self._observed(x_obs)
-        chains = chains or max(4, min(n // 5, 200))
-        result = self._run(
-            x[:, None], n, sampler, chains, warmup, thin, init_draws, seed, progress
-        )
-        return PosteriorSamples(result.theta[0], result.log_prob[0], result.diagnostics)
+        result = self._sample(x[:, None], n, sampler, seed, progress, chains, warmup, thin)
+        diagnostics = {
+            k: v[0] if isinstance(v, list) and k in PER_OBSERVATION else v
+            for k, v in result.diagnostics.items()
+        }
+        return PosteriorSamples(result.theta[0], result.log_prob[0], diagnostics)
 
     def sample_batch(
         self,
         x_obs: Any,
         n: int = 100,
         *,
-        sampler: str = "slice",
-        chains: int = 10,
-        warmup: int | None = None,
-        thin: int = 1,
-        init_draws: int = 256,
+        sampler: str = "auto",
         seed: int = 0,
         progress: bool | None = None,
+        chains: int | None = None,
+        warmup: int | None = None,
+        thin: int = 1,
     ) -> PosteriorSamples:
-        """Sample the posteriors of ``m`` observations at once, one batch of chains for all.
-
-        What calibration needs (SBC, coverage: many simulated observations, a few hundred draws
-        each), at the cost of one batched sampler run instead of ``m`` runs.
+        """Sample the posteriors of ``m`` observations at once, batched: what calibration
+        needs (SBC, coverage: many simulated observations, a few hundred draws each).
 
         Args:
             x_obs: ``(m, *x_shape)``: ``m`` observations, each with its own posterior.
             n: Draws per observation.
-            chains: Chains per observation.
-            init_draws: Prior draws, shared, from which each observation's chains start.
             sampler: As in :meth:`sample`.
-            warmup: As in :meth:`sample`.
-            thin: As in :meth:`sample`.
             seed: As in :meth:`sample`.
             progress: As in :meth:`sample`.
+            chains: As in :meth:`sample`, per observation.
+            warmup: As in :meth:`sample`.
+            thin: As in :meth:`sample`.
 
         Returns:
-            ``theta`` ``(m, n, d)``, ``log_prob`` ``(m, n)``, and ``diagnostics`` with
-            ``rhat``/``ess`` the worst over the observations per parameter.
+            ``theta`` ``(m, n, d)``, ``log_prob`` ``(m, n)``, and ``diagnostics`` with a value
+            per observation.
         """
         x = _as_tensor(x_obs)
         if x.ndim != len(self.emulator.x_shape) + 1:
@@ -202,89 +220,36 @@ class Posterior:
                 f"x_obs has shape {tuple(x.shape)}; expected (m, {shape}) for m observations"
             )
         x = self._observed(x)
-        return self._run(x[None], n, sampler, chains, warmup, thin, init_draws, seed, progress)
+        return self._sample(x[None], n, sampler, seed, progress, chains, warmup, thin)
 
-    def _run(
+    # --- the engine -------------------------------------------------------------------------
+    def _sample(
         self,
         xs: Tensor,
         n: int,
         sampler: str,
-        chains: int,
-        warmup: int | None,
-        thin: int,
-        init_draws: int,
         seed: int,
         progress: bool | None,
+        chains: int | None,
+        warmup: int | None,
+        thin: int,
     ) -> PosteriorSamples:
-        """Chains for ``m`` posteriors: ``xs`` ``(k, m, *x_shape)``, ``k`` i.i.d. observations
-        of each. Returns ``theta`` ``(m, n, d)`` and ``log_prob`` ``(m, n)``."""
-        if sampler not in ("slice", "hmc"):
-            raise UsageError(f"unknown sampler '{sampler}'; use slice or hmc")
-        m = xs.shape[1]
-        warmup = warmup if warmup is not None else (100 if sampler == "slice" else 200)
-        draws = math.ceil(n / chains)
-        torch.manual_seed(seed)
-        xs = xs.to(self.emulator.x_mean.device)  # once, not at every evaluation
-        x_rows = xs.repeat_interleave(chains, dim=1)  # (k, m * chains, *x_shape)
-
-        def log_density(z: Tensor) -> Tensor:
-            theta = self.transform(z)
-            ladj = self.transform.log_abs_det_jacobian(z, theta)
-            if ladj.shape != z.shape[:-1]:
-                ladj = ladj.sum(-1)
-            return self._log_prob(theta, x_rows) + ladj
-
-        init = self._initial(xs, chains, init_draws)
-        run = slice_sample if sampler == "slice" else hmc_sample
-        with progress_bar(
-            warmup + draws * thin, f"posterior ({sampler})", unit="steps", enabled=progress
-        ) as bar:
-            result = run(
-                log_density, init, draws, warmup=warmup, thin=thin, on_step=lambda: bar.advance(1)
-            )
-        theta = self.transform(result.samples)  # (draws, m * chains, d)
-        if not torch.isfinite(theta).all():
-            raise RuntimeError("the sampler produced non-finite draws")
-        per_set = theta.reshape(draws, m, chains, -1).transpose(0, 1)  # (m, draws, chains, d)
-        rhat = torch.stack([split_rhat(t) for t in per_set]).amax(0)
-        ess = torch.stack([effective_sample_size(t) for t in per_set]).amin(0)
-        flat = per_set.reshape(m, draws * chains, -1)[:, :n]
-        with torch.no_grad():
-            lp = self._log_prob(flat, xs[:, :, None])
-        diagnostics = {
-            "sampler": sampler,
-            "chains": chains,
-            "draws_per_chain": draws,
-            "warmup": warmup,
-            "acceptance": result.acceptance,
-            "evaluations_per_draw": result.evaluations,
-            "rhat": rhat.tolist(),
-            "ess": ess.tolist(),
-        }
-        if rhat.max() > 1.05 or ess.min() < 0.1 * n:
-            warnings.warn(
-                f"posterior sampling may not have converged: max R-hat {rhat.max():.3f}, "
-                f"min ESS {ess.min():.0f} of {n}; use more warm-up, draws or chains",
-                stacklevel=3,
-            )
-        return PosteriorSamples(flat.detach(), lp.detach(), diagnostics)
-
-    @torch.no_grad()
-    def _initial(self, xs: Tensor, chains: int, draws: int) -> Tensor:
-        """The ``chains`` best of ``draws`` prior draws for each of the ``m`` posteriors of
-        ``xs`` ``(k, m, *x_shape)``, as ``(m * chains, d)`` unconstrained points."""
-        m = xs.shape[1]
-        theta = self.prior.sample((max(draws, chains),))  # (p, d)
-        lp = torch.stack([self._log_prob(theta, xs[:, i : i + 1]) for i in range(m)], 1)  # (p, m)
-        finite = torch.isfinite(lp)
-        if not finite.any(0).all():
+        """The posteriors of ``xs`` ``(k, m, *x_shape)`` (``k`` i.i.d. observations of each of
+        ``m``): ``theta`` ``(m, n, d)``, ``log_prob`` ``(m, n)``."""
+        if sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)}")
+        proposal = getattr(self.emulator, "proposal", None)
+        if sampler == "auto" and proposal is None:
             raise UsageError(
-                "the posterior density is zero (or NaN) at every one of "
-                f"{len(lp)} prior draws: check the observation and the prior"
+                "the model has no proposal q(theta|x) for the posterior engine: rerun simgen fit "
+                "without --no-proposal (it adds one to the fitted model), or pick --sampler smc"
             )
-        best = torch.topk(torch.where(finite, lp, torch.full_like(lp, -math.inf)), chains, dim=0)
-        starts = []
-        for i in range(m):
-            pick = best.indices[:, i][torch.isfinite(best.values[:, i])]
-            starts.append(theta[pick[torch.arange(chains) % len(pick)]])
-        return self.transform.inv(torch.cat(starts)).clone()
+        xs = xs.to(self.emulator.x_mean.device)
+        # the proposal's input: x standardised as the emulator does (flat x without one)
+        u = self.emulator.standardized(xs[0]) if proposal is not None else xs[0].flatten(1)
+        mixture = DefensiveMixture(self.prior, self.transform, proposal, u)
+        settings = Settings(n, sampler, seed, progress, chains, warmup, thin)
+        theta, log_prob, diagnostics = run_engine(
+            lambda theta, rows: self._log_prob(theta, xs[:, rows, None]), mixture, settings
+        )
+        return PosteriorSamples(theta, log_prob, diagnostics)

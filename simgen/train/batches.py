@@ -128,9 +128,18 @@ class TrainingData:
         pool_x: Standardise every value of x with one mean and standard deviation (a
             stationary field: a pixel-wise standardisation would differ from pixel to pixel
             by sampling noise alone, and break the symmetry a spectral model relies on).
+        norm: A standardisation to use instead of the training rows' moments (an emulator's,
+            for a model trained beside it).
     """
 
-    def __init__(self, store: Store, tc: TrainConfig, ranks: Ranks, pool_x: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tc: TrainConfig,
+        ranks: Ranks,
+        pool_x: bool = False,
+        norm: dict[str, Tensor] | None = None,
+    ) -> None:
         self.store, self.tc, self.ranks = store, tc, ranks
         n = len(store)
         n_val = max(ranks.world, round(tc.val_fraction * n))
@@ -150,7 +159,7 @@ class TrainingData:
         r = ranks.rank
         self.train_rows = (r * share, (r + 1) * share)
         self.val_rows = (n - n_val + r * val_share, n - n_val + (r + 1) * val_share)
-        self.norm = _moments(store, self.train_rows, ranks, pool_x)
+        self.norm = norm if norm is not None else _moments(store, self.train_rows, ranks, pool_x)
         scale = 1 / torch.cat([self.norm["theta_std"], self.norm["x_std"]])
         shift = -torch.cat([self.norm["theta_mean"], self.norm["x_mean"]]) * scale
         self._affine = (scale.to(ranks.device), shift.to(ranks.device))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +13,6 @@ from typing import Any
 import torch
 
 from simgen.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "PRECISIONS",

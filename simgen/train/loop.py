@@ -36,6 +36,7 @@ from simgen.train.batches import TrainingData
 from simgen.train.checkpoints import checkpoint_path, finished, load_checkpoint, save_checkpoint
 from simgen.train.config import PRECISIONS, TrainConfig, cosine_lr, resolve_device, uses_bf16
 from simgen.train.distributed import Ranks, setup
+from simgen.train.proposal import fit_proposal, proposal_config, train_proposal
 
 __all__ = ["fit"]
 
@@ -65,6 +66,7 @@ def fit(
     progress: bool | None = None,
     resume: bool = True,
     force: bool = False,
+    proposal: bool = True,
 ) -> Emulator:
     """Fit a conditional model of :math:`p(x \\mid \\theta)` to a simgen data file.
 
@@ -88,6 +90,9 @@ def fit(
         resume: Continue from ``<out>.ckpt`` when it exists and matches.
         force: Fit again even when ``out`` holds a model fitted to these data with these
             settings (without it, that model is loaded and returned, with a warning).
+        proposal: Train the amortised proposal :math:`q(\\theta \\mid x)` of the posterior
+            engine after the emulator (:mod:`simgen.train.proposal`) and store it in the same
+            model file; a kept model without one gets one.
 
     Returns:
         The emulator with the best EMA weights (lowest validation loss).
@@ -114,10 +119,13 @@ def fit(
         warnings.warn(
             f"{out} already holds this fit of {store.path}: kept it (--force refits)", stacklevel=2
         )
-        return done.to(resolve_device(device))
+        done = done.to(resolve_device(device))
+        if proposal and done.proposal is None:
+            fit_proposal(done, store, out, progress=progress)
+        return done
     ranks = setup(resolve_device(device))
     try:
-        return _fit(store, model, out, tc, config or {}, ranks, progress, resume)
+        return _fit(store, model, out, tc, config or {}, ranks, progress, resume, proposal)
     finally:
         ranks.close()
 
@@ -155,6 +163,7 @@ def _fit(
     ranks: Ranks,
     progress: bool | None,
     resume: bool,
+    proposal: bool,
 ) -> Emulator:
     dev = ranks.device
     torch.manual_seed(tc.seed)
@@ -162,7 +171,7 @@ def _fit(
     net = build_family(model, math.prod(store.x_shape), len(store.parameters), config)
     threads = fit_threads(net, tc.threads) if dev.type == "cpu" else torch.get_num_threads()
     with torch_threads(threads):
-        return _train(store, model, out, tc, net, ranks, progress, resume)
+        return _train(store, model, out, tc, net, ranks, progress, resume, proposal)
 
 
 def _train(
@@ -174,6 +183,7 @@ def _train(
     ranks: Ranks,
     progress: bool | None,
     resume: bool,
+    proposal: bool,
 ) -> Emulator:
     dev = ranks.device
     data = TrainingData(store, tc, ranks, pool_x=net.stationary)
@@ -293,10 +303,27 @@ def _train(
         "resumed_from_epoch": start_epoch,
         **history,
     }
+    if proposal:
+        _add_proposal(emulator, data, ranks, tc, shown)
     if out_path is not None and ranks.main:
         emulator.save(out_path)
         checkpoint_path(out_path).unlink(missing_ok=True)
     return emulator.eval()
+
+
+def _add_proposal(
+    emulator: Emulator, data: TrainingData, ranks: Ranks, tc: TrainConfig, progress: bool | None
+) -> None:
+    """Train the posterior engine's proposal beside the emulator, on the same batches, for at
+    most the emulator's epochs; without a prior to bound it (a custom prior class that is not
+    registered), warn and go without."""
+    try:
+        prior = emulator.prior()
+    except UsageError as error:
+        warnings.warn(f"no proposal was fitted: {error}", stacklevel=4)
+        return
+    config = proposal_config({}, tc)
+    train_proposal(emulator, data, prior, config, ranks, seed=tc.seed, progress=progress)
 
 
 @torch.no_grad()

@@ -1,0 +1,239 @@
+r"""The posterior engine behind :class:`simgen.Posterior`: importance sampling, then tempered
+SMC, then MCMC, for ``m`` posteriors at once, each path taking over the observations whose
+answer the path before could not vouch for.
+
+1. **Importance sampling** (:mod:`simgen.inference.importance`) from the defensive mixture of
+   the amortised proposal and the prior, in batches of ``2 n`` draws until the effective sample
+   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most); reliable when
+   the Pareto-smoothed :math:`\hat k \le 0.7` (Vehtari et al. 2024) and the ESS is at least
+   :data:`MIN_ESS_SHARE` of ``n``. Draws are resampled (systematic) from the smoothed weights.
+2. **Tempered SMC** (:mod:`simgen.inference.smc`) from the same mixture.
+3. **MCMC** (:mod:`simgen.inference.chains`), slice sampling started from importance-resampled
+   draws.
+
+Each draw's normalised log density is :math:`\log p(\theta) + \log p(x \mid \theta) - \log
+\hat Z`, with :math:`\hat Z` the evidence estimate of the path that produced it (importance
+sampling's for MCMC).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from simgen.errors import UsageError
+from simgen.inference.chains import run_chains
+from simgen.inference.importance import (
+    DefensiveMixture,
+    Weighted,
+    evidence,
+    log_abs_det,
+    psis,
+    systematic_resample,
+)
+from simgen.inference.smc import tempered_smc
+from simgen.terminal import progress_bar
+
+__all__ = ["MAX_KHAT", "MAX_ROUNDS", "MIN_ESS_SHARE", "SAMPLERS", "Settings", "run_engine"]
+
+SAMPLERS = ("auto", "importance", "smc", "slice", "hmc")
+MAX_KHAT = 0.7  # Pareto k above which importance sampling is not reliable (Vehtari et al.)
+MIN_ESS_SHARE = 0.1  # of the draws asked for, below which importance sampling hands over
+MAX_ROUNDS = 16  # batches of 2 n proposals per observation, at most
+MIN_BATCH = 2048  # proposals per batch, at least
+SMC_PARTICLES = 512  # at least
+MCMC_CHAINS = 64  # per observation, at most
+
+# target(theta (m', M, d), rows (m',)) -> (m', M): the unnormalised log posterior of the
+# observations ``rows``
+Target = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Settings:
+    """What :func:`run_engine` was asked for (:meth:`simgen.Posterior.sample`'s arguments)."""
+
+    n: int
+    sampler: str
+    seed: int
+    progress: bool | None
+    chains: int | None
+    warmup: int | None
+    thin: int
+
+
+def run_engine(
+    target: Target, mixture: DefensiveMixture, s: Settings
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """``n`` draws ``(m, n, d)`` of each of ``m`` posteriors, their normalised log densities
+    ``(m, n)``, and diagnostics with a value per posterior."""
+    m, n, all_rows = len(mixture.u), s.n, torch.arange(len(mixture.u))
+    d = mixture.prior.event_shape[0]
+    theta, log_prob = torch.empty(m, n, d), torch.empty(m, n)
+    diag: dict[str, Any] = {"sampler": [s.sampler] * m, "reason": [None] * m}
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(s.seed)
+        gen = torch.Generator().manual_seed(s.seed)
+        rounds = MAX_ROUNDS if s.sampler in ("auto", "importance") else 1
+        weighted = _importance(target, mixture, n, rounds, s.progress)
+        smoothed, khat, ess = psis(weighted.log_weight)
+        log_z, log_z_se = evidence(weighted.log_weight)
+        diag.update(
+            log_evidence=log_z.tolist(),
+            log_evidence_se=log_z_se.tolist(),
+            ess=ess.tolist(),
+            ess_fraction=(ess / weighted.theta.shape[1]).tolist(),
+            khat=khat.tolist(),
+            proposals=weighted.theta.shape[1],
+        )
+        todo = torch.ones(m, dtype=torch.bool)
+        if s.sampler in ("auto", "importance"):
+            ok = (khat <= MAX_KHAT) & (ess >= MIN_ESS_SHARE * n)
+            for i in torch.nonzero(~ok).flatten().tolist():
+                diag["reason"][i] = (
+                    f"importance sampling: Pareto k {khat[i]:.2f} > {MAX_KHAT}"
+                    if khat[i] > MAX_KHAT
+                    else f"importance sampling: ESS {ess[i]:.0f} < {MIN_ESS_SHARE * n:.0f}"
+                )
+            done = ok if s.sampler == "auto" else torch.ones_like(ok)
+            idx = systematic_resample(smoothed[done], n, gen)
+            pick = torch.arange(int(done.sum()))[:, None]
+            theta[done] = weighted.theta[done][pick, idx]
+            log_prob[done] = (weighted.log_target[done][pick, idx] - log_z[done, None]).float()
+            for i in torch.nonzero(done).flatten().tolist():
+                diag["sampler"][i] = "importance"
+            todo = ~done
+        if todo.any() and s.sampler in ("auto", "smc"):
+            rows = all_rows[todo]
+            theta_s, lp_s, ok = _smc(target, mixture.select(rows), rows, n, gen, diag, s)
+            theta[rows[ok]], log_prob[rows[ok]] = theta_s[ok], lp_s[ok]
+            for i in rows[ok].tolist():
+                diag["sampler"][i] = "smc"
+            todo[rows[ok]] = False
+        if todo.any():
+            rows = all_rows[todo]
+            method = s.sampler if s.sampler in ("slice", "hmc") else "slice"
+            start = weighted.select(rows)
+            idx = systematic_resample(smoothed[rows], s.chains or _chains(n), gen)
+            drawn = _mcmc(target, mixture.transform, rows, start.theta, idx, method, diag, s)
+            theta[rows] = drawn
+            log_prob[rows] = (target(drawn, rows) - log_z[rows, None]).float()
+            for i in rows.tolist():
+                diag["sampler"][i] = method
+    if not torch.isfinite(theta).all():
+        raise RuntimeError("the posterior engine produced non-finite draws")
+    return theta, log_prob, diag
+
+
+def _chains(n: int) -> int:
+    """MCMC chains per posterior for ``n`` draws: at least 10 draws per chain."""
+    return max(2, min(MCMC_CHAINS, n // 10))
+
+
+def _importance(
+    target: Target, mixture: DefensiveMixture, n: int, rounds: int, progress: bool | None
+) -> Weighted:
+    """Batches of ``max(2 n, MIN_BATCH)`` weighed draws of the mixture for each posterior,
+    until every posterior's ESS reaches ``n`` or ``rounds`` batches are drawn."""
+    size, rows = max(2 * n, MIN_BATCH), torch.arange(len(mixture.u))
+
+    def draw() -> Weighted:
+        theta = mixture.sample(size)
+        return Weighted(theta, target(theta, rows), mixture.log_prob(theta))
+
+    with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
+        weighted = draw()
+        bar.advance(1)
+        for _ in range(rounds - 1):
+            if bool((psis(weighted.log_weight)[2] >= n).all()):
+                break
+            weighted = weighted.join(draw())
+            bar.advance(1)
+    if not torch.isfinite(weighted.log_weight).any(-1).all():
+        raise UsageError(
+            f"the posterior density is zero (or NaN) at every one of {weighted.theta.shape[1]} "
+            "draws: check the observation and the prior"
+        )
+    return weighted
+
+
+def _smc(
+    target: Target,
+    mixture: DefensiveMixture,
+    rows: Tensor,
+    n: int,
+    gen: torch.Generator,
+    diag: dict[str, Any],
+    s: Settings,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tempered SMC for the posteriors ``rows``: ``n`` draws and their normalised log
+    densities each, and which of them reached temperature 1."""
+    transform = mixture.transform
+
+    def densities(z: Tensor) -> tuple[Tensor, Tensor]:
+        theta = transform(z)
+        ladj = log_abs_det(transform, z, theta)
+        return mixture.log_prob(theta) + ladj, target(theta, rows) + ladj
+
+    m, count = len(rows), max(n, SMC_PARTICLES)
+    z0 = transform.inv(mixture.sample(count))
+    big = torch.finfo(z0.dtype).max ** 0.25
+    z0 = torch.nan_to_num(z0, nan=0.0, posinf=big, neginf=-big)
+    with progress_bar(None, "posterior (smc)", unit="stages", enabled=s.progress) as bar:
+        result = tempered_smc(densities, z0, gen, on_stage=lambda _: bar.advance(1))
+    keep = torch.argsort(torch.rand(m, count, generator=gen), -1)[:, :n]
+    z = torch.gather(result.z, 1, keep[..., None].expand(-1, -1, z0.shape[-1]))
+    theta = transform(z)
+    log_target = torch.gather(result.log_target, 1, keep) - log_abs_det(transform, z, theta)
+    ok = result.beta >= 1
+    for j, i in enumerate(rows.tolist()):
+        if ok[j]:
+            diag["log_evidence"][i] = float(result.log_z[j])
+        else:
+            diag["reason"][i] = (diag["reason"][i] or "") + (
+                f"; SMC reached temperature {result.beta[j]:.3f} in {result.stages} stages"
+            )
+    diag["smc"] = {
+        "stages": result.stages,
+        "acceptance": result.acceptance,
+        "evaluations_per_draw": result.evaluations,
+    }
+    return theta, (log_target - result.log_z[:, None]).float(), ok
+
+
+def _mcmc(
+    target: Target,
+    transform: Any,
+    rows: Tensor,
+    start: Tensor,
+    idx: Tensor,
+    method: str,
+    diag: dict[str, Any],
+    s: Settings,
+) -> Tensor:
+    """MCMC for the posteriors ``rows``, chains started at ``start[:, idx]`` (importance
+    draws ``(m, M, d)`` resampled to ``(m, chains)``): ``(m, n, d)`` draws."""
+    m, chains = idx.shape
+    d = start.shape[-1]
+
+    def log_density(z: Tensor) -> Tensor:
+        theta = transform(z)
+        lp = target(theta.reshape(m, chains, d), rows).reshape(-1)
+        return lp + log_abs_det(transform, z, theta)
+
+    init = transform.inv(start[torch.arange(m)[:, None], idx].reshape(m * chains, d)).clone()
+    with torch.enable_grad():
+        z, mcmc = run_chains(log_density, init, m, s.n, method, s.warmup, s.thin, s.progress)
+    diag["mcmc"] = mcmc
+    if max(mcmc["rhat"]) > 1.05:
+        warnings.warn(
+            f"the MCMC draws drifted while sampling (stationarity R-hat {max(mcmc['rhat']):.3f}):"
+            " use more warm-up or draws",
+            stacklevel=5,
+        )
+    return transform(z).detach()

@@ -1,0 +1,93 @@
+r"""The amortised proposal :math:`q(\theta \mid x)`: a conditional neural spline flow over the
+parameters, given the data, that the posterior engine (:mod:`simgen.inference.importance`)
+draws from and weighs.
+
+It models :math:`z = T^{-1}(\theta)`, with :math:`T` = ``biject_to(prior.support)`` mapping
+:math:`\mathbb{R}^d` onto the prior's support (a bounded uniform prior gives a logit per
+parameter), standardised as :math:`s = (z - \mu_z) / \sigma_z`, with :math:`x` summarised by an
+MLP embedding of its standardised values :math:`u`:
+
+.. math::
+    \log q(z \mid x) = \log q_s\big((z - \mu_z) / \sigma_z \mid e(u)\big) - \sum_j \log \sigma_{z,j}.
+
+Trained by maximum likelihood on the simulated pairs (neural posterior estimation, Papamakarios
+& Murray 2016, arXiv:1605.06376); it only has to cover the posterior, not equal it: importance
+weights correct the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import zuko
+from torch import Tensor, nn
+
+from simgen.models.nn import MLP
+
+__all__ = ["Proposal", "ProposalConfig"]
+
+
+@dataclass
+class ProposalConfig:
+    """Configuration of the proposal.
+
+    Attributes:
+        transforms: Spline transforms of the flow.
+        hidden: Hidden layer sizes of each transform's conditioner.
+        bins: Spline bins.
+        embedding: Features of the MLP summary of x that conditions the flow.
+        epochs: Passes over the training rows (early stopping on the validation loss).
+    """
+
+    transforms: int = 3
+    hidden: tuple[int, ...] = (64, 64)
+    bins: int = 8
+    embedding: int = 32
+    epochs: int = 60
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)
+
+
+class Proposal(nn.Module):
+    """:math:`q(z \\mid x)` in unconstrained coordinates ``z``, conditioned on standardised
+    flat ``u`` ``(..., d_x)``.
+
+    Args:
+        d_x: Features of x (flattened).
+        d_theta: Parameters.
+        config: Its :class:`ProposalConfig`.
+    """
+
+    def __init__(self, d_x: int, d_theta: int, config: ProposalConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = MLP(d_x, config.embedding, hidden=(max(64, config.embedding),) * 2)
+        self.flow = zuko.flows.NSF(
+            d_theta,
+            context=config.embedding,
+            transforms=config.transforms,
+            hidden_features=config.hidden,
+            bins=config.bins,
+        )
+        self.register_buffer("z_mean", torch.zeros(d_theta))
+        self.register_buffer("z_std", torch.ones(d_theta))
+
+    def loss(self, z: Tensor, u: Tensor) -> Tensor:
+        """Negative log density per row of standardised ``z`` given ``u``: ``(b,)``."""
+        return -self.flow(self.embed(u)).log_prob((z - self.z_mean) / self.z_std)
+
+    def log_prob(self, z: Tensor, u: Tensor) -> Tensor:
+        """:math:`\\log q(z \\mid x)`: ``z`` ``(*b, d)``, ``u`` ``(*b', d_x)`` broadcasting
+        against it -> ``(*b,)``."""
+        s = (z - self.z_mean) / self.z_std
+        return self.flow(self.embed(u)).log_prob(s) - self.z_std.log().sum()
+
+    def sample(self, u: Tensor, n: int) -> Tensor:
+        """``n`` draws of z for each row of ``u`` ``(m, d_x)``: ``(m, n, d)``."""
+        s = self.flow(self.embed(u)).sample((n,))  # (n, m, d)
+        return (s * self.z_std + self.z_mean).transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"parameters={sum(p.numel() for p in self.parameters()):,}, d={len(self.z_mean)}"
