@@ -1,29 +1,32 @@
 """How close are simgen's posteriors to the true ones, how fast, and how calibrated?
 
-For each task, with ``n`` simulations (1e4) and each family trained as :func:`simgen.fit`
-trains it by default (epochs and early stopping; ``--epochs`` caps the epochs):
+For each task, with ``n`` simulations (1e4), each family trained as :func:`simgen.fit` trains
+it by default (epochs and early stopping, the amortised proposal beside it; ``--epochs`` caps
+the epochs), and every posterior drawn as :meth:`simgen.Posterior.sample` draws it by default
+(``n`` = 10,000 draws, the engine's ``auto`` path: importance sampling from the proposal, SMC
+or MCMC where it is not reliable):
 
-* ``posterior_c2st``: C2ST (5-fold, MLP) between ``draws`` posterior samples and as many
-  samples of the reference posterior (:mod:`benchmarks.references`: analytic or exact on a
-  grid), averaged over 5 observations ``x_o ~ p(x | theta_o)``, ``theta_o`` from the prior
-  (``posterior_c2st_worst``: the largest of the 5, slice sampler); for
-  each simgen family (slice sampler) and, in the same run and on the same data, sbi's NPE and
-  NLE (its ``slice_np_vectorized`` MCMC).
-* the same C2ST for simgen's slice sampler on the simulator's exact likelihood
-  (``simgen exact likelihood (slice)``): what the sampler alone leaves, so that the distance of
-  a family from it is what its learned likelihood costs.
-* ``posterior_samples_per_s``: draws per second of wall-clock time, warm-up and initialisation
-  included, per family and sampler (slice and HMC; ``draws / 5`` chains of 5 draws after the
-  default warm-up: chains cannot cross between separated modes, so the share of chains that
-  starts in each mode sets its weight, and more chains make that share more exact. With the
-  exact likelihood of slcp, 5 observations, C2ST 0.557 with 50 chains of 20 draws, 0.523 with
-  200 chains of 5; rows before 2026-11-30 06:15 UTC used ``draws / 20`` chains), beside sbi's
-  NLE with its defaults.
-* ``train_seconds``: wall-clock training time of every method.
-* calibration on gaussian_linear (two_moons with ``--quick``), with the flow: SBC ranks of ``sbc_pairs`` simulated pairs
-  with 99 draws each (``sbc_min_pvalue``: the smallest chi-square p-value over the parameters;
-  uniform ranks give values above 0.01 / d with probability 0.99), and the largest deviation of
-  the expected coverage from the diagonal over credibility levels (``coverage_max_deviation``).
+* ``posterior_c2st``: C2ST (5-fold, MLP) between the draws and as many draws of the reference
+  posterior (:mod:`benchmarks.references`: analytic or exact on a grid), averaged over 5
+  observations ``x_o ~ p(x | theta_o)``, ``theta_o`` from the prior (``posterior_c2st_worst``:
+  the largest of the 5); for each simgen family and, in the same run and on the same data,
+  sbi's NPE and NLE (its default ``slice_np_vectorized`` MCMC: 20 chains, 200 warm-up steps).
+* the same C2ST for simgen's engine on the simulator's exact likelihood, with the flow's
+  proposal (``simgen exact likelihood (auto)``): what the engine alone leaves, so that the
+  distance of a family from it is what its learned likelihood costs.
+* ``posterior_samples_per_s``: draws per second of wall-clock time, everything included (the
+  proposal's draws, the likelihood's evaluations, fallbacks), the mean over the observations;
+  the same for sbi's methods, with the same number of draws.
+* ``posterior_ess_fraction``: importance sampling's effective sample size per proposal, and
+  ``posterior_fallbacks``: the observations (of 5) on which importance sampling handed over to
+  SMC or MCMC.
+* ``train_seconds``: wall-clock training time of every method (for simgen: the emulator and
+  its proposal).
+* calibration on gaussian_linear (two_moons with ``--quick``), with the flow: SBC ranks of
+  ``sbc_pairs`` simulated pairs with 99 draws each, all posteriors in one batch
+  (``sbc_min_pvalue``: the smallest chi-square p-value over the parameters; uniform ranks give
+  values above 0.01 / d with probability 0.99), and the largest deviation of the expected
+  coverage from the diagonal over credibility levels (``coverage_max_deviation``).
 
 Run: ``python -m benchmarks.posterior [--quick] [--tasks ...] [--families ...] [--no-sbi]``;
 writes ``benchmarks/results/posterior.json`` after each task, keeping the rows of the tasks and
@@ -94,79 +97,67 @@ class ExactLikelihood:
         return torch.from_numpy(self.sim.log_likelihood(xs, ts)).float().reshape(batch)
 
 
-EXACT = "simgen exact likelihood (slice)"
+EXACT = "simgen exact likelihood (auto)"
+SAMPLER = "auto"  # Posterior.sample's default path
 
 
 def exact_floor(
-    sim: simgen.Simulator, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
+    sim: simgen.Simulator, emulator: simgen.Emulator, xs: np.ndarray, refs: list, cfg: dict
 ) -> list[dict]:
-    """The posterior C2ST of simgen's slice sampler on the simulator's exact likelihood."""
-    x = torch.from_numpy(store.x[:]).reshape(len(store), -1)
-    posterior = Posterior(ExactLikelihood(sim, x.mean(0), x.std(0)))
+    """The posterior C2ST of simgen's engine on the simulator's exact likelihood, with the
+    flow's proposal."""
+    exact = ExactLikelihood(sim, emulator.x_mean, emulator.x_std)
+    exact.proposal, exact.standardized = emulator.proposal, emulator.standardized
+    posterior = Posterior(exact)
     scores = []
     for i, (obs, ref) in enumerate(zip(xs, refs, strict=True)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = posterior.sample(
-                obs, cfg["draws"], chains=max(4, cfg["draws"] // 5), warmup=cfg["warmup"],
-                seed=i, progress=False,
-            )  # fmt: skip
+            result = posterior.sample(obs, cfg["draws"], seed=i, progress=False)
         scores.append(c2st(result.theta, ref))
     value = float(np.mean(scores))
-    return [record(BENCH, sim.name, EXACT, "posterior_c2st", value, "accuracy", len(store))]
+    return [record(BENCH, sim.name, EXACT, "posterior_c2st", value, "accuracy", cfg["n"])]
 
 
-def sampled(variant: str, sampler: str) -> str:
-    """The method name of a variant's posterior with a sampler: ``simgen flow (slice)``,
-    ``simgen flow (gaussian, hmc)``."""
+def sampled(variant: str) -> str:
+    """The method name of a variant's posterior: ``simgen flow (auto)``,
+    ``simgen flow (gaussian, auto)``."""
     family, _, detail = variant.partition("-")
-    return f"simgen {family} ({detail + ', ' if detail else ''}{sampler})"
+    return f"simgen {family} ({detail + ', ' if detail else ''}{SAMPLER})"
 
 
 def simgen_family(
     variant: str, store: simgen.Store, xs: np.ndarray, refs: list, cfg: dict
-) -> list[dict]:
-    """Fit one family (or variant, :data:`benchmarks.emulators.VARIANTS`), sample each
-    observation's posterior, score and time it."""
+) -> tuple[list[dict], simgen.Emulator]:
+    """Fit one family (or variant, :data:`benchmarks.emulators.VARIANTS`) with its proposal,
+    sample each observation's posterior with the defaults, score and time it."""
     name, n = store.metadata["simulator"], len(store)
     family, config = VARIANTS[variant]
     train = {} if cfg["epochs"] is None else {"epochs": cfg["epochs"]}
     train_s, emulator = timed(fit, store, family, None, train=train, config=config, progress=False)
     posterior = Posterior(emulator)
     records = [record(BENCH, name, label(variant), "train_seconds", train_s, "s", n)]
-    for sampler in ("slice", "hmc"):
-        scores, seconds = [], []
-        for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s, result = timed(
-                    posterior.sample,
-                    x,
-                    cfg["draws"],
-                    sampler=sampler,
-                    chains=max(4, cfg["draws"] // 5),
-                    warmup=cfg["warmup"],
-                    seed=i,
-                    progress=False,
-                )
-            scores.append(c2st(result.theta, ref))
-            seconds.append(s)
-            if sampler == "hmc":  # HMC is timed (and scored) on the first observation only
-                break
-        draws_per_s = cfg["draws"] / float(np.mean(seconds))
-        method = sampled(variant, sampler)
-        records += [
-            record(BENCH, name, method, "posterior_c2st", float(np.mean(scores)), "accuracy", n),
-            record(BENCH, name, method, "posterior_samples_per_s", draws_per_s, "draws/s", n),
-        ]
-        if len(scores) > 1:  # the worst observation: is a miss one posterior or all of them?
-            worst = float(np.max(scores))
-            records.append(
-                record(BENCH, name, method, "posterior_c2st_worst", worst, "accuracy", n)
-            )
+    scores, seconds, ess, fallbacks = [], [], [], 0
+    for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s, result = timed(posterior.sample, x, cfg["draws"], seed=i, progress=False)
+        scores.append(c2st(result.theta, ref))
+        seconds.append(s)
+        ess.append(result.diagnostics["ess_fraction"])
+        fallbacks += result.diagnostics["sampler"] != "importance"
+    method = sampled(variant)
+    values = {
+        "posterior_c2st": (float(np.mean(scores)), "accuracy"),
+        "posterior_c2st_worst": (float(np.max(scores)), "accuracy"),
+        "posterior_samples_per_s": (cfg["draws"] / float(np.mean(seconds)), "draws/s"),
+        "posterior_ess_fraction": (float(np.mean(ess)), "fraction"),
+        "posterior_fallbacks": (float(fallbacks), "observations"),
+    }
+    records += [record(BENCH, name, method, k, v, unit, n) for k, (v, unit) in values.items()]
     if name == cfg["calibrate"] and variant == "flow":
         records += calibration(posterior, store, cfg)
-    return records
+    return records, emulator
 
 
 def calibration(posterior: Posterior, store: simgen.Store, cfg: dict) -> list[dict]:
@@ -175,18 +166,16 @@ def calibration(posterior: Posterior, store: simgen.Store, cfg: dict) -> list[di
     pairs = run_chunk(sim, seed=8, index=10**9, size=cfg["sbc_pairs"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = posterior.sample_batch(
-            pairs.x, 99, chains=11, warmup=cfg["sbc_warmup"], thin=cfg["sbc_thin"], progress=False
-        )
+        result = posterior.sample_batch(pairs.x, 99, progress=False)
     ranks = sbc_ranks(pairs.theta, result.theta)
     pvalues = sbc_uniformity(ranks, 99)
     with torch.no_grad():
         truth = torch.stack(
             [posterior.log_prob(t, x) for t, x in zip(pairs.theta, pairs.x, strict=True)]
-        )
+        ) - torch.tensor(result.diagnostics["log_evidence"])
     curve = coverage_levels(expected_coverage(truth, result.log_prob))
     deviation = float(np.abs(curve["coverage"] - curve["levels"]).max())
-    method, n = "simgen flow (slice)", len(store)
+    method, n = sampled("flow"), len(store)
     return [
         record(BENCH, sim.name, method, "sbc_min_pvalue", float(pvalues.min()), "p", n),
         record(BENCH, sim.name, method, "coverage_max_deviation", deviation, "probability", n),
@@ -209,7 +198,7 @@ def sbi_methods(
         train = inference.append_simulations(theta, x).train
         epochs = 2 if cfg["quick"] else 2**31 - 1
         train_s, _ = timed(train, max_num_epochs=epochs)
-        quick = {"warmup_steps": 10, "thin": 1, "num_chains": 4}
+        quick = {"warmup_steps": 10, "num_chains": 4}
         quick_mcmc = {"mcmc_parameters": quick} if cfg["quick"] else {}
         posterior = inference.build_posterior(**(quick_mcmc if cls is NLE else {}))
         scores, seconds = [], []
@@ -246,8 +235,10 @@ def run_task(
     _, xs = observations(sim, cfg["observations"])
     refs = [reference_posterior(sim, x, cfg["draws"], seed=i) for i, x in enumerate(xs)]
     for family in families:
-        records += simgen_family(family, store, xs, refs, cfg)
-    records += exact_floor(sim, store, xs, refs, cfg)
+        rows, emulator = simgen_family(family, store, xs, refs, cfg)
+        records += rows
+        if family == "flow":
+            records += exact_floor(sim, emulator, xs, refs, cfg)
     if include_sbi:
         records += sbi_methods(sim, store, xs, refs, cfg)
 
@@ -258,12 +249,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument(
-        "--families", nargs="*", default=["flow", "vae"], choices=list(VARIANTS),
+        "--families", nargs="*", default=["flow"], choices=list(VARIANTS),
         help="families, or variants of benchmarks.emulators (flow-gaussian, diffusion-x0, ...)",
     )  # fmt: skip
     parser.add_argument("--n", type=int, default=10_000, help="simulations per task")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: fit's)")
-    parser.add_argument("--draws", type=int, default=1000, help="posterior draws per observation")
+    parser.add_argument(
+        "--draws", type=int, default=10_000, help="posterior draws per observation (the default's)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-sbi", action="store_true", help="skip sbi's NPE and NLE")
     args = parser.parse_args()
@@ -275,10 +268,7 @@ def main() -> None:
         "epochs": 2 if args.quick else args.epochs,
         "draws": 40 if args.quick else args.draws,
         "observations": 1 if args.quick else 5,
-        "sbc_pairs": 10 if args.quick else 100,
-        "sbc_warmup": 10 if args.quick else 100,
-        "sbc_thin": 1 if args.quick else 3,
-        "warmup": 10 if args.quick else None,  # None: the sampler's default
+        "sbc_pairs": 10 if args.quick else 200,
         "calibrate": "two_moons" if args.quick else "gaussian_linear",
     }
     tasks = ["two_moons"] if args.quick else args.tasks
@@ -286,9 +276,7 @@ def main() -> None:
     torch.manual_seed(0)
     name = "posterior-quick" if args.quick else "posterior"
 
-    ours = {EXACT, *(label(v) for v in families)} | {
-        sampled(v, s) for v in families for s in ("slice", "hmc")
-    }
+    ours = {EXACT, *(label(v) for v in families), *(sampled(v) for v in families)}
 
     old, records, done = load(name, args.out), [], set()
     for task in tasks:

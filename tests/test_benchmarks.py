@@ -108,11 +108,16 @@ def test_emulators_benchmark_quick(tmp_path):
 def test_posterior_benchmark_quick(tmp_path):
     records, _ = run_quick("posterior", tmp_path, timeout=600)
     found = {(r["method"], r["metric"]) for r in records}
-    for sampler in ("slice", "hmc"):
-        assert (f"simgen flow ({sampler})", "posterior_c2st") in found
-        assert (f"simgen flow ({sampler})", "posterior_samples_per_s") in found
-    assert ("simgen flow (slice)", "sbc_min_pvalue") in found
-    assert ("simgen flow (slice)", "coverage_max_deviation") in found
+    for metric in (
+        "posterior_c2st",
+        "posterior_samples_per_s",
+        "posterior_ess_fraction",
+        "posterior_fallbacks",
+        "sbc_min_pvalue",
+        "coverage_max_deviation",
+    ):
+        assert ("simgen flow (auto)", metric) in found
+    assert ("simgen exact likelihood (auto)", "posterior_c2st") in found
     assert_records(records)
 
 
@@ -193,5 +198,7 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
 
     reference = _slcp(sim, x_obs, 1000, seed=0, cells=100)
     exact = ExactLikelihood(sim, torch.zeros(8), torch.full((8,), 3.0))
-    result = Posterior(exact).sample(x_obs, 1000, chains=200, seed=0, progress=False)
+    result = Posterior(exact).sample(
+        x_obs, 1000, sampler="slice", chains=200, seed=0, progress=False
+    )
     assert c2st(reference, result.theta.numpy(), seed=0) < 0.6

@@ -4,12 +4,13 @@ answer the path before could not vouch for.
 
 1. **Importance sampling** (:mod:`simgen.inference.importance`) from the defensive mixture of
    the amortised proposal and the prior, in batches of ``2 n`` draws until the effective sample
-   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most); reliable when
+   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most), each batch after
+   the first with a Gaussian mixture fitted to the weighted draws so far in the proposal
+   (:mod:`simgen.inference.adaptive`); reliable when
    the Pareto-smoothed :math:`\hat k \le 0.7` (Vehtari et al. 2024) and the ESS is at least
    :data:`MIN_ESS_SHARE` of ``n``. Draws are resampled (systematic) from the smoothed weights.
 2. **Tempered SMC** (:mod:`simgen.inference.smc`) from the same mixture.
-3. **MCMC** (:mod:`simgen.inference.chains`), slice sampling started from importance-resampled
-   draws.
+3. **MCMC** (:mod:`simgen.inference.chains`), slice sampling started from importance draws.
 
 Each draw's normalised log density is :math:`\log p(\theta) + \log p(x \mid \theta) - \log
 \hat Z`, with :math:`\hat Z` the evidence estimate of the path that produced it (importance
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from simgen.errors import UsageError
+from simgen.inference.adaptive import AdaptedMixture, adapt
 from simgen.inference.chains import run_chains
 from simgen.inference.importance import (
     DefensiveMixture,
@@ -80,7 +82,7 @@ def run_engine(
         torch.manual_seed(s.seed)
         gen = torch.Generator().manual_seed(s.seed)
         rounds = MAX_ROUNDS if s.sampler in ("auto", "importance") else 1
-        weighted = _importance(target, mixture, n, rounds, s.progress)
+        weighted, mixture = _importance(target, mixture, n, rounds, s.progress, gen)
         smoothed, khat, ess = psis(weighted.log_weight)
         log_z, log_z_se = evidence(weighted.log_weight)
         diag.update(
@@ -118,9 +120,9 @@ def run_engine(
         if todo.any():
             rows = all_rows[todo]
             method = s.sampler if s.sampler in ("slice", "hmc") else "slice"
-            start = weighted.select(rows)
-            idx = systematic_resample(smoothed[rows], s.chains or _chains(n), gen)
-            drawn = _mcmc(target, mixture.transform, rows, start.theta, idx, method, diag, s)
+            idx = _starts(smoothed[rows], ess[rows], s.chains or _chains(n), gen)
+            start = weighted.theta[rows]
+            drawn = _mcmc(target, mixture.transform, rows, start, idx, method, diag, s)
             theta[rows] = drawn
             log_prob[rows] = (target(drawn, rows) - log_z[rows, None]).float()
             for i in rows.tolist():
@@ -135,23 +137,42 @@ def _chains(n: int) -> int:
     return max(2, min(MCMC_CHAINS, n // 10))
 
 
+def _starts(smoothed: Tensor, ess: Tensor, chains: int, gen: torch.Generator) -> Tensor:
+    """Indices ``(m, chains)`` of the importance draws that MCMC chains start from: resampled
+    by weight where the ESS exceeds the chains, else the ``chains`` draws of highest weight
+    (distinct points, spread over the modes the draws found, rather than copies of a few)."""
+    resampled = systematic_resample(smoothed, chains, gen)
+    best = torch.topk(smoothed, chains, dim=-1).indices
+    return torch.where((ess >= chains)[:, None], resampled, best)
+
+
 def _importance(
-    target: Target, mixture: DefensiveMixture, n: int, rounds: int, progress: bool | None
-) -> Weighted:
-    """Batches of ``max(2 n, MIN_BATCH)`` weighed draws of the mixture for each posterior,
-    until every posterior's ESS reaches ``n`` or ``rounds`` batches are drawn."""
+    target: Target,
+    mixture: DefensiveMixture,
+    n: int,
+    rounds: int,
+    progress: bool | None,
+    gen: torch.Generator,
+) -> tuple[Weighted, DefensiveMixture | AdaptedMixture]:
+    """Batches of ``max(2 n, MIN_BATCH)`` weighed draws for each posterior, until every
+    posterior's ESS reaches ``n`` or ``rounds`` batches are drawn: the first from the defensive
+    mixture, each next one from it and a Gaussian mixture fitted to the draws so far
+    (:mod:`simgen.inference.adaptive`). Returns the draws and the last mixture."""
     size, rows = max(2 * n, MIN_BATCH), torch.arange(len(mixture.u))
+    current: DefensiveMixture | AdaptedMixture = mixture
 
     def draw() -> Weighted:
-        theta = mixture.sample(size)
-        return Weighted(theta, target(theta, rows), mixture.log_prob(theta))
+        theta = current.sample(size)
+        return Weighted(theta, target(theta, rows), current.log_prob(theta))
 
     with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
         weighted = draw()
         bar.advance(1)
         for _ in range(rounds - 1):
-            if bool((psis(weighted.log_weight)[2] >= n).all()):
+            smoothed, _, ess = psis(weighted.log_weight)
+            if bool((ess >= n).all()):
                 break
+            current = adapt(mixture, weighted, smoothed, gen)
             weighted = weighted.join(draw())
             bar.advance(1)
     if not torch.isfinite(weighted.log_weight).any(-1).all():
@@ -159,12 +180,12 @@ def _importance(
             f"the posterior density is zero (or NaN) at every one of {weighted.theta.shape[1]} "
             "draws: check the observation and the prior"
         )
-    return weighted
+    return weighted, current
 
 
 def _smc(
     target: Target,
-    mixture: DefensiveMixture,
+    mixture: DefensiveMixture | AdaptedMixture,
     rows: Tensor,
     n: int,
     gen: torch.Generator,
