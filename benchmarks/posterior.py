@@ -17,9 +17,10 @@ or MCMC where it is not reliable):
 * ``posterior_samples_per_s``: draws per second of wall-clock time, everything included (the
   proposal's draws, the likelihood's evaluations, fallbacks), the mean over the observations;
   the same for sbi's methods, with the same number of draws.
-* ``posterior_ess_fraction``: importance sampling's effective sample size per proposal, and
+* ``posterior_ess_fraction``: importance sampling's effective sample size per proposal,
   ``posterior_fallbacks``: the observations (of 5) on which importance sampling handed over to
-  SMC or MCMC.
+  SMC or MCMC, and ``posterior_draws``: the draws per observation of the run (``--draws``;
+  families whose likelihood costs more than the flow's are run with fewer).
 * ``train_seconds``: wall-clock training time of every method (for simgen: the emulator and
   its proposal).
 * calibration on gaussian_linear (two_moons with ``--quick``), with the flow: SBC ranks of
@@ -153,6 +154,7 @@ def simgen_family(
         "posterior_samples_per_s": (cfg["draws"] / float(np.mean(seconds)), "draws/s"),
         "posterior_ess_fraction": (float(np.mean(ess)), "fraction"),
         "posterior_fallbacks": (float(fallbacks), "observations"),
+        "posterior_draws": (float(cfg["draws"]), "draws"),
     }
     records += [record(BENCH, name, method, k, v, unit, n) for k, (v, unit) in values.items()]
     if name == cfg["calibrate"] and variant == "flow":

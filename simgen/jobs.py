@@ -264,10 +264,11 @@ def posterior_file(
         plot_corner(result.theta.numpy(), emulator.parameters_names, picture)
         summary["plot"] = str(picture)
     how = f"by {summary['sampler']}" + (f" ({summary['reason']})" if summary["reason"] else "")
+    se = summary["log_evidence_se"]
     summary["message"] = (
         f"wrote {summary['draws']:,} posterior draws to {out} {how}; importance sampling ESS "
         f"{summary['ess']:.0f}, Pareto k {summary['khat']:.2f}, log evidence "
-        f"{summary['log_evidence']:.3f} +- {summary['log_evidence_se']:.3f}"
+        f"{summary['log_evidence']:.3f}" + ("" if se is None else f" +- {se:.3f}")
     )
     return summary
 

@@ -95,14 +95,7 @@ def run_engine(
         )
         todo = torch.ones(m, dtype=torch.bool)
         if s.sampler in ("auto", "importance"):
-            ok = (khat <= MAX_KHAT) & (ess >= MIN_ESS_SHARE * n)
-            for i in torch.nonzero(~ok).flatten().tolist():
-                diag["reason"][i] = (
-                    f"importance sampling: Pareto k {khat[i]:.2f} > {MAX_KHAT}"
-                    if khat[i] > MAX_KHAT
-                    else f"importance sampling: ESS {ess[i]:.0f} < {MIN_ESS_SHARE * n:.0f}"
-                )
-            done = ok if s.sampler == "auto" else torch.ones_like(ok)
+            done = _judge(khat, ess, n, diag, forced=s.sampler == "importance")
             idx = systematic_resample(smoothed[done], n, gen)
             pick = torch.arange(int(done.sum()))[:, None]
             theta[done] = weighted.theta[done][pick, idx]
@@ -130,6 +123,26 @@ def run_engine(
     if not torch.isfinite(theta).all():
         raise RuntimeError("the posterior engine produced non-finite draws")
     return theta, log_prob, diag
+
+
+def _judge(khat: Tensor, ess: Tensor, n: int, diag: dict[str, Any], forced: bool) -> Tensor:
+    """Which posteriors importance sampling answers reliably (``(m,)`` booleans), with the
+    reason written for the others; ``forced``: all of them, with a warning for the others."""
+    ok = (khat <= MAX_KHAT) & (ess >= MIN_ESS_SHARE * n)
+    for i in torch.nonzero(~ok).flatten().tolist():
+        diag["reason"][i] = (
+            f"importance sampling: Pareto k {khat[i]:.2f} > {MAX_KHAT}"
+            if khat[i] > MAX_KHAT
+            else f"importance sampling: ESS {ess[i]:.0f} < {MIN_ESS_SHARE * n:.0f}"
+        )
+    if forced and not ok.all():
+        warnings.warn(
+            f"importance sampling is not reliable for {int((~ok).sum())} of {len(ok)} "
+            f"observations ({diag['reason'][int(torch.nonzero(~ok)[0])]}): the default "
+            "sampler hands those over to SMC",
+            stacklevel=5,
+        )
+    return torch.ones_like(ok) if forced else ok
 
 
 def _chains(n: int) -> int:
@@ -215,6 +228,7 @@ def _smc(
     for j, i in enumerate(rows.tolist()):
         if ok[j]:
             diag["log_evidence"][i] = float(result.log_z[j])
+            diag["log_evidence_se"][i] = None  # SMC's single run gives none
         else:
             diag["reason"][i] = (diag["reason"][i] or "") + (
                 f"; SMC reached temperature {result.beta[j]:.3f} in {result.stages} stages"

@@ -66,10 +66,10 @@ class PosteriorSamples:
         theta: ``(n, d)`` draws (``(m, n, d)`` from :meth:`Posterior.sample_batch`).
         log_prob: ``(n,)`` (``(m, n)``) normalised log posterior density of each draw.
         diagnostics: ``sampler`` (the path that ran), ``reason`` (why importance sampling
-            handed over, or None), ``log_evidence`` (of the path that ran) and
-            ``log_evidence_se`` (importance sampling's), ``ess``, ``ess_fraction`` and
-            ``khat`` of importance sampling, ``proposals`` drawn per observation; one value
-            per observation in :meth:`Posterior.sample_batch`. When they ran: ``smc``
+            handed over, or None), ``log_evidence`` (of the path that ran) and its
+            ``log_evidence_se`` (None after SMC), ``ess``, ``ess_fraction`` and ``khat`` of
+            importance sampling, ``proposals`` drawn per observation; one value per
+            observation in :meth:`Posterior.sample_batch`. When they ran: ``smc``
             (``stages``, ``acceptance``, ``evaluations_per_draw``) and ``mcmc`` (``chains``,
             ``acceptance``, ``rhat`` and ``ess`` per parameter, ...).
     """

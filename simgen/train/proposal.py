@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from simgen.terminal import progress_bar
 from simgen.threads import torch_threads
 from simgen.train.batches import TrainingData
 from simgen.train.config import TrainConfig, cosine_lr
-from simgen.train.distributed import Ranks
+from simgen.train.distributed import Ranks, is_main_process
 
 __all__ = ["fit_proposal", "proposal_config", "train_proposal"]
 
@@ -79,7 +80,7 @@ def train_proposal(
     Under data-parallel training the gradients are averaged over the ranks, so every rank
     holds the same proposal.
     """
-    dev = ranks.device
+    dev, start = ranks.device, time.perf_counter()
     torch.manual_seed(seed)
     transform = biject_to(prior.support)
     net = Proposal(math.prod(emulator.x_shape), emulator.d_theta, config).to(dev)
@@ -128,6 +129,7 @@ def train_proposal(
         "support": str(prior.support),
         "best_val_loss": best,
         "epochs_run": epoch + 1,
+        "seconds": time.perf_counter() - start,
     }
     return net
 
@@ -190,6 +192,6 @@ def fit_proposal(
             seed=tc.seed,
             progress=progress,
         )
-    if out is not None:
+    if out is not None and is_main_process():
         emulator.save(out)
     return emulator
