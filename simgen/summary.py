@@ -56,6 +56,7 @@ def _describe_model(path: str | os.PathLike) -> dict[str, Any]:
         "model_config": info["model_config"],
         "train_config": info["train_config"],
         "metrics": metrics,
+        "proposal": info.get("proposal"),  # the posterior engine's q(theta | x), or None
         "weights": sum(p.numel() for p in emulator.model.parameters()),
         "size_mib": round(Path(path).stat().st_size / 2**20, 3),
     }

@@ -1,24 +1,31 @@
-r"""Adaptive importance sampling: a Gaussian mixture fitted to the weighted draws joins the
-proposal (population Monte Carlo, Cappé et al. 2004, arXiv:math/0410357).
+r"""Adaptive importance sampling (AMIS, Cornuet et al. 2012, arXiv:0907.1254): Gaussian
+mixtures fitted to the weighted draws join the proposal, and every draw is weighed against the
+mixture of all the proposals used so far.
 
 Where the amortised proposal :math:`q(\theta \mid x)` covers the posterior but wastes most
-draws (a broad proposal for a narrow or multimodal posterior), a mixture of :data:`COMPONENTS`
-Gaussians in the unconstrained space :math:`z = T^{-1}(\theta)`, fitted by EM to draws resampled
-by their importance weights, sits where the posterior is. The next draws come from
+draws (a broad proposal for a narrow or multimodal posterior), a mixture :math:`f_r` of
+:data:`COMPONENTS` Gaussians in the unconstrained space :math:`z = T^{-1}(\theta)`, fitted by EM
+to draws resampled by their importance weights, sits where the posterior is. Batch :math:`r`
+then draws :math:`M_r` times from
 
 .. math::
-    g'(\theta) = (1 - \lambda)\, g(\theta) + \lambda\, \sum_k \pi_k\, N(T^{-1}(\theta);
-    \mu_k, c\,\Sigma_k)\, |\det \partial T^{-1} / \partial \theta|,
+    g_r(\theta) = (1 - \lambda)\, g(\theta) + \lambda\, f_r(T^{-1}(\theta))\,
+    |\det \partial T^{-1} / \partial \theta|,
 
 with the defensive mixture :math:`g` kept (its prior share still bounds the weights) and the
-covariances widened by :math:`c` = :data:`WIDEN` so the Gaussians' light tails cover the
-posterior's. Each draw is weighed by the density of the mixture it was drawn from, so draws of
-every round pool into one unbiased estimate.
+covariances of :math:`f_r` widened by :data:`WIDEN` so the Gaussians' light tails cover the
+posterior's. Each draw of every batch is weighed by
+:math:`p(\theta) p(x \mid \theta) / \sum_r \frac{M_r}{M} g_r(\theta)` (the balance heuristic of
+multiple importance sampling): all draws share one proposal, the mixture of the batches', so
+the Pareto :math:`\hat k` of their weights means what it says, and the evidence is its
+ordinary estimate. Only :math:`g` needs the flow; the :math:`f_r` are cheap to evaluate at
+every draw.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -27,17 +34,18 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from simgen.inference.importance import DefensiveMixture, Weighted, log_abs_det
 from simgen.inference.importance import systematic_resample as resample
 
-__all__ = ["COMPONENTS", "AdaptedMixture", "adapt"]
+__all__ = ["COMPONENTS", "AdaptedMixture", "Pool", "fit_mixture"]
 
 COMPONENTS = 8  # Gaussians of the fitted mixture
 SHARE = 0.5  # lambda: the fitted mixture's share of the next draws
 WIDEN = 2.0  # c: factor on the fitted covariances
-POINTS = 4096  # draws resampled by weight for the fit
-ITERATIONS = 30  # of EM
+POINTS = 4096  # draws resampled by weight for the fit of one posterior's mixture
+ROWS = 1 << 16  # of all posteriors' points together, at most
+ITERATIONS = 20  # of EM
 
 
 class AdaptedMixture:
-    """:math:`g'` for ``m`` observations: the defensive mixture ``base`` and a fitted Gaussian
+    """:math:`g_r` for ``m`` observations: the defensive mixture ``base`` and a fitted Gaussian
     mixture ``fitted`` over z (batch shape ``(m,)``)."""
 
     def __init__(self, base: DefensiveMixture, fitted: MixtureSameFamily) -> None:
@@ -56,51 +64,125 @@ class AdaptedMixture:
         )
         return AdaptedMixture(self.base.select(rows), fitted)
 
-    def sample(self, size: int) -> Tensor:
-        """``(m, size, d)`` draws, a share :data:`SHARE` of them from the fitted mixture."""
+    def sample_base(self, size: int) -> tuple[Tensor, Tensor]:
+        """``(m, size, d)`` draws, a share :data:`SHARE` of them from the fitted mixture, with
+        the log density of the defensive mixture ``(m, size)`` at them."""
         fitted = round(SHARE * size)
-        z = self.fitted.sample((fitted,)).transpose(0, 1)
-        return torch.cat([self.base.sample(size - fitted), self.transform(z)], 1)
+        theta, log_base = self.base.sample(size - fitted)
+        theta_f = self.transform(self.fitted.sample((fitted,)).transpose(0, 1))
+        return torch.cat([theta, theta_f], 1), torch.cat(
+            [log_base, self.base.log_prob(theta_f)], 1
+        )
 
-    def log_prob(self, theta: Tensor) -> Tensor:
-        """``(m, M)`` log density at ``theta`` ``(m, M, d)``."""
+    def sample(self, size: int) -> tuple[Tensor, Tensor]:
+        """``(m, size, d)`` draws with their log density ``(m, size)``."""
+        theta, log_base = self.sample_base(size)
+        return theta, self.combine(log_base, self.log_fitted(theta))
+
+    def log_fitted(self, theta: Tensor) -> Tensor:
+        """``(m, M)`` log density of the fitted mixture, as a density of theta."""
         z = self.transform.inv(theta)
         fitted = self.fitted.log_prob(z.transpose(0, 1)).transpose(0, 1)
         fitted = fitted - log_abs_det(self.transform, z, theta)
-        fitted = torch.where(torch.isnan(fitted), torch.full_like(fitted, -math.inf), fitted)
-        base = self.base.log_prob(theta)
-        return torch.logaddexp(math.log1p(-SHARE) + base, math.log(SHARE) + fitted)
+        return torch.where(torch.isnan(fitted), torch.full_like(fitted, -math.inf), fitted)
+
+    @staticmethod
+    def combine(log_base: Tensor, log_fitted: Tensor) -> Tensor:
+        """:math:`\\log g_r` from :math:`\\log g` and :math:`\\log f_r`."""
+        return torch.logaddexp(math.log1p(-SHARE) + log_base, math.log(SHARE) + log_fitted)
+
+    def log_prob(self, theta: Tensor) -> Tensor:
+        """``(m, M)`` log density at ``theta`` ``(m, M, d)``."""
+        return self.combine(self.base.log_prob(theta), self.log_fitted(theta))
 
 
-def adapt(
-    base: DefensiveMixture, weighted: Weighted, smoothed: Tensor, gen: torch.Generator
-) -> AdaptedMixture:
-    """Fit the Gaussian mixture to ``weighted``'s draws (their normalised log weights
-    ``smoothed`` ``(m, M)``) and return :math:`g'`."""
-    z = base.transform.inv(weighted.theta)
+class Pool:
+    """The draws of every batch, weighed against the mixture of the batches' proposals.
+
+    Args:
+        base: The defensive mixture :math:`g`.
+        target: ``theta (m, M, d) -> (m, M)``, the unnormalised log posterior.
+    """
+
+    def __init__(self, base: DefensiveMixture, target: Callable[[Tensor], Tensor]) -> None:
+        self.base, self.target = base, target
+        self.proposal: DefensiveMixture | AdaptedMixture = base
+        self.batches: list[tuple[int, int | None]] = []  # (draws, index of its fit or None)
+        self.fits: list[AdaptedMixture] = []
+        self.theta = self.log_target = self.log_base = torch.empty(0)
+        self.log_fits: list[Tensor] = []  # (m, M) of each fit at every draw
+
+    def adapt(self, smoothed: Tensor, gen: torch.Generator) -> None:
+        """Fit a Gaussian mixture to the draws so far (normalised log weights ``smoothed``)
+        and draw the next batches from it and :math:`g`."""
+        mixture = AdaptedMixture(self.base, fit_mixture(self.base, self.theta, smoothed, gen))
+        self.fits.append(mixture)
+        self.log_fits.append(mixture.log_fitted(self.theta))
+        self.proposal = mixture
+
+    def add(self, size: int) -> None:
+        """Draw a batch of ``size`` from the current proposal and weigh it."""
+        if isinstance(self.proposal, AdaptedMixture):
+            theta, log_base = self.proposal.sample_base(size)
+        else:
+            theta, log_base = self.base.sample(size)
+        fit = len(self.fits) - 1 if isinstance(self.proposal, AdaptedMixture) else None
+        self.batches.append((size, fit))
+        new = [f.log_fitted(theta) for f in self.fits]
+        if self.theta.numel() == 0:
+            self.theta, self.log_target, self.log_base = theta, self.target(theta), log_base
+            self.log_fits = new
+            return
+        self.theta = torch.cat([self.theta, theta], 1)
+        self.log_target = torch.cat([self.log_target, self.target(theta)], 1)
+        self.log_base = torch.cat([self.log_base, log_base], 1)
+        self.log_fits = [torch.cat([old, n], 1) for old, n in zip(self.log_fits, new, strict=True)]
+
+    def weighted(self) -> Weighted:
+        """All draws, each with the log density of the batches' mixture,
+        :math:`\\log \\sum_r \\frac{M_r}{M} g_r`."""
+        total = sum(size for size, _ in self.batches)
+        parts = [
+            math.log(size / total)
+            + (
+                self.log_base
+                if fit is None
+                else AdaptedMixture.combine(self.log_base, self.log_fits[fit])
+            )
+            for size, fit in self.batches
+        ]
+        return Weighted(self.theta, self.log_target, torch.logsumexp(torch.stack(parts), 0))
+
+
+def fit_mixture(
+    base: DefensiveMixture, theta: Tensor, smoothed: Tensor, gen: torch.Generator
+) -> MixtureSameFamily:
+    """The Gaussian mixture over z fitted by EM to draws ``theta`` ``(m, M, d)`` resampled by
+    their normalised log weights ``smoothed`` ``(m, M)``, covariances widened; batch ``(m,)``."""
+    z = base.transform.inv(theta)
     big = torch.finfo(z.dtype).max ** 0.25
     z = torch.nan_to_num(z, nan=0.0, posinf=big, neginf=-big).double()
     m, _, d = z.shape
-    points = torch.gather(z, 1, resample(smoothed, POINTS, gen)[..., None].expand(-1, -1, d))
+    count = max(16 * COMPONENTS, min(POINTS, ROWS // m))
+    points = torch.gather(z, 1, resample(smoothed, count, gen)[..., None].expand(-1, -1, d))
     centred = points - points.mean(1, keepdim=True)
-    spread = centred.transpose(1, 2) @ centred / (POINTS - 1)  # (m, d, d)
+    spread = centred.transpose(1, 2) @ centred / (count - 1)  # (m, d, d)
     floor = 1e-3 * torch.diag_embed(spread.diagonal(0, 1, 2)) + 1e-9 * torch.eye(d)
-    pick = torch.argsort(torch.rand(m, POINTS, generator=gen), -1)[:, :COMPONENTS]
+    pick = torch.argsort(torch.rand(m, count, generator=gen), -1)[:, :COMPONENTS]
     loc = torch.gather(points, 1, pick[..., None].expand(-1, -1, d))  # (m, K, d)
     cov = spread[:, None].expand(-1, COMPONENTS, -1, -1) + floor[:, None]
     log_pi = torch.full((m, COMPONENTS), -math.log(COMPONENTS), dtype=z.dtype)
     for _ in range(ITERATIONS):
-        normal = MultivariateNormal(loc, covariance_matrix=cov)
+        normal = MultivariateNormal(loc[:, None], covariance_matrix=cov[:, None])  # (m, 1, K)
         log_r = log_pi[:, None] + normal.log_prob(points[:, :, None])  # (m, R, K)
         r = torch.softmax(log_r, -1)
         mass = r.sum(1) + 1e-10  # (m, K)
-        log_pi = (mass / POINTS).log()
+        log_pi = (mass / count).log()
         loc = (r.transpose(1, 2) @ points) / mass[..., None]
         diff = points[:, :, None] - loc[:, None]  # (m, R, K, d)
         cov = torch.einsum("mrk,mrki,mrkj->mkij", r, diff, diff) / mass[..., None, None]
         cov = cov + floor[:, None]
-    fitted = MixtureSameFamily(
+    return MixtureSameFamily(
         Categorical(logits=log_pi.float()),
         MultivariateNormal(loc.float(), scale_tril=torch.linalg.cholesky(WIDEN * cov).float()),
     )
-    return AdaptedMixture(base, fitted)

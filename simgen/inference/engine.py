@@ -4,8 +4,8 @@ answer the path before could not vouch for.
 
 1. **Importance sampling** (:mod:`simgen.inference.importance`) from the defensive mixture of
    the amortised proposal and the prior, in batches of ``2 n`` draws until the effective sample
-   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most), each batch after
-   the first with a Gaussian mixture fitted to the weighted draws so far in the proposal
+   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most), a Gaussian
+   mixture fitted to the weighted draws joining the proposal where it wastes most draws
    (:mod:`simgen.inference.adaptive`); reliable when
    the Pareto-smoothed :math:`\hat k \le 0.7` (Vehtari et al. 2024) and the ESS is at least
    :data:`MIN_ESS_SHARE` of ``n``. Draws are resampled (systematic) from the smoothed weights.
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from simgen.errors import UsageError
-from simgen.inference.adaptive import AdaptedMixture, adapt
+from simgen.inference.adaptive import AdaptedMixture, Pool
 from simgen.inference.chains import run_chains
 from simgen.inference.importance import (
     DefensiveMixture,
@@ -46,7 +46,8 @@ __all__ = ["MAX_KHAT", "MAX_ROUNDS", "MIN_ESS_SHARE", "SAMPLERS", "Settings", "r
 SAMPLERS = ("auto", "importance", "smc", "slice", "hmc")
 MAX_KHAT = 0.7  # Pareto k above which importance sampling is not reliable (Vehtari et al.)
 MIN_ESS_SHARE = 0.1  # of the draws asked for, below which importance sampling hands over
-MAX_ROUNDS = 16  # batches of 2 n proposals per observation, at most
+MAX_ROUNDS = 16  # batches of at most 2 n proposals per observation, at most
+ADAPT_BELOW = 0.1  # ESS per draw below which a fitted mixture joins the proposal
 MIN_BATCH = 2048  # proposals per batch, at least
 SMC_PARTICLES = 512  # at least
 MCMC_CHAINS = 64  # per observation, at most
@@ -167,33 +168,40 @@ def _importance(
     progress: bool | None,
     gen: torch.Generator,
 ) -> tuple[Weighted, DefensiveMixture | AdaptedMixture]:
-    """Batches of ``max(2 n, MIN_BATCH)`` weighed draws for each posterior, until every
-    posterior's ESS reaches ``n`` or ``rounds`` batches are drawn: the first from the defensive
-    mixture, each next one from it and a Gaussian mixture fitted to the draws so far
-    (:mod:`simgen.inference.adaptive`). Returns the draws and the last mixture."""
-    size, rows = max(2 * n, MIN_BATCH), torch.arange(len(mixture.u))
-    current: DefensiveMixture | AdaptedMixture = mixture
+    """Batches of weighed draws for each posterior, until every posterior's ESS reaches ``n``
+    or ``rounds`` batches are drawn; returns the draws and the mixture of the last batch.
 
-    def draw() -> Weighted:
-        theta = current.sample(size)
-        return Weighted(theta, target(theta, rows), current.log_prob(theta))
-
+    The first batch has ``max(2 n, MIN_BATCH)`` draws of the defensive mixture. Where fewer
+    than :data:`ADAPT_BELOW` of the draws so far are effective, a Gaussian mixture fitted to
+    them joins the proposal and the next batch is as large as the first (adaptive importance
+    sampling, :mod:`simgen.inference.adaptive`: every draw is weighed against the mixture of all
+    batches' proposals); otherwise the next batch has as many draws as the ESS per draw says
+    are missing (a tenth more, at least ``MIN_BATCH``, at most the first batch's)."""
+    first = max(2 * n, MIN_BATCH)
+    pool = Pool(mixture, lambda theta: target(theta, torch.arange(len(mixture.u))))
     with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
-        weighted = draw()
+        pool.add(first)
         bar.advance(1)
         for _ in range(rounds - 1):
-            smoothed, _, ess = psis(weighted.log_weight)
-            if bool((ess >= n).all()):
+            smoothed, _, ess = psis(pool.weighted().log_weight)
+            short = ess < n
+            if not bool(short.any()):
                 break
-            current = adapt(mixture, weighted, smoothed, gen)
-            weighted = weighted.join(draw())
+            fraction = (ess / pool.theta.shape[1])[short]
+            if bool((fraction < ADAPT_BELOW).any()):
+                pool.adapt(smoothed, gen)
+                pool.add(first)
+            else:
+                missing = ((n - ess[short]) / fraction.clamp_min(1e-6)).max().item()
+                pool.add(int(min(max(1.1 * missing, MIN_BATCH), first)))
             bar.advance(1)
+    weighted = pool.weighted()
     if not torch.isfinite(weighted.log_weight).any(-1).all():
         raise UsageError(
             f"the posterior density is zero (or NaN) at every one of {weighted.theta.shape[1]} "
             "draws: check the observation and the prior"
         )
-    return weighted, current
+    return weighted, pool.proposal
 
 
 def _smc(
@@ -215,7 +223,7 @@ def _smc(
         return mixture.log_prob(theta) + ladj, target(theta, rows) + ladj
 
     m, count = len(rows), max(n, SMC_PARTICLES)
-    z0 = transform.inv(mixture.sample(count))
+    z0 = transform.inv(mixture.sample(count)[0])
     big = torch.finfo(z0.dtype).max ** 0.25
     z0 = torch.nan_to_num(z0, nan=0.0, posinf=big, neginf=-big)
     with progress_bar(None, "posterior (smc)", unit="stages", enabled=s.progress) as bar:

@@ -78,15 +78,26 @@ class DefensiveMixture:
         """The mixture of the observations ``rows`` (indices into ``m``)."""
         return DefensiveMixture(self.prior, self.transform, self.proposal, self.u[rows])
 
-    def sample(self, size: int) -> Tensor:
-        """``(m, size, d)`` draws: a share :data:`PRIOR_SHARE` of them from the prior."""
+    def sample(self, size: int) -> tuple[Tensor, Tensor]:
+        """``(m, size, d)`` draws, a share :data:`PRIOR_SHARE` of them from the prior, with
+        their log density ``(m, size)`` (the proposal's own draws bring theirs along)."""
         m = len(self.u)
         from_prior = size if self.proposal is None else round(PRIOR_SHARE * size)
         theta = self.prior.sample((m, from_prior))
-        if self.proposal is not None:
-            z = self.proposal.sample(self.u, size - from_prior).cpu()
-            theta = torch.cat([theta, self.transform(z)], 1)
-        return theta
+        if self.proposal is None:
+            return theta, self.prior.log_prob(theta)
+        z, log_q = self.proposal.sample(self.u, size - from_prior)
+        z, log_q = z.cpu(), log_q.cpu()
+        theta_q = self.transform(z)
+        log_q = log_q - log_abs_det(self.transform, z, theta_q)
+        log_g = torch.cat(
+            [self.log_prob(theta), self._mix(self.prior.log_prob(theta_q), log_q)], 1
+        )
+        return torch.cat([theta, theta_q], 1), log_g
+
+    def _mix(self, prior_lp: Tensor, q: Tensor) -> Tensor:
+        q = torch.where(torch.isnan(q), torch.full_like(q, -math.inf), q)
+        return torch.logaddexp(math.log(PRIOR_SHARE) + prior_lp, math.log1p(-PRIOR_SHARE) + q)
 
     def log_prob(self, theta: Tensor) -> Tensor:
         """``(m, M)`` log density at ``theta`` ``(m, M, d)``."""
@@ -99,9 +110,7 @@ class DefensiveMixture:
             self.proposal.log_prob(z[:, i : i + step].to(dev), self.u[:, None]).cpu()
             for i in range(0, z.shape[1], step)
         ]
-        q = torch.cat(parts, 1) - log_abs_det(self.transform, z, theta)
-        q = torch.where(torch.isnan(q), torch.full_like(q, -math.inf), q)
-        return torch.logaddexp(math.log(PRIOR_SHARE) + prior_lp, math.log1p(-PRIOR_SHARE) + q)
+        return self._mix(prior_lp, torch.cat(parts, 1) - log_abs_det(self.transform, z, theta))
 
 
 @dataclass

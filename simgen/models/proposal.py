@@ -84,10 +84,12 @@ class Proposal(nn.Module):
         s = (z - self.z_mean) / self.z_std
         return self.flow(self.embed(u)).log_prob(s) - self.z_std.log().sum()
 
-    def sample(self, u: Tensor, n: int) -> Tensor:
-        """``n`` draws of z for each row of ``u`` ``(m, d_x)``: ``(m, n, d)``."""
-        s = self.flow(self.embed(u)).sample((n,))  # (n, m, d)
-        return (s * self.z_std + self.z_mean).transpose(0, 1)
+    def sample(self, u: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` draws of z for each row of ``u`` ``(m, d_x)``, ``(m, n, d)``, with their
+        :math:`\\log q(z \\mid x)` ``(m, n)`` (from the same pass through the flow)."""
+        s, log_q = self.flow(self.embed(u)).rsample_and_log_prob((n,))  # (n, m, d), (n, m)
+        z = s * self.z_std + self.z_mean
+        return z.transpose(0, 1), (log_q - self.z_std.log().sum()).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return f"parameters={sum(p.numel() for p in self.parameters()):,}, d={len(self.z_mean)}"
