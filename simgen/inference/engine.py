@@ -169,26 +169,30 @@ def _importance(
     gen: torch.Generator,
 ) -> tuple[Weighted, DefensiveMixture | AdaptedMixture]:
     """Batches of weighed draws for each posterior, until every posterior's ESS reaches ``n``
-    or ``rounds`` batches are drawn; returns the draws and the mixture of the last batch.
+    with a Pareto k of at most :data:`MAX_KHAT`, or ``rounds`` batches are drawn; returns the
+    draws and the mixture of the last batch.
 
     The first batch has ``max(2 n, MIN_BATCH)`` draws of the defensive mixture. Where fewer
-    than :data:`ADAPT_BELOW` of the draws so far are effective, a Gaussian mixture fitted to
-    them joins the proposal and the next batch is as large as the first (adaptive importance
-    sampling, :mod:`simgen.inference.adaptive`: every draw is weighed against the mixture of all
-    batches' proposals); otherwise the next batch has as many draws as the ESS per draw says
-    are missing (a tenth more, at least ``MIN_BATCH``, at most the first batch's)."""
+    than :data:`ADAPT_BELOW` of the draws so far are effective, or their weights have a heavy
+    tail (Pareto k above :data:`MAX_KHAT`: the proposal misses mass somewhere), a Gaussian
+    mixture fitted to them joins the proposal and the next batch is as large as the first
+    (adaptive importance sampling, :mod:`simgen.inference.adaptive`: every draw is weighed
+    against the mixture of all batches' proposals); otherwise the next batch has as many draws
+    as the ESS per draw says are missing (a tenth more, at least ``MIN_BATCH``, at most the
+    first batch's)."""
     first = max(2 * n, MIN_BATCH)
     pool = Pool(mixture, lambda theta: target(theta, torch.arange(len(mixture.u))))
     with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
         pool.add(first)
         bar.advance(1)
         for _ in range(rounds - 1):
-            smoothed, _, ess = psis(pool.weighted().log_weight)
-            short = ess < n
+            smoothed, khat, ess = psis(pool.weighted().log_weight)
+            heavy = khat > MAX_KHAT
+            short = (ess < n) | heavy
             if not bool(short.any()):
                 break
             fraction = (ess / pool.theta.shape[1])[short]
-            if bool((fraction < ADAPT_BELOW).any()):
+            if bool((fraction < ADAPT_BELOW).any() | heavy.any()):
                 pool.adapt(smoothed, gen)
                 pool.add(first)
             else:
