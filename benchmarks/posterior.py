@@ -22,7 +22,7 @@ or MCMC where it is not reliable):
   SMC or MCMC, and ``posterior_draws``: the draws per observation of the run (``--draws``;
   families whose likelihood costs more than the flow's are run with fewer).
 * ``train_seconds``: wall-clock training time of every method (for simgen: the emulator and
-  its proposal).
+  its proposal; ``proposal_seconds``: the proposal's part).
 * calibration on gaussian_linear (two_moons with ``--quick``), with the flow: SBC ranks of
   ``sbc_pairs`` simulated pairs with 99 draws each, all posteriors in one batch
   (``sbc_min_pvalue``: the smallest chi-square p-value over the parameters; uniform ranks give
@@ -138,6 +138,9 @@ def simgen_family(
     train_s, emulator = timed(fit, store, family, None, train=train, config=config, progress=False)
     posterior = Posterior(emulator)
     records = [record(BENCH, name, label(variant), "train_seconds", train_s, "s", n)]
+    if emulator.proposal is not None:
+        share = emulator.info["proposal"]["seconds"]
+        records.append(record(BENCH, name, label(variant), "proposal_seconds", share, "s", n))
     scores, seconds, ess, fallbacks = [], [], [], 0
     for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
         with warnings.catch_warnings():
