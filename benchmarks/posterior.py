@@ -281,7 +281,9 @@ def main() -> None:
     torch.manual_seed(0)
     name = "posterior-quick" if args.quick else "posterior"
 
-    ours = {EXACT, *(label(v) for v in families), *(sampled(v) for v in families)}
+    ours = {*(label(v) for v in families), *(sampled(v) for v in families)}
+    if "flow" in families:  # the exact-likelihood floor runs with the flow's proposal
+        ours.add(EXACT)
 
     old, records, done = load(name, args.out), [], set()
     for task in tasks:
