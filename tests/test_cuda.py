@@ -131,8 +131,8 @@ def test_check_metropolis_and_latent_picture_with_gpu_emulators(moons, tmp_path)
     corrected = metropolized_sample(flow, sim.log_unnormalized, np.zeros(2), 100, seed=0)
     assert corrected.x.shape == (100, 2) and np.isfinite(corrected.x.cpu().numpy()).all()
     report = check(flow, tmp_path / "flow", pairs=4, draws=9, thetas=1, samples=50,
-                   warmup=10, metropolis=True)  # fmt: skip
+                   metropolis=True)  # fmt: skip
     assert "sbc_pvalues" in report["calibration"]
     vae = fit(moons, "vae", train={"epochs": 2}, config=TINY["vae"], device="cuda")
-    report = check(vae, tmp_path / "vae", pairs=4, draws=9, thetas=1, samples=50, warmup=10)
+    report = check(vae, tmp_path / "vae", pairs=4, draws=9, thetas=1, samples=50)
     assert "latent.png" in report["files"]

@@ -250,7 +250,7 @@ def test_check_compares_physical_statistics(tmp_path, name, options, expected):
     sim = simgen.get_simulator(name, **options)
     data = simgen.simulate(sim, 1000, tmp_path / "d.h5", workers=1, progress=False)
     emulator = fit(data, "flow", None, train={"epochs": 2}, progress=False)
-    report = check(emulator, tmp_path / "r", pairs=10, draws=9, thetas=1, samples=200, warmup=5)
+    report = check(emulator, tmp_path / "r", pairs=10, draws=9, thetas=1, samples=200)
     physics = report["emulation"]["physics"]
     assert set(physics) == expected
     assert all(np.isfinite(v[0]) for v in physics.values())
@@ -266,7 +266,6 @@ def test_check_compares_physical_statistics(tmp_path, name, options, expected):
                 draws=9,
                 thetas=1,
                 samples=200,
-                warmup=5,
                 metropolis=True,
             )
         assert exact["emulation"]["metropolis"] and 0 < exact["emulation"]["acceptance"][0] <= 1

@@ -75,5 +75,5 @@ def test_conv_vae_fits_maps_and_refuses_other_shapes(maps, tmp_path):
     # a 2-D latent: simgen check draws the decoded grid
     from simgen.diagnostics.report import check
 
-    report = check(emulator, tmp_path / "r", pairs=4, draws=3, thetas=1, samples=50, warmup=2)
+    report = check(emulator, tmp_path / "r", pairs=4, draws=3, thetas=1, samples=50)
     assert "latent.png" in report["files"] and (tmp_path / "r" / "latent.png").stat().st_size
