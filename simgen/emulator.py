@@ -104,6 +104,15 @@ class Emulator(nn.Module):
             )
         return x
 
+    def check_data(self, store: Any) -> None:
+        """Raise :class:`UsageError` unless the data file ``store`` (a
+        :class:`~simgen.data.store.Store`) has this emulator's x shape and parameters."""
+        if store.x_shape != self.x_shape or len(store.parameters) != self.d_theta:
+            raise UsageError(
+                f"{store.path} holds x of shape {store.x_shape} and {len(store.parameters)} "
+                f"parameters; the model expects {self.x_shape} and {self.d_theta}"
+            )
+
     # --- the distribution -------------------------------------------------------------------
     def _standardise(self) -> ComposeTransform:
         d_x = math.prod(self.x_shape)

@@ -290,11 +290,7 @@ def log_prob_file(
         ``mean_abs_error_nats`` (and ``path``).
     """
     store = open_store(data)
-    if store.x_shape != emulator.x_shape or len(store.parameters) != emulator.d_theta:
-        raise UsageError(
-            f"{data} holds x of shape {store.x_shape} and {len(store.parameters)} parameters; "
-            f"the model expects {emulator.x_shape} and {emulator.d_theta}"
-        )
+    emulator.check_data(store)
     if out is not None:
         check_writable(Path(out))
     check_finite(store, limit)

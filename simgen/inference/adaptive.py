@@ -33,6 +33,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from simgen.inference.importance import DefensiveMixture, Weighted, log_abs_det
 from simgen.inference.importance import systematic_resample as resample
+from simgen.models.proposal import unconstrained
 
 __all__ = ["COMPONENTS", "AdaptedMixture", "Pool", "fit_mixture"]
 
@@ -159,9 +160,7 @@ def fit_mixture(
 ) -> MixtureSameFamily:
     """The Gaussian mixture over z fitted by EM to draws ``theta`` ``(m, M, d)`` resampled by
     their normalised log weights ``smoothed`` ``(m, M)``, covariances widened; batch ``(m,)``."""
-    z = base.transform.inv(theta)
-    big = torch.finfo(z.dtype).max ** 0.25
-    z = torch.nan_to_num(z, nan=0.0, posinf=big, neginf=-big).double()
+    z = unconstrained(base.transform, theta).double()
     m, _, d = z.shape
     count = max(16 * COMPONENTS, min(POINTS, ROWS // m))
     points = torch.gather(z, 1, resample(smoothed, count, gen)[..., None].expand(-1, -1, d))

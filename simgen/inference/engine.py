@@ -39,6 +39,7 @@ from simgen.inference.importance import (
     systematic_resample,
 )
 from simgen.inference.smc import tempered_smc
+from simgen.models.proposal import unconstrained
 from simgen.terminal import progress_bar
 
 __all__ = ["MAX_KHAT", "MAX_ROUNDS", "MIN_ESS_SHARE", "SAMPLERS", "Settings", "run_engine"]
@@ -227,9 +228,7 @@ def _smc(
         return mixture.log_prob(theta) + ladj, target(theta, rows) + ladj
 
     m, count = len(rows), max(n, SMC_PARTICLES)
-    z0 = transform.inv(mixture.sample(count)[0])
-    big = torch.finfo(z0.dtype).max ** 0.25
-    z0 = torch.nan_to_num(z0, nan=0.0, posinf=big, neginf=-big)
+    z0 = unconstrained(transform, mixture.sample(count)[0])
     with progress_bar(None, "posterior (smc)", unit="stages", enabled=s.progress) as bar:
         result = tempered_smc(densities, z0, gen, on_stage=lambda _: bar.advance(1))
     keep = torch.argsort(torch.rand(m, count, generator=gen), -1)[:, :n]

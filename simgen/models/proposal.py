@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 import zuko
 from torch import Tensor, nn
+from torch.distributions import Transform
 
 from simgen.models.nn import MLP
 
-__all__ = ["Proposal", "ProposalConfig"]
+__all__ = ["Proposal", "ProposalConfig", "unconstrained"]
 
 
 @dataclass
@@ -93,3 +94,11 @@ class Proposal(nn.Module):
 
     def extra_repr(self) -> str:
         return f"parameters={sum(p.numel() for p in self.parameters()):,}, d={len(self.z_mean)}"
+
+
+def unconstrained(transform: Transform, theta: Tensor) -> Tensor:
+    """:math:`z = T^{-1}(\\theta)` ``(..., d)``, finite: a theta on the support's edge (``z``
+    infinite in float32) gets the largest value whose square stays finite, a NaN gets 0."""
+    z = transform.inv(theta)
+    big = torch.finfo(z.dtype).max ** 0.25
+    return torch.nan_to_num(z, nan=0.0, posinf=big, neginf=-big).clamp(-big, big)

@@ -27,7 +27,7 @@ from torch.distributions import Distribution, Transform, biject_to
 from simgen.data.store import Store, check_finite, check_writable, open_store
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.models.proposal import Proposal, ProposalConfig
+from simgen.models.proposal import Proposal, ProposalConfig, unconstrained
 from simgen.terminal import progress_bar
 from simgen.threads import torch_threads
 from simgen.train.batches import TrainingData
@@ -40,12 +40,8 @@ PATIENCE = 8  # epochs without validation improvement before the proposal stops
 
 
 def _unconstrained(emulator: Emulator, transform: Transform, v: Tensor) -> Tensor:
-    """Standardised theta ``v`` ``(b, d)`` -> ``z = T^{-1}(theta)``, rows on the support's
-    edge (``z`` infinite in float32) clamped to the largest finite values."""
-    theta = v * emulator.theta_std + emulator.theta_mean
-    z = transform.inv(theta)
-    big = torch.finfo(z.dtype).max ** 0.25  # far in the tails, squares stay finite
-    return torch.nan_to_num(z, nan=0.0, posinf=big, neginf=-big).clamp(-big, big)
+    """Standardised theta ``v`` ``(b, d)`` -> finite ``z = T^{-1}(theta)``."""
+    return unconstrained(transform, v * emulator.theta_std + emulator.theta_mean)
 
 
 def proposal_config(overrides: dict[str, Any], tc: TrainConfig) -> ProposalConfig:
@@ -170,11 +166,7 @@ def fit_proposal(
         The emulator, with ``emulator.proposal``.
     """
     store = data if isinstance(data, Store) else open_store(data)
-    if store.x_shape != emulator.x_shape or len(store.parameters) != emulator.d_theta:
-        raise UsageError(
-            f"{store.path} holds x of shape {store.x_shape} and {len(store.parameters)} "
-            f"parameters; the model expects {emulator.x_shape} and {emulator.d_theta}"
-        )
+    emulator.check_data(store)
     if out is not None:
         check_writable(Path(out))
     check_finite(store)
