@@ -40,8 +40,10 @@ PATIENCE = 8  # epochs without validation improvement before the proposal stops
 
 
 def _unconstrained(emulator: Emulator, transform: Transform, v: Tensor) -> Tensor:
-    """Standardised theta ``v`` ``(b, d)`` -> finite ``z = T^{-1}(theta)``."""
-    return unconstrained(transform, v * emulator.theta_std + emulator.theta_mean)
+    """Standardised theta ``v`` ``(b, d)`` -> finite ``z = T^{-1}(theta)``, on ``v``'s device
+    (the prior's transform holds its parameters on the CPU, where the prior is built)."""
+    theta = (v * emulator.theta_std + emulator.theta_mean).cpu()
+    return unconstrained(transform, theta).to(v.device)
 
 
 def proposal_config(overrides: dict[str, Any], tc: TrainConfig) -> ProposalConfig:
