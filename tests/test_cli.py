@@ -158,6 +158,13 @@ def test_failed_rows_are_reported(tmp_path):
     )
     assert result.exit_code == 0
     assert "rows failed" in result.stderr and "failed/theta" in result.stderr
+    out = tmp_path / "f.h5"
+    mended = invoke("simulate", "sims_for_tests:MendedFlaky", "-o", str(out), "--retry-failed",
+                    "--workers", "1", "--json")  # fmt: skip
+    assert mended.exit_code == 0, mended.output
+    summary = json.loads(mended.stdout)
+    assert summary["retried_tasks"] == 4 and summary["failed_new"] == 0
+    assert simgen.open_store(out).n_failed == 0 and len(simgen.open_store(out)) == 200
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):

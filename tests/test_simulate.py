@@ -204,6 +204,40 @@ def test_a_simulator_that_raises_on_every_row_loses_no_row(tmp_path):
     simgen.simulate("sims_for_tests:AlwaysRaises", 200, path, workers=1, chunk_size=2,
                     progress=False, on_report=again.append)  # fmt: skip
     assert again[0].rows_new == 0
+    # the simulator mended, a retry simulates the failed tasks again: the file one run gives
+    mended, retried = simgen.get_simulator("sims_for_tests:Mended"), []
+    simgen.simulate(mended, None, path, workers=1, chunk_size=2, progress=False,
+                    retry_failed=True, on_report=retried.append)  # fmt: skip
+    assert (retried[0].retried_tasks, retried[0].rows_new, retried[0].failed_new) == (100, 200, 0)
+    fresh = simgen.simulate(mended, 200, tmp_path / "fresh.h5", workers=1, chunk_size=2,
+                            progress=False)  # fmt: skip
+    _same(simgen.open_store(path), fresh)
+    assert simgen.open_store(path).metadata["failed_errors"] == []
+
+
+def test_retry_failed_rebuilds_an_extended_file_in_task_order(tmp_path):
+    """Failed rows in a file grown by two runs (task 2 split over both): a retry with the
+    mended simulator gives the rows of one run of it; a retry with nothing failed does
+    nothing; tasks that still fail stay failed and counted."""
+    path, flaky = tmp_path / "f.h5", simgen.get_simulator("sims_for_tests:Flaky")
+    simgen.simulate(flaky, 130, path, workers=1, progress=False)
+    store = simgen.simulate(flaky, 200, path, workers=1, progress=False)
+    failed_before = store.n_failed
+    assert store.file["chunks"][:, 0].tolist() == [0, 1, 2, 2, 3] and failed_before > 0
+    store.close()
+    again, reports = simgen.get_simulator("sims_for_tests:Flaky"), []
+    simgen.simulate(again, 200, path, workers=1, progress=False, retry_failed=True,
+                    on_report=reports.append)  # fmt: skip
+    assert reports[0].failed_new == failed_before == simgen.open_store(path).n_failed
+    mended = simgen.get_simulator("sims_for_tests:MendedFlaky")
+    simgen.simulate(mended, None, path, workers=1, progress=False, retry_failed=True,
+                    on_report=reports.append)  # fmt: skip
+    assert reports[1].retried_tasks == 4 and reports[1].failed_new == 0
+    fresh = simgen.simulate(mended, 200, tmp_path / "fresh.h5", workers=1, progress=False)
+    _same(simgen.open_store(path), fresh)
+    simgen.simulate(mended, 200, path, workers=1, progress=False, retry_failed=True,
+                    on_report=reports.append)  # fmt: skip
+    assert reports[2].rows_new == reports[2].retried_tasks == 0
 
 
 def test_bad_arguments(tmp_path):

@@ -50,6 +50,7 @@ def simulate_command(
     option: Annotated[list[str] | None, opt("Simulator option key=value.", "--option")] = None,
     chunk_size: Annotated[int | None, counted("Rows per task (default: the simulator's).")] = None,
     scheduler: Annotated[str | None, opt("Dask scheduler address, e.g. tcp://host:8786.")] = None,
+    retry_failed: Annotated[bool, opt("First simulate the failed tasks again.")] = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -59,14 +60,16 @@ def simulate_command(
     .npy (n, d), .csv rows, or the HDF5 file of `simgen sample --observed` (its posterior
     draws); give it a --seed of its own, or every row reuses the first round's noise.
     --workers defaults to all cores where they finish sooner (long runs of slow simulators),
-    else this process alone."""
+    else this process alone. --retry-failed, once the simulator is fixed, redoes the tasks
+    with failed rows (same seeds): the file one run of the fixed simulator gives."""
     from simgen.data.simulation import simulate
     from simgen.data.simulator import get_simulator, parse_options
 
     sim, reports = get_simulator(name, **parse_options(name, option or [])), []
     simulate(
         sim, n, out, theta=theta_file, seed=seed, workers=workers, chunk_size=chunk_size,
-        scheduler=scheduler, progress=bars(quiet, as_json), on_report=reports.append,
+        scheduler=scheduler, retry_failed=retry_failed, progress=bars(quiet, as_json),
+        on_report=reports.append,
     )  # fmt: skip
     summary = {"path": str(out), "simulator": sim.name, **vars(reports[0])}
     show(summary, as_json, quiet, reports[0].describe(out))

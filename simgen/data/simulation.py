@@ -18,7 +18,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,18 @@ import numpy as np
 import torch
 
 import simgen
-from simgen.atomic import check_room, fsync_path, no_room
+from simgen.atomic import check_room, fsync_path
 from simgen.data.executors import default_workers
+from simgen.data.failures import stop_error, whole_task_error
 from simgen.data.journal import Journal
 from simgen.data.merging import check_not_merged
+from simgen.data.retry import retry_failed as retry_failed_tasks
 from simgen.data.samples import read_theta_rows
 from simgen.data.simulator import Simulator, describe_prior, get_simulator
 from simgen.data.store import Store, check_writable, create, open_store
 from simgen.data.tasks import tasks_in_order
 from simgen.data.writer import Appender
-from simgen.errors import RunError, SimulatorError, StoreError, UsageError
+from simgen.errors import StoreError, UsageError
 from simgen.terminal import progress_bar
 
 __all__ = ["SimulationReport", "default_workers", "simulate"]
@@ -56,6 +57,8 @@ class SimulationReport:
         resumed_chunks: Tasks taken from the journal of an interrupted run.
         workers: Processes of this machine that simulated (1: this process; 0: nothing was
             left to simulate); None when a Dask cluster did.
+        retried_tasks: Failed tasks simulated again (``retry_failed``); their rows count in
+            ``rows_new`` and those still failing in ``failed_new``.
     """
 
     rows_new: int
@@ -65,6 +68,7 @@ class SimulationReport:
     seconds: float
     resumed_chunks: int
     workers: int | None = 0
+    retried_tasks: int = 0
 
     def describe(self, path: str | os.PathLike) -> str:
         """One line for people: rows written to ``path``, time, rate, where, and failures."""
@@ -75,8 +79,9 @@ class SimulationReport:
         )
         rate = self.rows_new / self.seconds if self.seconds > 0 else float("nan")
         took = f"{self.seconds:.3g}" if self.seconds < 100 else f"{self.seconds:,.0f}"
+        retried = f" ({self.retried_tasks:,} failed tasks again)" if self.retried_tasks else ""
         line = (
-            f"wrote {self.rows_new:,} rows to {path} in {took} s ({rate:,.0f} rows/s, {where}); "
+            f"wrote {self.rows_new:,} rows{retried} to {path} in {took} s ({rate:,.0f} rows/s, {where}); "
             f"{self.rows_total:,} rows in the file"
         )
         if self.failed_new:
@@ -190,6 +195,7 @@ def simulate(
     progress: bool | None = None,
     on_report: Callable[[SimulationReport], None] | None = None,
     theta: Any = None,
+    retry_failed: bool = False,
 ) -> Store:
     """Simulate ``n`` rows ``(theta ~ prior, x ~ simulator(theta))`` into the HDF5 file ``path``,
     or the simulations of given parameters ``theta``.
@@ -222,6 +228,8 @@ def simulate(
             :func:`simgen.merge` refuses the pair). The file's ``prior`` stays the
             simulator's; the parameters' digest is part of the run's identity, so a file is
             resumed only with the same parameters.
+        retry_failed: First simulate again every task of the file that has a failed row (after
+            the simulator was fixed: :mod:`simgen.data.retry`); ``n`` may then be None.
 
     Example:
         >>> import pathlib, tempfile
@@ -249,6 +257,10 @@ def simulate(
     workers = None if workers is None else int(workers)
     if isinstance(theta, str | os.PathLike):
         theta = read_theta_rows(theta)
+    if retry_failed and n is None and theta is None and path.exists():
+        old = open_store(path)
+        n = int(old.metadata.get("n_simulated", 0)) or None  # the file's own rows
+        old.close()
     if n is None and theta is None:
         raise UsageError(
             "give the rows to simulate (n; -n on the command line) or the parameters to "
@@ -267,7 +279,17 @@ def simulate(
         ) from None
     journal = Journal(path)
     with journal.locked():
+        retried = (0, 0, 0, 0, 0, 0)
+        if retry_failed and _rows_done(path, identity)[1]:
+            retried = retry_failed_tasks(
+                sim, path, journal, identity, workers, scheduler, progress, given
+            )
         report = _run(sim, n, path, journal, identity, workers, scheduler, progress, given)
+    if retried[0]:
+        tasks, rows, still, _, _, used = retried
+        report.retried_tasks, report.rows_new = tasks, report.rows_new + rows
+        report.failed_new += still
+        report.workers = report.workers if report.workers != 0 else used
     report.seconds = time.perf_counter() - started
     if on_report is not None:
         on_report(report)
@@ -277,29 +299,6 @@ def simulate(
 def _row_bytes(sim: Simulator) -> int:
     """Bytes of one row in the data file: float32 ``theta`` and ``x``."""
     return 4 * (sim.d_theta + math.prod(sim.x_shape))
-
-
-def _failure(error: BaseException, journal: Journal, path: Path, nbytes: int) -> RunError | None:
-    """The one-line error of a run that ``error`` stopped (``nbytes``: the size of the file it
-    was building), or None where ``error`` says it well enough."""
-    saved = len(journal.indices())
-    kept = f"{saved} tasks are saved in {journal.dir}" if saved else "no task was worth saving"
-    if isinstance(error, KeyboardInterrupt):
-        return RunError(f"interrupted; {kept}: rerun the same command to resume")
-    if isinstance(error, BrokenProcessPool):
-        return RunError(
-            f"a worker process died ({error}): the simulator may have crashed it (a segfault, "
-            "an exit, memory), which workers=1 shows here; and a script that starts simulate() "
-            "with worker processes (workers > 1, or the default for a long run of a slow "
-            "simulator) must do so under `if __name__ == '__main__':`"
-        )
-    cause = no_room(error)
-    if cause is not None:
-        return RunError(
-            f"cannot write {path}: {cause} (the run needs about {nbytes / 1e6:,.1f} MB), then "
-            f"rerun the same command to resume ({kept})"
-        )
-    return None
 
 
 def _run(
@@ -374,7 +373,7 @@ def _run(
             journal.building.unlink(missing_ok=True)  # a rerun builds it afresh: free its space
             if not journal.indices():  # nothing to resume: leave no folder to refuse other runs
                 journal.remove()
-            failure = _failure(error, journal, path, nbytes)
+            failure = stop_error(error, journal, path, nbytes)
             if failure is None:
                 raise
             raise failure from None
@@ -383,12 +382,7 @@ def _run(
     fsync_path(path.parent)
     journal.remove()
     if whole:  # a bug rather than a failure of some parameters: the run fails, nothing lost
-        rows = sum(w[1] for w in whole)
-        raise SimulatorError(
-            f"simulator '{sim.name}' raised on every row of {len(whole)} task(s) ({whole[0][2]}"
-            f"); their {rows:,} rows are under failed/theta of {path} (attribute failed_errors "
-            "names each task's error): fix the simulator"
-        )
+        raise whole_task_error(sim.name, whole, path)
     workers_used = None if scheduler is not None else used[0]
     return SimulationReport(
         n - n_old, failed_new, rows_total, failed_total, 0.0, resumed, workers_used

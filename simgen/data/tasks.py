@@ -14,7 +14,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -227,7 +227,7 @@ def tasks_in_order(
     sim: Simulator,
     seed: int,
     chunk_size: int,
-    indices: range,
+    indices: Sequence[int],
     journal: Journal,
     workers: int | None,
     scheduler: str | None,

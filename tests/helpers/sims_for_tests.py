@@ -110,3 +110,17 @@ class AlwaysRaises(Slow):
 
     def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise ZeroDivisionError("division by zero in user code")
+
+
+class Mended(AlwaysRaises):
+    """AlwaysRaises with its bug fixed (the same name and options): Gaussian x around theta."""
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return theta + rng.normal(size=theta.shape)
+
+
+class MendedFlaky(Flaky):
+    """Flaky with both of its bugs fixed (the same name): finite rows for every theta."""
+
+    def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([theta, rng.normal(size=(len(theta), 1))], axis=1)
