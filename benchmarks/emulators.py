@@ -13,10 +13,12 @@ by default (epochs and early stopping; ``--epochs`` caps the epochs):
 Run: ``python -m benchmarks.emulators [--quick] [--tasks ...] [--families ...]``; writes
 ``benchmarks/results/emulators.json`` after each task, so a long run keeps what it has measured,
 and keeps the rows of tasks and methods it does not rerun. ``--families`` also takes the
-diffusion variants ``diffusion-x0``, ``diffusion-score`` (parameterizations; the default
-predicts eps) and ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO), and
-``flow-gaussian``: the flow without spline transforms (``transforms = 0``), i.e. its
-theta-conditioned affine standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
+diffusion variants of the variance-preserving process (the default is EDM on x standardised
+given theta): ``diffusion-vp`` (with the exact denoiser of a Gaussian linear in theta added,
+predicting eps), ``diffusion-x0``, ``diffusion-score`` (other parameterizations) and
+``diffusion-ddpm`` (the discrete-time chain, density = its ELBO); ``flow-gaussian``: the flow
+without spline transforms (``transforms = 0``), i.e. its theta-conditioned affine
+standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 ``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
 correlations (``separate``); ``flow-fixed`` and ``flow-gaussian-fixed``: the flow and the
 Gaussian flow with the fixed heteroscedastic standardisation forced (``fixed_gaussian = true``;
@@ -72,6 +74,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the VAE's density from 128 importance samples instead of 1,024: 8x cheaper for MCMC
     "vae-k128": ("vae", {"iw_samples": 128}),
     "diffusion": ("diffusion", {}),
+    # the variance-preserving process with the exact Gaussian denoiser (the default before EDM)
+    "diffusion-vp": ("diffusion", {"process": "vp"}),
     "diffusion-x0": ("diffusion", {"parameterization": "x0"}),
     "diffusion-score": ("diffusion", {"parameterization": "score"}),
     "diffusion-ddpm": ("diffusion", {"time": "discrete"}),

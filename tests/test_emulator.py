@@ -85,10 +85,13 @@ def test_gradients_reach_every_parameter(trained, data):
     assert not missing, missing
     net.zero_grad()
     net.eval()
-    # the flow's fixed heteroscedastic Gaussian (FlowConfig.fixed_gaussian) is all that is held
+    # the flow's fixed heteroscedastic Gaussian (FlowConfig.fixed_gaussian) is all that is held,
+    # and the EDM diffusion's standardisation, whole
     expected = set()
     if emulator.family == "flow" and emulator.info["model_config"].get("fixed_gaussian"):
         expected = {f"flow.transform.transforms.0.linear.{n}" for n in ("weight", "bias")}
+    if emulator.family == "diffusion" and emulator.info["model_config"]["process"] == "edm":
+        expected = {n for n, _ in net.named_parameters() if n.startswith("affine.")}
     assert frozen == expected or emulator.family == "vae"
 
 
@@ -223,7 +226,11 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     affine["fixed_gaussian"] = "auto"
     assert defaults_for("flow", (40,)) == affine
     assert defaults_for("flow", (8,)) == {**affine, "correlated": True}
-    assert defaults_for("diffusion", (8,)) == {"gaussian": True}
+    edm = {"process": "edm", "steps": 18, "correlated": True, "fixed_gaussian": "auto"}
+    assert defaults_for("diffusion", (8,)) == edm
+    assert defaults_for("diffusion", (40,)) == {**edm, "correlated": False}
+    # a setting of the variance-preserving process asks for it: its defaults, not EDM's
+    assert defaults_for("diffusion", (8,), {"time": "discrete"}) == {"gaussian": True}
     torch.manual_seed(0)
     with_affine = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,), affine=True))
     plain = Flow(6, 3, FlowConfig(transforms=2, hidden=(16,)))

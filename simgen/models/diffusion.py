@@ -18,28 +18,41 @@ The density follows the probability-flow ODE with an adaptive solver (``zuko``'s
 for large x (then ``log_prob`` is stochastic, with spread that ``log_prob_spread`` reports).
 With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.models.ddpm`): trained at
 its steps, sampled ancestrally, its density bounded below by the ELBO.
+
+With ``process = "edm"`` (the default for new fits of vectors) x is first standardised given
+theta by a fixed conditional affine map :math:`z = T_\theta(x)` (the flow's
+:class:`~simgen.models.flow.ConditionalAffine`: the maximum-likelihood heteroscedastic Gaussian
+of x given theta, decorrelated; fitted on the first batch and then held), and the diffusion runs
+on z with EDM's preconditioning, training and fixed-grid Heun solvers (:mod:`simgen.models.edm`):
+:math:`\log p(x \mid \theta) = \log p_{\sigma_{min}}(T_\theta(x) \mid \theta)
++ \log |\det \partial T_\theta / \partial x|`. Noise of any size in x (slcp's reaches 2e-4 of
+its spread) is then unit-sized in z, so the small-noise end of the path costs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import FreeFormJacobianTransform
 
 from simgen.errors import UsageError
 from simgen.models.ddpm import DDPMDistribution, ancestral_sample
+from simgen.models.edm import EDMDistribution, NoiseSchedule, edm_loss
 from simgen.models.family import Family
-from simgen.models.nn import MLP, TimeEmbedding, full_precision, linear_gaussian_fit
+from simgen.models.flow import ConditionalAffine
+from simgen.models.nn import MLP, TimeEmbedding
 from simgen.models.unet import UNet
+from simgen.models.vp import GaussianDenoiser, vp_alpha_sigma, vp_beta
 
-__all__ = ["Diffusion", "DiffusionConfig", "vp_alpha_sigma", "vp_beta"]
+__all__ = ["Diffusion", "DiffusionConfig"]
 
 PARAMETERIZATIONS = ("eps", "x0", "score")
 
@@ -74,8 +87,23 @@ class DiffusionConfig:
             :math:`x_0 \\mid \\theta \\sim N(W \\theta + b, \\mathrm{diag}(s^2))`
             (:class:`GaussianDenoiser`: least-squares start, then trained with the network,
             whose last layer starts at zero), so the network learns only how the data differ
-            from that Gaussian. The default for new fits with the MLP denoiser
-            (:func:`simgen.models.registry.defaults_for`); False here for files that predate it.
+            from that Gaussian (``process = "vp"``); False here for files that predate it.
+        process: ``"vp"`` (the variance-preserving SDE above) or ``"edm"`` (x standardised
+            given theta, then EDM; the default for new fits with the MLP denoiser:
+            :func:`simgen.models.registry.defaults_for`; ``"vp"`` here for files that predate
+            it). With ``"edm"``, ``steps`` are the sampler's Heun steps and the settings below
+            apply; ``beta_*``, ``t_min``, ``sampler``, ``atol``, ``rtol``, ``gaussian`` and
+            ``parameterization`` (the network predicts EDM's F) do not.
+        sigma_min: EDM: lowest noise (of the standardised z), where densities start.
+        sigma_max: EDM: highest noise, where the base Gaussian stands in.
+        rho: EDM: curvature of the Heun grids.
+        p_mean: EDM: mean of the training noise's :math:`\\ln\\sigma`.
+        p_std: EDM: its standard deviation.
+        density_steps: EDM: Heun steps of the density.
+        correlated: EDM: the standardisation also decorrelates x given theta.
+        fixed_gaussian: EDM: the standardisation's Gaussian, as the flow's (``"auto"``
+            settles on the first batch: :func:`simgen.models.flow.needs_fixed_gaussian`).
+        scale_bound: EDM: the bound of the standardisation's log-scale, as the flow's.
     """
 
     network: str = "mlp"
@@ -95,6 +123,16 @@ class DiffusionConfig:
     rtol: float = 1e-5
     exact_divergence_max: int = 64
     gaussian: bool = False
+    process: str = "vp"
+    sigma_min: float = 1e-3
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    density_steps: int = 32
+    correlated: bool = True
+    fixed_gaussian: bool | str = "auto"
+    scale_bound: str = "tanh"
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -105,18 +143,14 @@ class DiffusionConfig:
             raise ValueError("network must be 'mlp' or 'unet'")
         if self.time not in ("continuous", "discrete") or self.discrete_steps < 2:
             raise ValueError("time must be 'continuous' or 'discrete' (discrete_steps >= 2)")
-
-
-def vp_beta(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
-    """:math:`\\beta(t) = \\beta_0 + t (\\beta_1 - \\beta_0)`."""
-    return beta_min + t * (beta_max - beta_min)
-
-
-def vp_alpha_sigma(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor, Tensor]:
-    """:math:`(\\alpha_t, \\sigma_t)` of the VP SDE, :math:`\\log \\alpha_t =
-    -\\frac14 t^2 (\\beta_1 - \\beta_0) - \\frac12 t \\beta_0`."""
-    log_alpha = -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
-    return log_alpha.exp(), (-torch.expm1(2 * log_alpha)).sqrt()
+        if self.process not in ("vp", "edm"):
+            raise ValueError("process must be 'vp' or 'edm'")
+        if self.process == "edm" and (self.network, self.time) != ("mlp", "continuous"):
+            raise ValueError("process 'edm' needs network 'mlp' and time 'continuous'")
+        if self.process == "edm" and self.gaussian:
+            raise ValueError("process 'edm' standardises x given theta itself: gaussian false")
+        if self.process == "edm" and not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError("process 'edm' needs 0 < sigma_min < sigma_max")
 
 
 class _BroadcastingFlow(NormalizingFlow):
@@ -126,52 +160,6 @@ class _BroadcastingFlow(NormalizingFlow):
     def log_prob(self, x: Tensor) -> Tensor:
         shape = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
         return super().log_prob(x.expand(*shape, x.shape[-1]))
-
-
-class GaussianDenoiser(nn.Module):
-    r"""The exact denoiser of the VP process for data
-    :math:`x_0 \mid \theta \sim N(\mu, \mathrm{diag}(s^2))`, :math:`\mu = W \theta + b`:
-    :math:`x_t \mid \theta \sim N(\alpha_t \mu, v_t)`, :math:`v_t = \alpha_t^2 s^2 + \sigma_t^2`,
-    so with :math:`r = x_t - \alpha_t \mu`,
-
-    .. math::
-        \mathbb{E}[\epsilon \mid x_t] = \sigma_t r / v_t, \quad
-        \mathbb{E}[x_0 \mid x_t] = \mu + \alpha_t s^2 r / v_t, \quad
-        \nabla \log q(x_t) = -r / v_t .
-
-    ``W, b, log s`` start at zero (the standard normal) or, by :meth:`fit`, at the least-squares
-    regression of x on theta and the spread of its residuals.
-    """
-
-    def __init__(self, d_x: int, d_theta: int) -> None:
-        super().__init__()
-        self.mean = full_precision(nn.Linear(d_theta, d_x))
-        nn.init.zeros_(self.mean.weight)
-        nn.init.zeros_(self.mean.bias)
-        self.log_scale = nn.Parameter(torch.zeros(d_x))
-
-    @torch.no_grad()
-    def fit(self, theta: Tensor, x: Tensor) -> None:
-        """Least squares of a batch ``x (b, d_x)`` on ``theta (b, d_theta)``."""
-        weight, bias, sigma = linear_gaussian_fit(theta, x)
-        self.mean.weight.copy_(weight)
-        self.mean.bias.copy_(bias)
-        self.log_scale.copy_(sigma.log())
-
-    def forward(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, theta: Tensor, parameterization: str
-    ) -> Tensor:
-        """The exact prediction, in ``parameterization``'s terms; ``x_t (*, d_x)``, ``alpha``
-        and ``sigma`` ``(*, 1)``, ``theta (*, d_theta)``."""
-        mu = self.mean(theta)
-        s2 = (2 * self.log_scale).exp()
-        r = x_t - alpha * mu
-        v = alpha**2 * s2 + sigma**2
-        if parameterization == "eps":
-            return sigma * r / v
-        if parameterization == "x0":
-            return mu + alpha * s2 * r / v
-        return -r / v
 
 
 class Diffusion(Family):
@@ -194,9 +182,21 @@ class Diffusion(Family):
             self.net = UNet(side, cond, tuple(config.channels), config.circular)
         else:
             self.net = MLP(
-                d_x + config.embedding + d_theta, d_x, tuple(config.hidden), config.gaussian
+                d_x + config.embedding + d_theta,
+                d_x,
+                tuple(config.hidden),
+                zero_last=config.gaussian or config.process == "edm",
             )
         self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
+        if config.process == "edm":
+            self.affine = ConditionalAffine(
+                d_x, d_theta, (), config.correlated, config.scale_bound, False,
+                config.fixed_gaussian,
+            )  # fmt: skip
+            self.affine.requires_grad_(False)  # fitted on the first batch, then held
+            self.noise = NoiseSchedule(
+                config.sigma_min, config.sigma_max, config.rho, config.p_mean, config.p_std
+            )
 
     def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)`."""
@@ -210,9 +210,24 @@ class Diffusion(Family):
         agree: Callable[[bool], bool] | None = None,
     ) -> None:
         """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
-        least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``); else nothing."""
+        least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``), or the
+        standardisation of ``process = "edm"`` (whose settled ``fixed_gaussian`` and
+        ``scale_bound`` the configuration then holds); else nothing."""
         if self.gaussian is not None:
             self.gaussian.fit(theta, x.flatten(1))
+        if self.config.process == "edm":
+            self.affine.fit_linear(theta, x.flatten(1), origin, agree)
+            self.affine.requires_grad_(False)
+            self.config = dataclasses.replace(
+                self.config,
+                fixed_gaussian=self.affine.fixed_gaussian,
+                scale_bound=self.affine.bound,
+            )
+
+    def _f(self, y: Tensor, sigma: Tensor, theta: Tensor) -> Tensor:
+        """EDM's network :math:`F(y, \\sigma, \\theta)`, :math:`y = c_{in} z_\\sigma`
+        (:mod:`simgen.models.edm`), ``y (n, d_x)``, ``sigma (n,)``, ``theta (n, d_theta)``."""
+        return self.net(torch.cat([y, self.embed(self.noise.time(sigma)), theta], dim=-1))
 
     def _output(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         t = t.expand(x_t.shape[:-1])
@@ -244,6 +259,9 @@ class Diffusion(Family):
         Song et al. 2021): :math:`\\|\\hat\\epsilon - \\epsilon\\|^2` for ``eps``,
         :math:`\\|\\hat x_0 - x_0\\|^2` for ``x0``, :math:`\\|\\sigma_t \\hat s + \\epsilon\\|^2` for
         ``score`` (the score-matching loss with weight :math:`\\sigma_t^2`); means over features."""
+        if self.config.process == "edm":  # simgen.models.edm.edm_loss on the standardised z
+            z = self.affine(theta)(x)
+            return edm_loss(lambda y, s: self._f(y, s, theta), z, self.noise)
         if self.config.time == "discrete":  # the chain's steps i / T, i = 1..T
             big_t = self.config.discrete_steps
             t = torch.randint(1, big_t + 1, x.shape[:-1], device=x.device) / big_t
@@ -268,13 +286,20 @@ class Diffusion(Family):
         _, sigma = self.schedule(t)
         return -0.5 * beta * (x - self.epsilon(x, t, theta) / sigma)
 
-    def dist(self, theta: Tensor, exact: bool | None = None) -> Distribution:
-        """:math:`p(x \\mid \\theta)` through the probability-flow ODE (adaptive solver), or for
-        the discrete chain its ancestral sampler and ELBO (:class:`DDPMDistribution`)."""
+    def dist(
+        self, theta: Tensor, exact: bool | None = None, adaptive: bool = False
+    ) -> Distribution:
+        """:math:`p(x \\mid \\theta)` through the probability-flow ODE: ``process = "edm"`` on
+        its fixed Heun grid (``adaptive``: zuko's adaptive solver, a reference), ``"vp"`` by the
+        adaptive solver; the discrete chain: its ancestral sampler and ELBO
+        (:class:`DDPMDistribution`). ``exact``: the divergence exact (default for x of at
+        most ``exact_divergence_max`` values) or Hutchinson's estimate."""
         if self.config.time == "discrete":
             return DDPMDistribution(self, theta)
         if exact is None:
             exact = self.d_x <= self.config.exact_divergence_max
+        if self.config.process == "edm":
+            return self._edm_dist(theta, exact, self.config.steps, adaptive)
         transform = FreeFormJacobianTransform(
             f=lambda t, x: self.drift(x, t, theta),
             t0=self.config.t_min,
@@ -297,6 +322,8 @@ class Diffusion(Family):
         steps = steps or self.config.steps
         if self.config.time == "discrete":
             return ancestral_sample(self, theta, steps)
+        if self.config.process == "edm":
+            return self._edm_dist(theta, True, steps).sample()
         sampler = sampler or self.config.sampler
         ts = torch.linspace(1.0, self.config.t_min, steps + 1, device=theta.device)
         x = torch.randn(*theta.shape[:-1], self.d_x, device=theta.device)
@@ -313,3 +340,16 @@ class Diffusion(Family):
                 x = x + h * (-0.5 * beta * x - beta * score)
                 x = x + math.sqrt(-float(h)) * beta.sqrt() * torch.randn_like(x)
         return x
+
+    def _edm_dist(
+        self, theta: Tensor, exact: bool, sample_steps: int, adaptive: bool = False
+    ) -> Distribution:
+        """:math:`p(x \\mid \\theta)` of ``process = "edm"``: the EDM density of z carried
+        back through the standardisation."""
+        flat = theta.reshape(-1, theta.shape[-1])
+        base = EDMDistribution(
+            lambda y, s, rows: self._f(y, s, flat[rows]),
+            self.d_x, theta.shape[:-1], self.noise, self.config.density_steps, sample_steps,
+            exact, theta.device, adaptive,
+        )  # fmt: skip
+        return NormalizingFlow(self.affine(theta), base)

@@ -15,6 +15,7 @@ __all__ = [
     "CORRELATED_MAX",
     "FAMILIES",
     "FIXED_GAUSSIAN_MAX",
+    "VP_SETTINGS",
     "build_family",
     "defaults_for",
 ]
@@ -42,7 +43,16 @@ def _families() -> dict[str, tuple[type, type]]:
 FAMILIES = ("flow", "vae", "diffusion")
 
 
-def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
+# diffusion settings of the variance-preserving process alone: a user who sets one of them asks
+# for that process, and the defaults then keep to it
+VP_SETTINGS = frozenset(
+    {"time", "gaussian", "beta_min", "beta_max", "t_min", "sampler", "parameterization"}
+)
+
+
+def defaults_for(
+    family: str, x_shape: tuple[int, ...], user: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
     spectral flow (:mod:`simgen.models.spectral`, no coupling transforms), a convolutional U-Net
     denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
@@ -51,9 +61,11 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
     ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part
     held fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling
     transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
-    sampling takes one pass per feature: 500x slower on 32x32 maps), and an MLP diffusion
-    denoiser that adds the exact one
-    of a Gaussian linear in theta (``gaussian``)."""
+    sampling takes one pass per feature: 500x slower on 32x32 maps), and for diffusion an MLP
+    with EDM on x standardised given theta as the flow's (``process = "edm"``, 18 Heun steps
+    per sample), or the variance-preserving process with the exact denoiser of a Gaussian
+    linear in theta (``gaussian``) where the ``user``'s settings ask for it
+    (``process = "vp"``) or name one of :data:`VP_SETTINGS` or ``network = "unet"``."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
         return {"network": "spectral", "transforms": 0}
@@ -68,8 +80,18 @@ def defaults_for(family: str, x_shape: tuple[int, ...]) -> dict[str, Any]:
         }
     if family == "diffusion" and side and side % 2 == 0:
         return {"network": "unet"}
+    user = user or {}
+    vp = set(user) & VP_SETTINGS or user.get("network", "mlp") != "mlp"
+    if family == "diffusion" and (vp or user.get("process") == "vp"):
+        return {} if user.get("process") == "edm" else {"gaussian": True}
     if family == "diffusion":
-        return {"gaussian": True}
+        d_x = math.prod(x_shape)
+        return {
+            "process": "edm",
+            "steps": 18,
+            "correlated": d_x <= CORRELATED_MAX,
+            "fixed_gaussian": "auto" if d_x <= FIXED_GAUSSIAN_MAX else False,
+        }
     if family == "vae" and side and side % 8 == 0:
         return {"network": "conv"}
     return {}

@@ -37,7 +37,7 @@ def finished(
         done = load(out)
     except StoreError:
         return None  # not a model: the fit replaces it
-    info, wanted = done.info, {**defaults_for(model, store.x_shape), **config}
+    info, wanted = done.info, {**defaults_for(model, store.x_shape, config), **config}
     data = {"path": str(store.path), "rows": len(store), "seed": store.metadata["seed"]}
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in wanted.items() if v != "auto"}
     return (

@@ -167,7 +167,7 @@ def _fit(
 ) -> Emulator:
     dev = ranks.device
     torch.manual_seed(tc.seed)
-    config = {**defaults_for(model, store.x_shape), **config}
+    config = {**defaults_for(model, store.x_shape, config), **config}
     net = build_family(model, math.prod(store.x_shape), len(store.parameters), config)
     threads = fit_threads(net, tc.threads) if dev.type == "cpu" else torch.get_num_threads()
     with torch_threads(threads):
