@@ -91,8 +91,9 @@ class DiffusionConfig:
         process: ``"vp"`` (the variance-preserving SDE above) or ``"edm"`` (x standardised
             given theta, then EDM; the default for new fits with the MLP denoiser:
             :func:`simgen.models.registry.defaults_for`; ``"vp"`` here for files that predate
-            it). With ``"edm"``, ``steps`` are the sampler's Heun steps and the settings below
-            apply; ``beta_*``, ``t_min``, ``sampler``, ``atol``, ``rtol``, ``gaussian`` and
+            it). With ``"edm"``, ``steps`` are the sampler's steps (``sampler``: ``"ode"``
+            Heun, ``"sde"`` the reverse SDE ancestrally, which needs more) and the settings
+            below apply; ``beta_*``, ``t_min``, ``atol``, ``rtol``, ``gaussian`` and
             ``parameterization`` (the network predicts EDM's F) do not.
         sigma_min: EDM: lowest noise (of the standardised z), where densities start.
         sigma_max: EDM: highest noise, where the base Gaussian stands in.
@@ -323,7 +324,7 @@ class Diffusion(Family):
         if self.config.time == "discrete":
             return ancestral_sample(self, theta, steps)
         if self.config.process == "edm":
-            return self._edm_dist(theta, True, steps).sample()
+            return self._edm_dist(theta, True, steps, sampler=sampler).sample()
         sampler = sampler or self.config.sampler
         ts = torch.linspace(1.0, self.config.t_min, steps + 1, device=theta.device)
         x = torch.randn(*theta.shape[:-1], self.d_x, device=theta.device)
@@ -342,7 +343,12 @@ class Diffusion(Family):
         return x
 
     def _edm_dist(
-        self, theta: Tensor, exact: bool, sample_steps: int, adaptive: bool = False
+        self,
+        theta: Tensor,
+        exact: bool,
+        sample_steps: int,
+        adaptive: bool = False,
+        sampler: str | None = None,
     ) -> Distribution:
         """:math:`p(x \\mid \\theta)` of ``process = "edm"``: the EDM density of z carried
         back through the standardisation."""
@@ -350,6 +356,6 @@ class Diffusion(Family):
         base = EDMDistribution(
             lambda y, s, rows: self._f(y, s, flat[rows]),
             self.d_x, theta.shape[:-1], self.noise, self.config.density_steps, sample_steps,
-            exact, theta.device, adaptive,
+            exact, theta.device, adaptive, sampler or self.config.sampler,
         )  # fmt: skip
         return NormalizingFlow(self.affine(theta), base)

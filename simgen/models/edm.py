@@ -68,6 +68,7 @@ __all__ = [
     "heun_log_prob",
     "heun_sample",
     "preconditioning",
+    "sde_sample",
 ]
 
 Network = Callable[[Tensor, Tensor], Tensor]  # F: (y (n, d), sigma (n,)) -> (n, d)
@@ -207,6 +208,24 @@ def heun_sample(network: Network, noise: Tensor, schedule: NoiseSchedule, steps:
     return y * math.sqrt(1 + schedule.sigma_min**2)
 
 
+@torch.no_grad()
+def sde_sample(network: Network, noise: Tensor, schedule: NoiseSchedule, steps: int) -> Tensor:
+    """Draws of :math:`p_{\\sigma_{min}}` by the reverse SDE, ancestrally (Song et al. 2021,
+    the variance-exploding predictor): from :math:`z \\sim N(0, (1 + \\sigma_{max}^2) I)`,
+    each step from :math:`\\sigma_a` to :math:`\\sigma_b` adds
+    :math:`(\\sigma_a^2 - \\sigma_b^2) \\nabla \\log p_{\\sigma_a}` and fresh noise of variance
+    :math:`\\sigma_a^2 - \\sigma_b^2`, the score :math:`(D - z) / \\sigma^2` from ``network``
+    (one call per step; ``noise (n, d)`` starts the path)."""
+    sigmas = schedule.grid(steps, noise.device)
+    z = noise * math.sqrt(1 + schedule.sigma_max**2)
+    for hi, lo in itertools.pairwise(sigmas):
+        c_skip, c_out, c_in = preconditioning(hi)
+        denoised = c_skip * z + c_out * network(c_in * z, hi.expand(z.shape[:-1]))
+        var = hi.square() - lo.square()
+        z = z + var * (denoised - z) / hi.square() + var.sqrt() * torch.randn_like(z)
+    return z
+
+
 class EDMDistribution(Distribution):
     """:math:`p_{\\sigma_{min}}(z \\mid \\theta)` of a trained network F, batch shape
     ``batch_shape``, event shape ``(d,)``: ``log_prob`` by :func:`heun_log_prob`, ``sample``
@@ -219,10 +238,11 @@ class EDMDistribution(Distribution):
         batch_shape: Shape of the batch of conditions.
         schedule: The noise levels.
         steps: Heun steps of the density.
-        sample_steps: Heun steps of the sampler.
+        sample_steps: Steps of the sampler.
         exact: Exact divergence (else Hutchinson's estimate).
         device: Where samples are drawn.
         adaptive: The density by :func:`adaptive_log_prob` (a reference) instead.
+        sampler: ``"ode"`` (:func:`heun_sample`) or ``"sde"`` (:func:`sde_sample`).
     """
 
     arg_constraints: ClassVar[dict] = {}
@@ -240,10 +260,11 @@ class EDMDistribution(Distribution):
         exact: bool,
         device: torch.device,
         adaptive: bool = False,
+        sampler: str = "ode",
     ) -> None:
         self.network, self.d, self.schedule = network, d, schedule
         self.steps, self.sample_steps, self.exact, self.device = steps, sample_steps, exact, device
-        self.adaptive = adaptive
+        self.adaptive, self.sampler = adaptive, sampler
         super().__init__(torch.Size(batch_shape), torch.Size([d]), validate_args=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
@@ -263,7 +284,6 @@ class EDMDistribution(Distribution):
         rows = torch.arange(self.batch_shape.numel(), device=self.device).reshape(self.batch_shape)
         rows = rows.expand(shape).reshape(-1)
         noise = torch.randn(len(rows), self.d, device=self.device)
-        z = heun_sample(
-            lambda y, s: self.network(y, s, rows), noise, self.schedule, self.sample_steps
-        )
+        solve = heun_sample if self.sampler == "ode" else sde_sample
+        z = solve(lambda y, s: self.network(y, s, rows), noise, self.schedule, self.sample_steps)
         return z.reshape(*shape, self.d)

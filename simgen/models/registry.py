@@ -45,9 +45,7 @@ FAMILIES = ("flow", "vae", "diffusion")
 
 # diffusion settings of the variance-preserving process alone: a user who sets one of them asks
 # for that process, and the defaults then keep to it
-VP_SETTINGS = frozenset(
-    {"time", "gaussian", "beta_min", "beta_max", "t_min", "sampler", "parameterization"}
-)
+VP_SETTINGS = frozenset({"time", "gaussian", "beta_min", "beta_max", "t_min", "parameterization"})
 
 
 def defaults_for(
