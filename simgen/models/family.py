@@ -36,6 +36,9 @@ class Family(nn.Module, metaclass=ABCMeta):
     """
 
     config: Any
+    # rows of the first batches that initialize() sees, at most (and at most 64 MiB of x):
+    # least-squares estimates from n rows have errors ~ 1 / sqrt(n)
+    initialize_rows: int = 8192
 
     @abstractmethod
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:

@@ -190,7 +190,7 @@ def _train(
     info = _provenance(store, model, net, tc)
     emulator = Emulator(model, net, data.norm, info).to(dev)
     if type(net).initialize is not Family.initialize:  # a data-dependent start (DDP: rank 0's)
-        rows = _first_rows(data.epoch(seed=tc.seed))
+        rows = _first_rows(data.epoch(seed=tc.seed), rows=net.initialize_rows)
         origin = -data.norm["theta_mean"] / data.norm["theta_std"]  # theta = 0, standardised
         net.initialize(*rows, origin=origin, agree=lambda yes: _any_rank(ranks, yes))
         info["model_config"] = _model_config(net)  # what initialize settled ("auto")
