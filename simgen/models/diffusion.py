@@ -229,6 +229,11 @@ class Diffusion(Family):
                 scale_bound=self.affine.bound,
             )
 
+    def _f_and_trace(self, y: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_f` and its exact divergence in ``y`` ``(n,)``, in one pass."""
+        inputs = torch.cat([y, self.embed(self.noise.time(sigma)), theta], dim=-1)
+        return self.net.forward_and_trace(inputs, self.d_x)
+
     def _f(self, y: Tensor, sigma: Tensor, theta: Tensor) -> Tensor:
         """EDM's network :math:`F(y, \\sigma, \\theta)`, :math:`y = c_{in} z_\\sigma`
         (:mod:`simgen.models.edm`), ``y (n, d_x)``, ``sigma (n,)``, ``theta (n, d_theta)``."""
@@ -359,6 +364,7 @@ class Diffusion(Family):
         flat = theta.reshape(-1, theta.shape[-1])
         base = EDMDistribution(
             lambda y, s, rows: self._f(y, s, flat[rows]),
+            lambda y, s, rows: self._f_and_trace(y, s, flat[rows]),
             self.d_x, theta.shape[:-1], self.noise, self.config.density_steps, sample_steps,
             exact, theta.device, adaptive, sampler or self.config.sampler,
         )  # fmt: skip

@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 Network = Callable[[Tensor, Tensor], Tensor]  # F: (y (n, d), sigma (n,)) -> (n, d)
+# (y, sigma) -> (F, its exact divergence in y (n,)), where the network computes both at once
+Traced = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,20 @@ def _tau_grid(schedule: NoiseSchedule, steps: int, device: torch.device) -> Tens
 
 
 def heun_log_prob(
-    network: Network, z: Tensor, schedule: NoiseSchedule, steps: int, exact: bool
+    network: Network,
+    z: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    exact: bool,
+    traced: Traced | None = None,
 ) -> Tensor:
     """:math:`\\log p_{\\sigma_{min}}(z)`, ``z (n, d)`` -> ``(n,)``: Heun's method on
     :math:`\\mathrm{d}y/\\mathrm{d}\\tau = -F` from ``sigma_min`` up to ``sigma_max``, and the
     trapezoid rule for the divergence's integral on the path's nodes (exact, or Hutchinson's
     with one probe per row held over the path): per step one network call with the divergence
-    and one without (Heun's Euler stage), both second order."""
+    and one without (Heun's Euler stage), both second order. ``traced``: the network with its
+    exact divergence in one call (:meth:`simgen.models.nn.MLP.forward_and_trace`), used
+    instead of ``torch.func`` where the divergence is exact."""
     taus = _tau_grid(schedule, steps, z.device).flip(0)
     probe = None if exact else torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
 
@@ -162,14 +171,19 @@ def heun_log_prob(
         sigma = tau.tan().expand(z.shape[:-1])
         return lambda y: network(y, sigma)
 
+    def with_divergence(tau: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if exact and traced is not None:
+            return traced(y, tau.tan().expand(z.shape[:-1]))
+        return divergence(velocity(tau), y, probe)
+
     y = z / math.sqrt(1 + schedule.sigma_min**2)
     integral = z.new_zeros(z.shape[:-1])  # of div F over tau: the trapezoid rule on the nodes
-    f, div = divergence(velocity(taus[0]), y, probe)
+    f, div = with_divergence(taus[0], y)
     for lo, hi in itertools.pairwise(taus):
         h = hi - lo
         f_euler = velocity(hi)(y - h * f)
         y = y - 0.5 * h * (f + f_euler)
-        f_next, div_next = divergence(velocity(hi), y, probe)
+        f_next, div_next = with_divergence(hi, y)
         integral = integral + 0.5 * h * (div + div_next)
         f, div = f_next, div_next
     d = z.shape[-1]
@@ -234,6 +248,7 @@ class EDMDistribution(Distribution):
     Args:
         network: ``(y (n, d), sigma (n,), rows (n,))`` -> :math:`F`; ``rows`` index the batch
             rows (flattened) whose theta each y belongs to.
+        traced: The same, returning :math:`F` and its exact divergence (or None).
         d: Event size.
         batch_shape: Shape of the batch of conditions.
         schedule: The noise levels.
@@ -252,6 +267,7 @@ class EDMDistribution(Distribution):
     def __init__(
         self,
         network: Callable[[Tensor, Tensor, Tensor], Tensor],
+        traced: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None,
         d: int,
         batch_shape: torch.Size,
         schedule: NoiseSchedule,
@@ -262,7 +278,7 @@ class EDMDistribution(Distribution):
         adaptive: bool = False,
         sampler: str = "ode",
     ) -> None:
-        self.network, self.d, self.schedule = network, d, schedule
+        self.network, self.traced, self.d, self.schedule = network, traced, d, schedule
         self.steps, self.sample_steps, self.exact, self.device = steps, sample_steps, exact, device
         self.adaptive, self.sampler = adaptive, sampler
         super().__init__(torch.Size(batch_shape), torch.Size([d]), validate_args=False)
@@ -276,7 +292,10 @@ class EDMDistribution(Distribution):
         if self.adaptive:
             lp = adaptive_log_prob(network, flat, self.schedule, self.exact)
         else:
-            lp = heun_log_prob(network, flat, self.schedule, self.steps, self.exact)
+            traced = None
+            if self.traced is not None:
+                traced = lambda y, s: self.traced(y, s, rows)
+            lp = heun_log_prob(network, flat, self.schedule, self.steps, self.exact, traced)
         return lp.reshape(shape)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:

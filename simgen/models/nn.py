@@ -81,6 +81,28 @@ class MLP(nn.Sequential):
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
 
+    def forward_and_trace(self, inputs: Tensor, d: int) -> tuple[Tensor, Tensor]:
+        r"""The output ``(n, out)`` for ``inputs (n, in)`` and the trace of its Jacobian with
+        respect to the first ``d`` inputs, :math:`\sum_{i < d} \partial y_i / \partial x_i`
+        ``(n,)``, exactly, in one pass: the Jacobian's ``d`` columns are carried through the
+        layers (:math:`T \leftarrow T W^\top` through a linear layer, times
+        :math:`\mathrm{SiLU}'` of its input through an activation), as batched matrix products
+        rather than one forward-mode derivative per column."""
+        h, tangent = inputs, None  # tangent: (n, d, features)
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                weight = layer.weight
+                if tangent is None:
+                    tangent = weight[:, :d].T.expand(len(h), d, -1)
+                else:
+                    tangent = tangent @ weight.T
+                h = layer(h)
+            else:  # SiLU: x sigmoid(x), derivative s (1 + x (1 - s))
+                s = torch.sigmoid(h)
+                tangent = tangent * (s * (1 + h * (1 - s)))[:, None, :]
+                h = h * s
+        return h, tangent.diagonal(dim1=1, dim2=2).sum(-1)
+
 
 class TimeEmbedding(nn.Module):
     r"""Sinusoidal features of a time :math:`t \in [0, 1]` (Vaswani et al. 2017, arXiv:1706.03762):
