@@ -106,11 +106,6 @@ class NoiseSchedule:
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return (sigma.log() - lo) / (hi - lo)
 
-    def base_log_prob(self, z: Tensor) -> Tensor:
-        """:math:`\\log N(z; 0, (1 + \\sigma_{max}^2) I)`, ``z (*, d)`` -> ``(*,)``."""
-        var = 1.0 + self.sigma_max**2
-        return -0.5 * (z.square().sum(-1) / var + z.shape[-1] * math.log(2 * math.pi * var))
-
 
 def preconditioning(sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:math:`(c_{skip}, c_{out}, c_{in})` at noise ``sigma`` (unit-scale data)."""
@@ -242,8 +237,8 @@ def sde_sample(network: Network, noise: Tensor, schedule: NoiseSchedule, steps: 
 
 class EDMDistribution(Distribution):
     """:math:`p_{\\sigma_{min}}(z \\mid \\theta)` of a trained network F, batch shape
-    ``batch_shape``, event shape ``(d,)``: ``log_prob`` by :func:`heun_log_prob`, ``sample``
-    by :func:`heun_sample`.
+    ``batch_shape``, event shape ``(d,)``: ``log_prob`` by :func:`heun_log_prob` (or
+    :func:`adaptive_log_prob`), ``sample`` by :func:`heun_sample` (or :func:`sde_sample`).
 
     Args:
         network: ``(y (n, d), sigma (n,), rows (n,))`` -> :math:`F`; ``rows`` index the batch
