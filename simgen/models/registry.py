@@ -61,7 +61,9 @@ def defaults_for(
     transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
     sampling takes one pass per feature: 500x slower on 32x32 maps), and for diffusion an MLP
     with EDM on x standardised given theta as the flow's (``process = "edm"``, 18 Heun steps
-    per sample), or the variance-preserving process with the exact denoiser of a Gaussian
+    per sample), for the VAE on vectors the same standardisation, a two-transform spline flow
+    as its decoder and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
+    variance-preserving process with the exact denoiser of a Gaussian
     linear in theta (``gaussian``) where the ``user``'s settings ask for it
     (``process = "vp"``) or name one of :data:`VP_SETTINGS` or ``network = "unet"``."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
@@ -92,6 +94,17 @@ def defaults_for(
         }
     if family == "vae" and side and side % 8 == 0:
         return {"network": "conv"}
+    if family == "vae" and user.get("network", "mlp") == "mlp":
+        d_x = math.prod(x_shape)
+        return {
+            "affine": True,
+            "correlated": d_x <= CORRELATED_MAX,
+            "fixed_gaussian": "auto" if d_x <= FIXED_GAUSSIAN_MAX else False,
+            "decoder": "flow",
+            "decoder_passes": 2 if d_x > AUTOREGRESSIVE_MAX else None,
+            "hidden": (128, 128),
+            "iw_samples": 32,
+        }
     return {}
 
 

@@ -1,41 +1,61 @@
 r"""Conditional variational autoencoder (Kingma & Welling 2013, arXiv:1312.6114; Sohn et al. 2015).
 
 .. math::
-    p(x \mid \theta) = \int p(x \mid z, \theta) \, p(z \mid \theta) \, dz, \qquad
-    q(z \mid x, \theta) \approx p(z \mid x, \theta),
+    p(x \mid \theta) = \int p(x \mid u, \theta) \, p(u \mid \theta) \, du, \qquad
+    q(u \mid x, \theta) \approx p(u \mid x, \theta),
 
-with Gaussian encoder, Gaussian decoder of learned (per-dimension, input-dependent) scale, and a
-prior :math:`p(z \mid \theta)` that is standard normal or a learned Gaussian of :math:`\theta`.
-Training maximises the ELBO. The density is the importance-weighted estimate (IWAE, Burda et al.
-2015, arXiv:1509.00519)
+with Gaussian encoder :math:`q`, Gaussian decoder :math:`p(x \mid u, \theta)` of learned
+(per-dimension, input-dependent) scale, and a prior :math:`p(u \mid \theta)` that is standard
+normal or a learned Gaussian of :math:`\theta`.
+
+With ``affine`` (the default on vectors) the VAE models :math:`z = T_\theta(x)`, x standardised
+given theta by the flow's :class:`~simgen.models.flow.ConditionalAffine` (its mean, scale and,
+up to 32 values, correlations, trained with the rest), so that
+
+.. math::
+    \log p(x \mid \theta) = \log p_{\mathrm{VAE}}(T_\theta(x) \mid \theta)
+    + \log |\det \partial_x T_\theta(x)|,
+
+and the decoder starts at :math:`N(0, I)`: the model starts as the best Gaussian given theta and
+the latent variable carries what is not Gaussian (two_moons' crescent, a bimodal x). Training
+maximises the ELBO (``train_samples = 1``) or the importance-weighted bound with K =
+``train_samples`` and the DReG gradient (:mod:`simgen.models.iwae`). The density is the
+importance-weighted estimate with K = ``iw_samples``, the encoder as the proposal,
 
 .. math::
     \log \hat p_K(x \mid \theta) = \log \frac1K \sum_{k=1}^K
-    \frac{p(x \mid z_k, \theta) p(z_k \mid \theta)}{q(z_k \mid x, \theta)},
-    \quad z_k \sim q(z \mid x, \theta),
+    \frac{p(x \mid u_k, \theta) p(u_k \mid \theta)}{q(u_k \mid x, \theta)},
+    \quad u_k \sim q(u \mid x, \theta),
 
-a stochastic lower bound whose expectation rises to :math:`\log p(x \mid \theta)` as K grows;
-its bias is :math:`O(1/K)` and its spread shrinks like :math:`1/\sqrt{K}`.
+a stochastic lower bound whose expectation rises to :math:`\log p(x \mid \theta)` as K grows
+and whose exponential is an unbiased estimate of :math:`p(x \mid \theta)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Size, Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints
+from zuko.distributions import NormalizingFlow
 
 from simgen.errors import UsageError
 from simgen.models.conv import ConvDecoder, ConvEncoder
 from simgen.models.family import Family
+from simgen.models.flow import ConditionalAffine, Flow, FlowConfig
+from simgen.models.iwae import dreg_objective, iwae_bound, log_spread
 from simgen.models.nn import MLP
 
 __all__ = ["VAE", "IWAEDistribution", "VAEConfig"]
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 3.0
+# rows x importance samples per pass of the density: the decoder's activations stay ~100 MB
+ROWS_PER_PASS = 1 << 17
 
 
 @dataclass
@@ -47,11 +67,25 @@ class VAEConfig:
         network: ``"mlp"`` encoder and decoder over the flattened x, or ``"conv"``
             (convolutional, for square 2-D maps; :mod:`simgen.models.conv`).
         hidden: Hidden layer sizes of encoder, decoder and prior networks (with ``conv``: of
-            the MLPs between the convolutions and the latent).
+            the MLPs between the convolutions and the latent; with ``affine``: of its MLP too).
         channels: Channels of the convolutions after each halving of the resolution.
         circular: Periodic padding in the convolutional encoder (for periodic maps).
-        conditional_prior: Learn :math:`p(z \\mid \\theta)` instead of :math:`N(0, I)`.
+        conditional_prior: Learn :math:`p(u \\mid \\theta)` instead of :math:`N(0, I)`.
         iw_samples: K of the importance-weighted density estimate.
+        train_samples: K of the training objective: 1, the ELBO; more, the importance-weighted
+            bound with the DReG gradient (:mod:`simgen.models.iwae`).
+        decoder: ``mlp`` only: :math:`p(x \\mid u, \\theta)` a diagonal ``"gaussian"`` or a
+            ``"flow"`` (a conditional spline flow, :class:`~simgen.models.flow.Flow`, of
+            ``decoder_transforms`` transforms given :math:`(u, \\theta)`).
+        decoder_transforms: Spline transforms of the ``flow`` decoder.
+        decoder_passes: Passes of each of its transforms (the flow's ``passes``).
+        affine: ``mlp`` only: model x standardised given theta by the flow's
+            :class:`~simgen.models.flow.ConditionalAffine`, trained with the VAE.
+        correlated: With ``affine``: the standardisation also decorrelates x.
+        scale_bound: With ``affine``: how its log-scale is bounded (the flow's setting).
+        fixed_gaussian: With ``affine``: its linear part is the heteroscedastic
+            maximum-likelihood fit, held (``"auto"``: decided from the data, the flow's
+            setting).
     """
 
     latent: int = 8
@@ -61,6 +95,24 @@ class VAEConfig:
     circular: bool = True
     conditional_prior: bool = True
     iw_samples: int = 1024
+    train_samples: int = 1
+    decoder: str = "gaussian"
+    decoder_transforms: int = 2
+    decoder_passes: int | None = None
+    affine: bool = False
+    correlated: bool = False
+    scale_bound: str = "tanh"
+    fixed_gaussian: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.iw_samples < 1 or self.train_samples < 1:
+            raise ValueError("iw_samples and train_samples must be at least 1")
+        if self.affine and self.network != "mlp":
+            raise ValueError("affine needs network 'mlp'")
+        if self.decoder not in ("gaussian", "flow"):
+            raise ValueError(f"unknown decoder '{self.decoder}'; use gaussian or flow")
+        if self.decoder == "flow" and self.network != "mlp":
+            raise ValueError("decoder 'flow' needs network 'mlp'")
 
 
 def _gaussian(params: Tensor) -> Independent:
@@ -97,57 +149,124 @@ class VAE(Family):
             self.decoder = ConvDecoder(side, latent + d_theta, 2, channels, hidden)
         elif config.network == "mlp":
             self.encoder = _JoinedMLP(d_x + d_theta, 2 * latent, hidden)
-            self.decoder = _JoinedMLP(latent + d_theta, 2 * d_x, hidden)
+            if config.decoder == "flow":  # starts at the identity, N(0, I)
+                flow = FlowConfig(
+                    transforms=config.decoder_transforms,
+                    hidden=hidden,
+                    passes=config.decoder_passes,
+                )
+                self.decoder = Flow(d_x, latent + d_theta, flow)
+            else:  # with the standardisation it starts at N(0, I): the best Gaussian
+                self.decoder = _JoinedMLP(
+                    latent + d_theta, 2 * d_x, hidden, zero_last=config.affine
+                )
         else:
             raise UsageError(f"unknown VAE network '{config.network}'; use mlp or conv")
         self.prior_net = MLP(d_theta, 2 * latent, hidden, zero_last=True)
         if not config.conditional_prior:
             self.prior_net.requires_grad_(False)
+        self.affine = None
+        if config.affine:
+            self.affine = ConditionalAffine(
+                d_x, d_theta, hidden, config.correlated, config.scale_bound, False,
+                config.fixed_gaussian,
+            )  # fmt: skip
+
+    def initialize(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        origin: Tensor | None = None,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> None:
+        """With ``affine``: start the standardisation at the linear-Gaussian fit of a first
+        batch ``theta (b, d_theta)``, ``x (b, d_x)``
+        (:meth:`~simgen.models.flow.ConditionalAffine.fit_linear`; its settled
+        ``fixed_gaussian`` and ``scale_bound`` the configuration then holds)."""
+        if self.affine is None:
+            return
+        self.affine.fit_linear(theta, x.flatten(1), origin, agree)
+        self.config = dataclasses.replace(
+            self.config, fixed_gaussian=self.affine.fixed_gaussian, scale_bound=self.affine.bound
+        )
 
     def q(self, x: Tensor, theta: Tensor) -> Independent:
-        """Encoder :math:`q(z \\mid x, \\theta)`."""
+        """Encoder :math:`q(u \\mid x, \\theta)` (x standardised with ``affine``)."""
         return _gaussian(self.encoder(x, theta))
 
     def p_z(self, theta: Tensor) -> Independent:
-        """Prior :math:`p(z \\mid \\theta)` (standard normal when not conditional)."""
+        """Prior :math:`p(u \\mid \\theta)` (standard normal when not conditional)."""
         return _gaussian(self.prior_net(theta))
 
-    def p_x(self, z: Tensor, theta: Tensor) -> Independent:
-        """Decoder :math:`p(x \\mid z, \\theta)`."""
-        theta = theta.expand(*z.shape[:-1], theta.shape[-1])
-        return _gaussian(self.decoder(z, theta))
+    def p_x(self, u: Tensor, theta: Tensor) -> Distribution:
+        """Decoder :math:`p(x \\mid u, \\theta)` (of the standardised x with ``affine``)."""
+        theta = theta.expand(*u.shape[:-1], theta.shape[-1])
+        if isinstance(self.decoder, Flow):
+            return self.decoder.dist(torch.cat([u, theta], dim=-1))
+        return _gaussian(self.decoder(u, theta))
 
-    def elbo(self, theta: Tensor, x: Tensor) -> Tensor:
-        """One-sample ELBO per row, ``(b,)``."""
-        q = self.q(x, theta)
-        z = q.rsample()
-        return self.p_x(z, theta).log_prob(x) + self.p_z(theta).log_prob(z) - q.log_prob(z)
+    def log_weights(
+        self, x: Tensor, theta: Tensor, k: int, hold_proposal: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """:math:`\\log w_k = \\log p(x \\mid u_k, \\theta) + \\log p(u_k \\mid \\theta) -
+        \\log q(u_k \\mid x, \\theta)`, ``(k, b)``, and the draws :math:`u_k \\sim q`,
+        ``(k, b, latent)``, for rows ``x (b, d_x)`` (standardised with ``affine``) and
+        ``theta (b, d_theta)``; ``hold_proposal``: :math:`q`'s parameters detached in
+        :math:`\\log q` (the form :func:`~simgen.models.iwae.dreg_objective` takes)."""
+        params = self.encoder(x, theta)
+        u = _gaussian(params).rsample((k,))
+        proposal = _gaussian(params.detach() if hold_proposal else params)
+        decoded = self.p_x(u, theta).log_prob(x.expand(k, *x.shape))
+        return decoded + self.p_z(theta).log_prob(u) - proposal.log_prob(u), u
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
-        """Negative ELBO per sample, ``(b,)``."""
-        return -self.elbo(theta, x)
+        """Negative ELBO (``train_samples = 1``) or negative importance-weighted bound per row,
+        ``(b,)``, of x itself (the standardisation's log-determinant included)."""
+        ladj = 0.0
+        if self.affine is not None:
+            x, ladj = self.affine(theta).call_and_ladj(x)
+        k = self.config.train_samples
+        if k == 1:
+            q = self.q(x, theta)
+            u = q.rsample()
+            bound = self.p_x(u, theta).log_prob(x) + self.p_z(theta).log_prob(u) - q.log_prob(u)
+        else:
+            bound = dreg_objective(*self.log_weights(x, theta, k, hold_proposal=True))
+        return -(bound + ladj)
 
-    def iwae(self, x: Tensor, theta: Tensor, k: int | None = None, chunk: int = 256) -> Tensor:
-        """Importance-weighted :math:`\\log \\hat p_K(x \\mid \\theta)` for rows ``(b, d)``."""
+    def iwae(
+        self, x: Tensor, theta: Tensor, k: int | None = None, spread: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Importance-weighted :math:`\\log \\hat p_K(x \\mid \\theta)` of the VAE's own x
+        (standardised with ``affine``) for rows ``(b, d)``, ``(b,)``, batched over rows and
+        the K samples; ``spread``: with its standard error
+        (:func:`~simgen.models.iwae.log_spread`), ``(b,)``."""
         k = k or self.config.iw_samples
-        q, p_z = self.q(x, theta), self.p_z(theta)
-        terms = []
-        for start in range(0, k, chunk):
-            z = q.sample((min(chunk, k - start),))  # (c, b, latent)
-            terms.append(self.p_x(z, theta).log_prob(x) + p_z.log_prob(z) - q.log_prob(z))
-        return torch.cat(terms).logsumexp(0) - math.log(k)
+        rows = max(1, ROWS_PER_PASS // k)
+        estimates, spreads = [], []
+        for start in range(0, len(x), rows):
+            log_w, _ = self.log_weights(x[start : start + rows], theta[start : start + rows], k)
+            estimates.append(iwae_bound(log_w))
+            if spread:
+                spreads.append(log_spread(log_w))
+        estimate = torch.cat(estimates)
+        return (estimate, torch.cat(spreads)) if spread else estimate
 
-    def dist(self, theta: Tensor) -> IWAEDistribution:
-        """:math:`p(x \\mid \\theta)` with the IWAE ``log_prob``."""
-        return IWAEDistribution(self, theta)
+    def dist(self, theta: Tensor, k: int | None = None) -> Distribution:
+        """:math:`p(x \\mid \\theta)` with the IWAE ``log_prob`` (K = ``k`` or
+        ``iw_samples``), carried through the standardisation with ``affine``."""
+        latent = IWAEDistribution(self, theta, k)
+        return latent if self.affine is None else NormalizingFlow(self.affine(theta), latent)
 
     def sample(self, theta: Tensor) -> Tensor:
-        """One ``x`` per row: :math:`z \\sim p(z \\mid \\theta)`, :math:`x \\sim p(x \\mid z, \\theta)`."""
-        return self.p_x(self.p_z(theta).sample(), theta).sample()
+        """One ``x`` per row: :math:`u \\sim p(u \\mid \\theta)`, :math:`x \\sim p(x \\mid u,
+        \\theta)`."""
+        return self.dist(theta).sample()
 
 
 class IWAEDistribution(Distribution):
-    """:math:`p(x \\mid \\theta)` of a :class:`VAE`: exact sampling, ``log_prob`` by IWAE.
+    """The VAE's own :math:`p(x \\mid \\theta)` (of the standardised x with ``affine``): exact
+    sampling, ``log_prob`` by IWAE.
 
     ``log_prob`` is a stochastic estimate (see the module docstring); pass ``k`` for more
     importance samples.
