@@ -24,8 +24,9 @@ standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 correlations (``separate``); ``flow-fixed`` and ``flow-gaussian-fixed``: the flow and the
 Gaussian flow with the fixed heteroscedastic standardisation forced (``fixed_gaussian = true``;
 the default, ``"auto"``, holds it fixed only where the noise is tiny); ``vae-gaussian``: the
-VAE with a diagonal Gaussian decoder instead of the default spline flow; ``vae-iwae``: the VAE
-trained on the importance-weighted bound (K = 8, DReG) instead of the ELBO.
+VAE with a diagonal Gaussian decoder instead of the spline flow (the default up to 64 values);
+``vae-iwae``: the VAE trained on the importance-weighted bound (K = 8, DReG) instead of the
+ELBO.
 
 For the VAE, whose density is a stochastic estimate, also ``density_estimate_spread_nats``: the
 standard deviation of 10 repeated estimates of each held-out log-density, averaged over pairs.

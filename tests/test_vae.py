@@ -12,6 +12,7 @@ import torch
 
 import simgen
 from simgen.models.iwae import dreg_objective, iwae_bound, log_spread
+from simgen.models.registry import defaults_for
 from simgen.models.vae import VAE, VAEConfig
 
 
@@ -147,12 +148,13 @@ def test_iwae_spread_is_reported_per_row(linear_vae):
     assert torch.all(spread > 0) and torch.all(torch.isfinite(estimate))
 
 
-def test_default_vae_has_a_flow_decoder_on_the_standardised_x(tmp_path):
-    """New fits on vectors get the standardisation and the flow decoder, and start at the
-    best linear-Gaussian model: the decoder's flow is the identity before training."""
+def test_default_vae_has_a_flow_decoder_on_the_held_standardisation(tmp_path):
+    """New fits on small vectors get the standardisation, held after its fit (as the EDM
+    diffusion's), and the flow decoder; x of more than 64 values a Gaussian decoder."""
     sim = simgen.get_simulator("gaussian_linear", dim=2)
     store = simgen.simulate(sim, 300, tmp_path / "d.h5", workers=1, progress=False)
     emulator = simgen.fit(store, "vae", None, train={"epochs": 1}, progress=False)
     config = emulator.model.config
-    assert config.affine and config.decoder == "flow" and config.iw_samples == 32
-    assert emulator.model.affine is not None
+    assert config.affine and config.held and config.decoder == "flow" and config.iw_samples == 32
+    assert not any(p.requires_grad for p in emulator.model.affine.parameters())
+    assert defaults_for("vae", (100,), {})["decoder"] == "gaussian"

@@ -61,8 +61,9 @@ def defaults_for(
     transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
     sampling takes one pass per feature: 500x slower on 32x32 maps), and for diffusion an MLP
     with EDM on x standardised given theta as the flow's (``process = "edm"``, 18 Heun steps
-    per sample), for the VAE on vectors the same standardisation, a two-transform spline flow
-    as its decoder and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
+    per sample), for the VAE on vectors the same held standardisation, a two-transform spline
+    flow as its decoder (a diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX`
+    values) and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
     variance-preserving process with the exact denoiser of a Gaussian
     linear in theta (``gaussian``) where the ``user``'s settings ask for it
     (``process = "vp"``) or name one of :data:`VP_SETTINGS` or ``network = "unet"``."""
@@ -98,10 +99,10 @@ def defaults_for(
         d_x = math.prod(x_shape)
         return {
             "affine": True,
+            "held": True,
             "correlated": d_x <= CORRELATED_MAX,
             "fixed_gaussian": "auto" if d_x <= FIXED_GAUSSIAN_MAX else False,
-            "decoder": "flow",
-            "decoder_passes": 2 if d_x > AUTOREGRESSIVE_MAX else None,
+            "decoder": "flow" if d_x <= AUTOREGRESSIVE_MAX else "gaussian",
             "hidden": (128, 128),
             "iw_samples": 32,
         }

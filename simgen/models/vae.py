@@ -81,6 +81,8 @@ class VAEConfig:
         decoder_passes: Passes of each of its transforms (the flow's ``passes``).
         affine: ``mlp`` only: model x standardised given theta by the flow's
             :class:`~simgen.models.flow.ConditionalAffine`, trained with the VAE.
+        held: With ``affine``: the standardisation is linear in theta, fitted once on all
+            training rows (up to 64 MiB of x) and held, as the EDM diffusion's.
         correlated: With ``affine``: the standardisation also decorrelates x.
         scale_bound: With ``affine``: how its log-scale is bounded (the flow's setting).
         fixed_gaussian: With ``affine``: its linear part is the heteroscedastic
@@ -100,6 +102,7 @@ class VAEConfig:
     decoder_transforms: int = 2
     decoder_passes: int | None = None
     affine: bool = False
+    held: bool = False
     correlated: bool = False
     scale_bound: str = "tanh"
     fixed_gaussian: bool | str = False
@@ -109,6 +112,8 @@ class VAEConfig:
             raise ValueError("iw_samples and train_samples must be at least 1")
         if self.affine and self.network != "mlp":
             raise ValueError("affine needs network 'mlp'")
+        if self.held and not self.affine:
+            raise ValueError("held needs affine")
         if self.decoder not in ("gaussian", "flow"):
             raise ValueError(f"unknown decoder '{self.decoder}'; use gaussian or flow")
         if self.decoder == "flow" and self.network != "mlp":
@@ -168,9 +173,12 @@ class VAE(Family):
         self.affine = None
         if config.affine:
             self.affine = ConditionalAffine(
-                d_x, d_theta, hidden, config.correlated, config.scale_bound, False,
-                config.fixed_gaussian,
+                d_x, d_theta, () if config.held else hidden, config.correlated,
+                config.scale_bound, False, config.fixed_gaussian,
             )  # fmt: skip
+        if config.held:
+            self.affine.requires_grad_(False)
+            self.initialize_rows = 1 << 20  # a held fit: on all rows there are
 
     def initialize(
         self,
@@ -186,6 +194,8 @@ class VAE(Family):
         if self.affine is None:
             return
         self.affine.fit_linear(theta, x.flatten(1), origin, agree)
+        if self.config.held:
+            self.affine.requires_grad_(False)
         self.config = dataclasses.replace(
             self.config, fixed_gaussian=self.affine.fixed_gaussian, scale_bound=self.affine.bound
         )
