@@ -194,8 +194,6 @@ class VAE(Family):
         if self.affine is None:
             return
         self.affine.fit_linear(theta, x.flatten(1), origin, agree)
-        if self.config.held:
-            self.affine.requires_grad_(False)
         self.config = dataclasses.replace(
             self.config, fixed_gaussian=self.affine.fixed_gaussian, scale_bound=self.affine.bound
         )
@@ -236,10 +234,8 @@ class VAE(Family):
         if self.affine is not None:
             x, ladj = self.affine(theta).call_and_ladj(x)
         k = self.config.train_samples
-        if k == 1:
-            q = self.q(x, theta)
-            u = q.rsample()
-            bound = self.p_x(u, theta).log_prob(x) + self.p_z(theta).log_prob(u) - q.log_prob(u)
+        if k == 1:  # the ELBO: one weight
+            bound = self.log_weights(x, theta, 1)[0][0]
         else:
             bound = dreg_objective(*self.log_weights(x, theta, k, hold_proposal=True))
         return -(bound + ladj)
