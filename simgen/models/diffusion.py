@@ -203,6 +203,12 @@ class Diffusion(Family):
                 config.sigma_min, config.sigma_max, config.rho, config.p_mean, config.p_std
             )
 
+    @property
+    def stationary(self) -> bool:
+        """Periodic maps (the U-Net with circular padding, translation-equivariant): every
+        pixel is standardised alike."""
+        return self.config.network == "unet" and self.config.circular
+
     def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)`."""
         return vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
