@@ -26,6 +26,10 @@ _EXPORTS = {
     "fit": "simgen.train.loop",
     "fit_proposal": "simgen.train.proposal",
     "Posterior": "simgen.inference.posterior",
+    "FieldPosterior": "simgen.inference.field_posterior",
+    "Mask": "simgen.inference.measurement",
+    "Beam": "simgen.inference.measurement",
+    "Operator": "simgen.inference.measurement",
     "check": "simgen.diagnostics.report",
     "SimgenError": "simgen.errors",
     "UsageError": "simgen.errors",
@@ -35,7 +39,11 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Beam",
     "Emulator",
+    "FieldPosterior",
+    "Mask",
+    "Operator",
     "Posterior",
     "RunError",
     "SimgenError",
@@ -65,6 +73,8 @@ if TYPE_CHECKING:
     from simgen.diagnostics.report import check
     from simgen.emulator import Emulator, load
     from simgen.errors import RunError, SimgenError, SimulatorError, StoreError, UsageError
+    from simgen.inference.field_posterior import FieldPosterior
+    from simgen.inference.measurement import Beam, Mask, Operator
     from simgen.inference.posterior import Posterior
     from simgen.train.loop import fit
     from simgen.train.proposal import fit_proposal

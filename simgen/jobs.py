@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simgen.data.samples import read_theta_rows, write_samples
+from simgen.data.samples import read_array, read_theta_rows, write_samples
 from simgen.data.simulator import option_spec, simulators
 from simgen.data.store import check_finite, check_writable, open_store
 from simgen.diagnostics.plots import plot_corner
@@ -23,6 +23,7 @@ from simgen.diagnostics.report import check
 from simgen.emulation import emulate, evaluate
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
+from simgen.field_jobs import field_file
 from simgen.inference.metropolis import emulate_exact
 from simgen.inference.posterior import Posterior
 from simgen.train.config import read_config
@@ -233,16 +234,8 @@ def posterior_file(
     """
     out = Path(out)
     check_writable(out)
-    if isinstance(observed, str | os.PathLike):
-        path = Path(observed)
-        if not path.is_file():
-            raise UsageError(f"no such file: {path}")
-        try:
-            observed = np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise UsageError(f"cannot read {path} as a .npy array: {error}") from None
     with np.errstate(over="ignore"):  # beyond float32's range: inf, refused by Posterior
-        x_obs = np.asarray(observed, np.float32)
+        x_obs = read_array(observed).astype(np.float32)
     result = Posterior(emulator).sample(
         x_obs, n, sampler=sampler, chains=chains, warmup=warmup, seed=seed, progress=progress
     )
@@ -324,14 +317,25 @@ def sample_file(
 ) -> dict[str, Any]:
     """``simgen sample``: :func:`emulate_file` at the thetas of exactly one of ``theta`` (one
     row, comma-separated numbers), ``theta_file`` or ``from_prior`` (a count of prior draws),
-    or :func:`posterior_file` given ``observed`` (a ``.npy`` file); ``kwargs`` go to the one
-    called.
+    or :func:`posterior_file` given ``observed`` (a ``.npy`` file), or
+    :func:`simgen.field_jobs.field_file` given ``observed`` and a measurement (``mask``,
+    ``beam``, ``noise`` in ``kwargs``); ``kwargs`` go to the one called.
 
     Raises:
         UsageError: none or several of the thetas, or thetas or ``metropolis`` beside
             ``observed``.
     """
+    if theta is not None:
+        try:
+            theta = [[float(v) for v in theta.split(",")]]
+        except ValueError:
+            raise UsageError(f"--theta '{theta}' should be numbers separated by commas") from None
     chosen = [v for v in (theta, theta_file, from_prior) if v is not None]
+    if observed is not None and {"mask", "beam", "noise"} & set(kwargs):
+        if len(chosen) != 1 or from_prior is not None:
+            raise UsageError("maps given a measurement are conditioned on parameters: give "
+                             "--theta or --theta-file")  # fmt: skip
+        return field_file(emulator, observed, out, chosen[0], n, **kwargs)
     if observed is not None:
         if chosen or kwargs.pop("metropolis", False):
             raise UsageError(
@@ -340,9 +344,4 @@ def sample_file(
         return posterior_file(emulator, observed, out, n, **kwargs)
     if len(chosen) != 1:
         raise UsageError("give exactly one of --theta, --theta-file or --from-prior")
-    if theta is not None:
-        try:
-            chosen = [[float(v) for v in theta.split(",")]]
-        except ValueError:
-            raise UsageError(f"--theta '{theta}' should be numbers separated by commas") from None
     return emulate_file(emulator, out, chosen[0], n, **kwargs)

@@ -202,3 +202,14 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
         x_obs, 1000, sampler="slice", chains=200, seed=0, progress=False
     )
     assert c2st(reference, result.theta.numpy(), seed=0) < 0.6
+
+
+def test_field_prior_benchmark_quick(tmp_path):
+    records, _ = run_quick("field_prior", tmp_path, timeout=300)
+    found = {(r["method"], r["metric"]) for r in records}
+    for method in ("simgen diffusion (gibbs)", "simgen diffusion (dps)", "exact score (gibbs)"):
+        for metric in ("field_posterior_mean_z", "field_posterior_std_ratio"):
+            assert (method, metric) in found
+    assert ("simgen diffusion (gibbs)", "sampler_rhat") in found
+    assert (tmp_path / "field_prior-gibbs.png").stat().st_size > 0
+    assert_records(records)

@@ -17,6 +17,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("hierarchical.py", "population mean: MAP"),
         ("measurement_noise.py", "with read-out noise: posterior mean"),
         ("sequential.py", "round 2: n more from it: C2ST against the exact posterior"),
+        ("masked_map.py", "posterior mean against the Wiener filter: RMS z"),
     ],
 )
 def test_example_runs(script, expect, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -113,14 +114,21 @@ def test_beam_is_a_symmetric_blur_that_keeps_the_mean():
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """A tiny U-Net diffusion emulator of 8x8 Gaussian maps (2 epochs: shapes, not accuracy)."""
+def fitted(tmp_path_factory):
+    """A tiny U-Net diffusion emulator of 8x8 Gaussian maps (2 epochs: shapes, not accuracy)
+    and its file."""
     sim = simgen.get_simulator("cosmology", size=8, box=64.0, lognormal=False)
     folder = tmp_path_factory.mktemp("field")
     store = simgen.simulate(sim, 200, folder / "maps.h5", workers=1, progress=False)
     config = {"channels": [8, 16], "hidden": [32, 32]}
-    return simgen.fit(store, "diffusion", None, train={"epochs": 2, "batch_size": 64},
-                      config=config, progress=False)  # fmt: skip
+    emulator = simgen.fit(store, "diffusion", folder / "m.pt", progress=False, config=config,
+                          train={"epochs": 2, "batch_size": 64})  # fmt: skip
+    return emulator, folder / "m.pt"
+
+
+@pytest.fixture(scope="module")
+def emulator(fitted):
+    return fitted[0]
 
 
 @pytest.mark.parametrize("method", ["gibbs", "smc", "dps"])
@@ -145,3 +153,30 @@ def test_field_posterior_refuses_what_it_cannot_use(emulator):
         posterior.sample(torch.zeros(8, 8), torch.tensor([0.3, 0.8]), n=2, method="gibbs")
     with pytest.raises(UsageError, match="unknown field sampler"):
         posterior.sample(torch.zeros(8, 8), torch.tensor([0.3, 0.8]), method="hmc")
+
+
+def test_sample_command_draws_maps_given_a_measurement(fitted, cli, tmp_path):
+    """The command line: maps given a masked observation, a file and a figure; a mask of the
+    wrong shape and a negative noise level get one line and exit status 2, nothing written."""
+    model = str(fitted[1])
+    mask = np.ones((8, 8), bool)
+    mask[:3] = False
+    np.save(tmp_path / "mask.npy", mask)
+    np.save(tmp_path / "small.npy", np.ones((4, 4), bool))
+    np.save(tmp_path / "y.npy", np.where(mask, 0.1, np.nan))
+    out = tmp_path / "maps.h5"
+    args = ["sample", model, "--observed", str(tmp_path / "y.npy"), "--theta", "0.3,0.8",
+            "-n", "4", "--sampler", "dps", "--steps", "3", "-o", str(out)]  # fmt: skip
+    done = cli(*args, "--mask", str(tmp_path / "mask.npy"), "--noise", "0.2", "--plot")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(out) as f:
+        assert f["x"].shape == (1, 4, 8, 8) and f.attrs["kind"] == "field_posterior"
+    assert out.with_suffix(".png").stat().st_size > 0
+    out.unlink()
+    for extra, says in (
+        (["--mask", str(tmp_path / "small.npy"), "--noise", "0.2"], "the mask has shape (4, 4)"),
+        (["--mask", str(tmp_path / "mask.npy"), "--noise", "-1"], "noise must be a positive"),
+    ):
+        bad = cli(*args, *extra)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -21,7 +21,7 @@ LAYERS = [
     {"train"},
     {"emulation", "inference"},
     {"diagnostics"},
-    {"summary", "jobs", "demo"},
+    {"summary", "jobs", "field_jobs", "demo"},
     {"cli", "__main__"},
 ]
 

@@ -66,11 +66,9 @@ def simulate_command(
     from simgen.data.simulator import get_simulator, parse_options
 
     sim, reports = get_simulator(name, **parse_options(name, option or [])), []
-    simulate(
-        sim, n, out, theta=theta_file, seed=seed, workers=workers, chunk_size=chunk_size,
-        scheduler=scheduler, retry_failed=retry_failed, progress=bars(quiet, as_json),
-        on_report=reports.append,
-    )  # fmt: skip
+    simulate(sim, n, out, theta=theta_file, seed=seed, workers=workers, chunk_size=chunk_size,
+             scheduler=scheduler, retry_failed=retry_failed, progress=bars(quiet, as_json),
+             on_report=reports.append)  # fmt: skip
     summary = {"path": str(out), "simulator": sim.name, **vars(reports[0])}
     show(summary, as_json, quiet, reports[0].describe(out))
 
@@ -161,6 +159,9 @@ def sample_command(
     method: Annotated[str | None, opt("Diffusion sampler: ode or sde.")] = None,
     metropolis: Annotated[bool, opt("Exact samples by the simulator's density (flows).")] = False,
     observed: Annotated[Path | None, opt("Observation .npy: sample the posterior.")] = None,
+    mask: Annotated[Path | None, opt("Map seen through this .npy mask (True: seen).")] = None,
+    beam: Annotated[float | None, opt("Map seen through a Gaussian beam (FWHM, pixels).")] = None,
+    noise: Annotated[float | None, opt("The mask's or beam's noise level.")] = None,
     sampler: Annotated[str, opt("Posterior: auto, importance, smc, slice or hmc.")] = "auto",
     warmup: Annotated[int | None, opt("Posterior MCMC warm-up iterations.", min=0)] = None,
     chains: Annotated[int | None, opt("Posterior MCMC chains (n / 10, <= 64).", min=1)] = None,
@@ -175,20 +176,21 @@ def sample_command(
 
     Both write the log density of every sample. --metropolis corrects emulated samples by
     Metropolis-Hastings with the simulator's unnormalised density (flow models of simulators
-    that have one, e.g. molecular)."""
+    that have one, e.g. molecular). With --mask or --beam and --noise, --observed is a map seen
+    so: maps given it and --theta, by a diffusion model (--sampler auto/gibbs, smc or dps)."""
     from simgen.jobs import sample_file
 
     given = {"theta": theta, "theta_file": theta_file, "from_prior": from_prior}
+    sampling = {"sampler": sampler, "chains": chains, "plot": plot}
     if observed is None:
         sampling = {"steps": steps, "sampler": method, "metropolis": metropolis,
                     "log_prob": log_prob}  # fmt: skip
+    elif mask is not None or beam is not None or noise is not None:  # a measured map
+        sampling |= {"mask": mask, "beam": beam, "noise": noise, "steps": steps}
     else:  # the posterior
-        sampling = {"sampler": sampler, "chains": chains, "warmup": warmup, "plot": plot,
-                    "metropolis": metropolis}  # fmt: skip
-    s = sample_file(
-        _load(model, device), out, n, **given, observed=observed, **sampling, seed=seed,
-        progress=bars(quiet, as_json),
-    )  # fmt: skip
+        sampling |= {"warmup": warmup, "metropolis": metropolis}
+    s = sample_file(_load(model, device), out, n, **given, observed=observed, **sampling,
+                    seed=seed, progress=bars(quiet, as_json))  # fmt: skip
     show(s, as_json, quiet)
 
 
@@ -231,11 +233,9 @@ def check_command(
     Emulated vs simulated x (C2ST), SBC ranks and expected coverage of the posterior."""
     from simgen.jobs import check_file
 
-    report = check_file(
-        _load(model, device), out, simulator, pairs=pairs, draws=draws, thetas=thetas,
-        samples=samples, sampler=sampler, seed=seed, progress=bars(quiet, as_json),
-        metropolis=metropolis,
-    )  # fmt: skip
+    report = check_file(_load(model, device), out, simulator, pairs=pairs, draws=draws,
+                        thetas=thetas, samples=samples, sampler=sampler, seed=seed,
+                        progress=bars(quiet, as_json), metropolis=metropolis)  # fmt: skip
     show(report, as_json, quiet)
 
 

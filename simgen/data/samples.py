@@ -14,7 +14,7 @@ import numpy as np
 from simgen.atomic import replacing
 from simgen.errors import UsageError
 
-__all__ = ["SAMPLES_FORMAT", "read_theta_rows", "write_samples"]
+__all__ = ["SAMPLES_FORMAT", "read_array", "read_theta_rows", "write_samples"]
 
 SAMPLES_FORMAT = "simgen-samples/1"
 
@@ -37,6 +37,23 @@ def write_samples(
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
         f.attrs["format"] = SAMPLES_FORMAT
     return path
+
+
+def read_array(value: Any) -> np.ndarray:
+    """``value`` as an array: itself, or the ``.npy`` file it names.
+
+    Raises:
+        UsageError: a missing or unreadable file.
+    """
+    if not isinstance(value, str | os.PathLike):
+        return np.asarray(value)
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise UsageError(f"cannot read {path} as a .npy array: {error}") from None
 
 
 def read_theta_rows(path: str | os.PathLike) -> np.ndarray:

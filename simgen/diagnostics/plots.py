@@ -19,6 +19,7 @@ __all__ = [
     "plot_corner",
     "plot_data",
     "plot_emulation",
+    "plot_field_posterior",
     "plot_fields",
     "plot_latent_grid",
     "plot_summaries",
@@ -245,6 +246,47 @@ def plot_fields(
         ax.hist(simulated.ravel(), bins=edges, density=True, histtype="step", color="black")
         ax.hist(emulated.ravel(), bins=edges, density=True, histtype="step", color="tab:orange")
         ax.set(xlabel="pixel value", yscale="log", title="pixel PDF")
+    fig.savefig(path, dpi=100)
+
+
+def plot_field_posterior(
+    observed: np.ndarray,
+    seen: np.ndarray,
+    draws: np.ndarray,
+    path: str | os.PathLike,
+    exact: tuple[np.ndarray, np.ndarray] | None = None,
+    show: int = 3,
+) -> None:
+    """A map's posterior given a measurement as a PNG: the observation (unseen pixels blank),
+    the posterior mean and standard deviation, ``show`` draws, and, given ``exact`` (mean, std),
+    the exact ones beside them.
+
+    Args:
+        observed: ``(N, N)`` the observation.
+        seen: ``(N, N)`` bool, the pixels seen.
+        draws: ``(n, N, N)`` posterior draws.
+        path: Where to write the PNG.
+        exact: The exact posterior mean and standard deviation, ``(N, N)`` each.
+        show: Draws shown.
+    """
+    mean, std = draws.mean(0), draws.std(0)
+    panels = [("observed", np.where(seen, observed, np.nan), "magma"),
+              ("posterior mean", mean, "magma"), ("posterior std", std, "viridis")]  # fmt: skip
+    if exact is not None:
+        panels += [("exact mean", exact[0], "magma"), ("exact std", exact[1], "viridis")]
+    panels += [(f"draw {i + 1}", draws[i], "magma") for i in range(min(show, len(draws)))]
+    cols = 3 if exact is None else 5
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3 * cols, 3 * rows), layout="constrained")
+    lo, hi = np.nanquantile(np.concatenate([mean.ravel(), draws[:show].ravel()]), [0.01, 0.99])
+    s_hi = max(float(std.max()), 0.0 if exact is None else float(exact[1].max()))
+    for i, (title, image, cmap) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        limits = (0, s_hi) if cmap == "viridis" else (lo, hi)
+        shown = ax.imshow(image, vmin=limits[0], vmax=limits[1], cmap=cmap)
+        ax.set(xticks=[], yticks=[], title=title)
+        if i in (0, 2):
+            fig.colorbar(shown, ax=ax, shrink=0.8)
     fig.savefig(path, dpi=100)
 
 

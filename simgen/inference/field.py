@@ -153,12 +153,14 @@ def gibbs(
     burn: int | None = None,
     fraction: float = 0.9,
     start: Tensor | None = None,
+    start_steps: int = 50,
     progress: Callable[[], None] | None = None,
 ) -> FieldGibbs:
     """Gibbs sampling by data augmentation (the module docstring): ``chains`` chains per group,
     ``sweeps`` sweeps of which the first ``burn`` (default half) are dropped, ``steps``
     ancestral steps from :math:`\\tau` to ``t_min`` per sweep. ``progress`` is called after
-    each sweep. ``start (m, chains, *shape)``: where the chains start (default: white noise)."""
+    each sweep. ``start (m, chains, *shape)``: where the chains start (default: draws of the
+    prior, by its chain of ``start_steps`` steps from t = 1)."""
     shape, (m, n) = tuple(form.gains.shape), (groups, chains)
     seen = form.gains > 0
     gains = torch.where(seen, form.gains, 1.0)
@@ -169,10 +171,11 @@ def gibbs(
     alpha_tau = schedule(torch.tensor(tau, dtype=torch.float64))[0]
     times = time_grid(steps, t_min, tau)
     precision = 1 / rho2 + 1 / w
-    if start is None:
-        u = torch.randn(m * n, *shape, generator=generator, dtype=torch.float64)
-    else:
-        u = start.double().reshape(m * n, *shape)
+    if start is None:  # draws of the prior: over-dispersed at every scale
+        white = torch.randn(m * n, math.prod(shape), generator=generator, dtype=torch.float64)
+        start = reverse_chain(epsilon, schedule, white, time_grid(start_steps, t_min), generator,
+                              form.prior_var)  # fmt: skip
+    u = start.double().reshape(m * n, *shape)
     burn = sweeps // 2 if burn is None else burn
     kept = []
     for sweep in range(sweeps):

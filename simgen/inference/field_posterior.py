@@ -11,6 +11,7 @@ coordinates (:meth:`~simgen.inference.measurement.Measurement.diagonal`) and the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,10 @@ from simgen.inference.importance import systematic_resample
 from simgen.inference.measurement import Measurement
 from simgen.terminal import progress_bar
 
-__all__ = ["METHODS", "FieldPosterior", "FieldSamples"]
+__all__ = ["METHODS", "RHAT_WARN", "FieldPosterior", "FieldSamples"]
 
 METHODS = ("gibbs", "smc", "dps")
+RHAT_WARN = 1.1  # worst split R-hat of the Gibbs chains before a warning
 
 
 @dataclass
@@ -178,5 +180,12 @@ class FieldPosterior:
                     u = kept[:, pick]
                     diagnostics = {"rhat": run.rhat.tolist(), "ess": run.ess.tolist(),
                                    "rho": run.rho, "tau": run.tau}  # fmt: skip
+                    if run.rhat.max() > RHAT_WARN:
+                        warnings.warn(
+                            f"the Gibbs chains have not mixed everywhere (worst split R-hat "
+                            f"{run.rhat.max():.2f} over the map's values, typically where "
+                            f"little is seen): raise sweeps for surer means and spreads there",
+                            stacklevel=3,  # the caller, past torch.no_grad
+                        )
         x = (mean + std * u).float()
         return FieldSamples(x[0:1] if single else x, method, diagnostics)
