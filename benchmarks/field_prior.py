@@ -12,7 +12,11 @@ augmentation, :mod:`simgen.inference.field`) and by DPS, against the exact Wiene
 * ``field_posterior_std_ratio``: mean over pixels of learned / exact posterior standard
   deviation;
 * ``sampler_rhat`` and ``sampler_ess``: the Gibbs chains' worst split R-hat and smallest
-  effective sample size over pixels.
+  effective sample size over pixels;
+* ``theta_posterior_c2st``: the parameters' posterior given the observation
+  (:meth:`~simgen.inference.field_posterior.FieldPosterior.sample_joint`, defaults) against
+  exact draws (the exact marginal likelihood :math:`N(y; 0, A C(\\theta) A^\\top + s^2 I)` on a
+  grid, refined where the posterior lives), with ``theta_importance_ess``.
 
 Figures (``field_prior-METHOD.png``): the observation, the exact and learned posterior means and
 standard deviations, and draws.
@@ -34,8 +38,10 @@ import torch
 
 import simgen
 from benchmarks.records import RESULTS, markdown_table, record, save
-from simgen.diagnostics.plots import plot_field_posterior
+from simgen.diagnostics.metrics import c2st
+from simgen.diagnostics.plots import plot_corner, plot_field_posterior
 from simgen.inference.field_posterior import FieldPosterior
+from simgen.inference.field_smc import circulant
 from simgen.inference.measurement import Mask
 
 BENCH, TASK = "field_prior", "cosmology_gaussian_masked"
@@ -59,9 +65,9 @@ def fitted_prior(size: int, n: int, epochs: int, cache: bool) -> tuple[simgen.Em
     return emulator, time.perf_counter() - start
 
 
-def observation(sim: simgen.Simulator, size: int) -> tuple[Mask, torch.Tensor, float]:
+def observation(sim: simgen.Simulator, size: int) -> tuple[Mask, torch.Tensor]:
     """The measurement (a contiguous square of ``HIDDEN`` of the pixels hidden, noise
-    ``NOISE`` of the pixel scale), the observation of a map at ``THETA``, and the pixel scale."""
+    ``NOISE`` of the pixel scale) and the observation of a map at ``THETA``."""
     scale = float(np.sqrt(np.diag(sim.covariance(THETA)).mean()))
     side = round(np.sqrt(HIDDEN) * size)
     mask = torch.ones(size, size, dtype=torch.bool)
@@ -69,45 +75,37 @@ def observation(sim: simgen.Simulator, size: int) -> tuple[Mask, torch.Tensor, f
     mask[start : start + side, start : start + side] = False
     measurement = Mask(mask, NOISE * scale)
     x = sim.simulate(THETA[None], np.random.default_rng(7))[0]
-    return (
-        measurement,
-        measurement.simulate(torch.as_tensor(x), torch.Generator().manual_seed(8)),
-        scale,
-    )
-
-
-def exact_score(sim: simgen.Simulator, scale: float, emulator: simgen.Emulator) -> Any:
-    """The exact noise prediction of the Gaussian maps at ``THETA`` in the emulator's
-    coordinates, :math:`\\sigma_t (\\alpha_t^2 C + \\sigma_t^2)^{-1} (u_t - \\alpha_t m)`,
-    :math:`C`, :math:`m` the maps' covariance and mean in those coordinates (a reference:
-    the sampler's error alone)."""
-    size = sim.size
-    std = emulator.x_std.double().reshape(size, size)
-    mean = emulator.x_mean.double().reshape(size, size)
-    if (std - std.mean()).abs().max() > 1e-6 * std.mean():
-        raise SystemExit("the exact-score reference needs maps standardised with one scale")
-    lam = torch.as_tensor(sim.eigenvalues(THETA[None])[0]) / float(std.mean()) ** 2
-    m = -mean / std  # the maps' mean (0) in the emulator's coordinates
-    schedule = emulator.model.schedule
-
-    def epsilon(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = schedule(t.double())
-        r = u.double().reshape(-1, size, size) - alpha * m
-        c = torch.fft.fft2(r) / (alpha**2 * lam + sigma**2)
-        return (sigma * torch.fft.ifft2(c).real).reshape(u.shape).float()
-
-    return epsilon
+    return measurement, measurement.simulate(torch.as_tensor(x), torch.Generator().manual_seed(8))
 
 
 class ExactPrior(FieldPosterior):
-    """:class:`FieldPosterior` with the exact noise prediction in place of the network."""
+    """:class:`FieldPosterior` with the exact noise prediction of the Gaussian maps in place of
+    the network, :math:`\\sigma_t (\\alpha_t^2 C_\\theta + \\sigma_t^2)^{-1} (u_t - \\alpha_t m)` in
+    the emulator's coordinates (:math:`m`: the maps' mean, 0, there): the samplers' error
+    alone."""
 
-    def __init__(self, emulator: simgen.Emulator, measurement: Mask, epsilon: Any) -> None:
+    def __init__(
+        self, emulator: simgen.Emulator, measurement: Mask, sim: simgen.Simulator
+    ) -> None:
         super().__init__(emulator, measurement)
-        self.epsilon = epsilon
+        std = emulator.x_std.double()
+        if (std - std.mean()).abs().max() > 1e-6 * std.mean():
+            raise SystemExit("the exact-score reference needs maps standardised with one scale")
+        self.sim, self.scale = sim, float(std.mean())
+        self.offset = -(emulator.x_mean.double() / std).reshape(emulator.x_shape)
 
     def _noise_predictor(self, theta: torch.Tensor, per_group: int) -> Any:
-        return self.epsilon
+        rows = np.repeat(theta.cpu().double().numpy(), per_group, axis=0)
+        lam = torch.as_tensor(self.sim.eigenvalues(rows)) / self.scale**2
+        schedule, shape = self.emulator.model.schedule, self.emulator.x_shape
+
+        def epsilon(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = schedule(t.double())
+            r = u.double().reshape(-1, *shape) - alpha * self.offset
+            c = torch.fft.fft2(r) / (alpha**2 * lam + sigma**2)
+            return (sigma * torch.fft.ifft2(c).real).reshape(u.shape).to(u.dtype)
+
+        return epsilon
 
 
 def field_metrics(draws: np.ndarray, exact: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
@@ -120,19 +118,55 @@ def field_metrics(draws: np.ndarray, exact: tuple[np.ndarray, np.ndarray]) -> di
     }
 
 
+def exact_theta(
+    sim: simgen.Simulator, measurement: Mask, y: torch.Tensor, n: int, grid: int
+) -> np.ndarray:
+    """``n`` draws of the exact :math:`p(\\theta \\mid y)`: the marginal likelihood on a
+    ``grid`` x ``grid`` grid over the prior's box, again on a grid over the box where the
+    first one's posterior exceeds 1e-8 of its peak, cells drawn by their mass and jittered
+    uniformly within them."""
+    seen = measurement.seen.reshape(-1).nonzero()[:, 0]
+    r = measurement.check(y).reshape(-1)[seen]
+    noise = measurement.noise**2 * torch.eye(len(seen), dtype=torch.float64)
+
+    def log_post(theta: np.ndarray) -> np.ndarray:
+        lam = torch.as_tensor(sim.eigenvalues(theta))
+        chol = torch.linalg.cholesky(circulant(lam, seen, seen) + noise)
+        white = torch.linalg.solve_triangular(chol, r[:, None].expand(len(theta), -1, 1),
+                                              upper=False)[..., 0]  # fmt: skip
+        return (
+            -0.5 * white.square().sum(-1) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        ).numpy()
+
+    lo, hi = np.array([0.1, 0.6]), np.array([0.5, 1.0])  # the prior's box
+    for _ in range(2):
+        axes = [np.linspace(a, b, grid + 1) for a, b in zip(lo, hi, strict=True)]
+        centres = [(e[1:] + e[:-1]) / 2 for e in axes]
+        points = np.stack(np.meshgrid(*centres, indexing="ij"), -1).reshape(-1, 2)
+        lp = np.concatenate(
+            [log_post(p) for p in np.array_split(points, max(1, len(points) // 64))]
+        )
+        live = points[lp > lp.max() + np.log(1e-8)]
+        width = (hi - lo) / grid
+        lo, hi = np.maximum(live.min(0) - width, lo), np.minimum(live.max(0) + width, hi)
+    rng = np.random.default_rng(5)
+    p = np.exp(lp - lp.max())
+    cells = rng.choice(len(points), n, p=p / p.sum())
+    return points[cells] + (rng.random((n, 2)) - 0.5) * width
+
+
 def run(cfg: dict) -> list[dict]:
     size, n = cfg["size"], cfg["n"]
     sim = simgen.get_simulator("cosmology", size=size, lognormal=False)
     emulator, fit_s = fitted_prior(size, n, cfg["epochs"], cfg["cache"])
-    measurement, y, scale = observation(sim, size)
+    measurement, y = observation(sim, size)
     exact = sim.wiener(y, measurement, THETA)
     theta = torch.as_tensor(THETA, dtype=torch.float32)
     records = [record(BENCH, TASK, "simgen diffusion", "train_seconds", fit_s, "s", n)]
     samplers = {
         "simgen diffusion (gibbs)": (FieldPosterior(emulator, measurement), "gibbs"),
         "simgen diffusion (dps)": (FieldPosterior(emulator, measurement), "dps"),
-        "exact score (gibbs)": (
-            ExactPrior(emulator, measurement, exact_score(sim, scale, emulator)), "gibbs"),
+        "exact score (gibbs)": (ExactPrior(emulator, measurement, sim), "gibbs"),
     }  # fmt: skip
     for name, (posterior, method) in samplers.items():
         start = time.perf_counter()
@@ -150,6 +184,21 @@ def run(cfg: dict) -> list[dict]:
             slug = name.replace("simgen diffusion (", "").replace(" (", "-").rstrip(")")
             picture = cfg["out"] / f"field_prior-{slug.replace(' ', '-')}.png"
             plot_field_posterior(y.numpy(), measurement.seen.numpy(), draws, picture, exact)
+    start = time.perf_counter()
+    joint = FieldPosterior(emulator, measurement).sample_joint(y, cfg["draws"], **cfg["joint"])
+    seconds = time.perf_counter() - start
+    reference = exact_theta(sim, measurement, y, cfg["draws"], cfg["grid"])
+    metrics = {
+        "theta_posterior_c2st": c2st(joint.theta.numpy(), reference),
+        "theta_importance_ess": joint.diagnostics["ess"],
+        "sampler_seconds": seconds,
+    }
+    for metric, value in metrics.items():
+        unit = "s" if metric == "sampler_seconds" else "ratio"
+        records.append(record(BENCH, TASK, "simgen diffusion (smc)", metric, value, unit, n))
+    if cfg["out"]:
+        picture = cfg["out"] / "field_prior-theta.png"
+        plot_corner(joint.theta.numpy(), ("Omega_m", "sigma_8"), picture, reference=reference)
     return records
 
 
@@ -169,6 +218,8 @@ def main() -> None:
         "epochs": 1 if quick else args.epochs,
         "draws": 16 if quick else args.draws,
         "cache": not quick,
+        "grid": 8 if quick else 32,
+        "joint": {"thetas": 8, "particles": 2, "steps": 4} if quick else {},
         "out": args.out or (None if quick else RESULTS),
         # the samplers' defaults (quick: tiny)
         "sampling": {

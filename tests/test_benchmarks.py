@@ -212,4 +212,5 @@ def test_field_prior_benchmark_quick(tmp_path):
             assert (method, metric) in found
     assert ("simgen diffusion (gibbs)", "sampler_rhat") in found
     assert (tmp_path / "field_prior-gibbs.png").stat().st_size > 0
+    assert ("simgen diffusion (smc)", "theta_posterior_c2st") in found
     assert_records(records)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from simgen.errors import UsageError
 from simgen.inference.field import dps, gibbs
-from simgen.inference.field_smc import smc
+from simgen.inference.field_smc import FieldSMC, smc
 from simgen.inference.importance import systematic_resample
 from simgen.inference.measurement import Measurement
 from simgen.terminal import progress_bar
@@ -36,16 +36,22 @@ class FieldSamples:
     """Draws of maps given a measurement, per condition.
 
     Attributes:
-        x: ``(m, n, *x_shape)`` draws for each of ``m`` parameter rows.
+        x: ``(m, n, *x_shape)`` draws for each of ``m`` parameter rows (``m = 1`` for draws of
+            the parameters and maps together).
         method: The sampler.
         diagnostics: Per sampler: ``rhat`` and ``ess`` (Gibbs: worst over the map's values),
             ``ess`` and ``log_evidence`` (SMC: :math:`\\log \\hat p(y \\mid \\theta)` in the
-            model's coordinates), per row.
+            model's coordinates), per row; for the parameters too, ``ess`` of the parameters'
+            importance weights, ``log_evidence`` of :math:`p(y)`, ``thetas``, ``particles``.
+        theta: ``(n, d)`` the parameters drawn with the maps (:meth:`FieldPosterior.sample_joint`).
+        log_prob: ``(n,)`` their estimated normalised :math:`\\log p(\\theta \\mid y)`.
     """
 
     x: Tensor
     method: str
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    theta: Tensor | None = None
+    log_prob: Tensor | None = None
 
     @property
     def mean(self) -> Tensor:
@@ -89,7 +95,7 @@ class FieldPosterior:
 
     def _noise_predictor(self, theta: Tensor, per_group: int) -> Any:
         model, emulator = self.emulator.model, self.emulator
-        v = (theta - emulator.theta_mean) / emulator.theta_std
+        v = ((theta.to(emulator.theta_mean) - emulator.theta_mean) / emulator.theta_std).float()
         rows = v.repeat_interleave(per_group, 0)
         device = emulator.theta_mean.device
 
@@ -161,18 +167,17 @@ class FieldPosterior:
                         t_min, generator, progress=advance)  # fmt: skip
                 u = u.double().reshape(m, n, *shape)
             else:
-                form = self.measurement.diagonal(y, mean, std)
                 if method == "smc":
-                    run = smc(
-                        epsilon, model.schedule, form, m, n, total, t_min, generator, advance
-                    )
+                    run = self._smc(y, theta, n, total, generator, advance)
                     idx = systematic_resample(run.log_weight, n, generator)
-                    u = torch.stack([run.u[i][idx[i]] for i in range(m)])
+                    u = torch.gather(run.u, 1, idx[..., None].expand_as(run.u))
+                    u = u.reshape(m, n, *shape)
                     diagnostics = {
                         "ess": run.ess.tolist(),
                         "log_evidence": run.log_evidence.tolist(),
                     }
                 else:
+                    form = self.measurement.diagonal(y, mean, std)
                     run = gibbs(epsilon, model.schedule, form, m, chains, sweeps, steps or 5,
                                 t_min, generator, progress=advance)  # fmt: skip
                     kept = run.u.reshape(m, -1, *shape)  # (m, draws * chains, *shape)
@@ -189,3 +194,149 @@ class FieldPosterior:
                         )
         x = (mean + std * u).float()
         return FieldSamples(x[0:1] if single else x, method, diagnostics)
+
+    @torch.no_grad()
+    def sample_joint(
+        self,
+        y: Any,
+        n: int = 1000,
+        thetas: int = 128,
+        particles: int = 16,
+        steps: int = 50,
+        chunk: int = 16,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> FieldSamples:
+        """Draw ``n`` pairs :math:`(\\theta, x) \\sim p(\\theta, x \\mid y)` with the emulator's prior
+        on :math:`\\theta`: importance sampling of the parameters, each weighed by the unbiased
+        evidence :math:`\\hat p(y \\mid \\theta)` of a sequential Monte Carlo run of
+        ``particles`` particles (:mod:`simgen.inference.field_smc`; consistent as ``thetas``
+        grows, the estimates entering the weights as they are). Half the ``thetas`` come from
+        the prior; the other half from a Gaussian fitted to their weights in the prior's
+        unconstrained coordinates (covariance doubled), and all are weighed against the mixture
+        of both proposals. Each pair's map is one of its parameters' particles, drawn by their
+        weights.
+
+        Args:
+            y: The observation (``x_shape``).
+            n: Pairs drawn (resampled systematically from the weighted parameters).
+            thetas: Parameters weighed.
+            particles: Particles of each evidence estimate.
+            steps: Steps of the prior's chain.
+            chunk: Parameters run at once.
+            seed: Seed of the sampler's randomness.
+            progress: Show a progress bar (default: when stderr is a terminal).
+        """
+        if thetas < 4 or particles < 1 or n < 1:
+            raise UsageError("thetas must be >= 4, particles and n >= 1")
+        generator = torch.Generator().manual_seed(seed)
+        prior = self.emulator.prior()
+        to_theta = torch.distributions.biject_to(prior.support)
+        half = thetas // 2
+        total = (math.ceil(half / chunk) + math.ceil((thetas - half) / chunk)) * steps
+        with torch.random.fork_rng(), progress_bar(
+            total, "field posterior (theta)", "steps", progress
+        ) as bar:  # fmt: skip
+            torch.manual_seed(seed)
+            first = prior.sample((half,))
+            runs = self._runs(y, first, particles, steps, chunk, generator, bar)
+            z = to_theta.inv(first)
+            w = (runs.log_evidence - runs.log_evidence.logsumexp(0)).exp()
+            centre = (w[:, None] * z).sum(0)
+            cov = ((w[:, None] * (z - centre)).T @ (z - centre)) + 1e-6 * torch.eye(z.shape[1])
+            fitted = torch.distributions.TransformedDistribution(
+                torch.distributions.MultivariateNormal(centre, 2 * cov), [to_theta]
+            )
+            second = fitted.sample((thetas - half,))
+            more = self._runs(y, second, particles, steps, chunk, generator, bar)
+        theta = torch.cat([first, second])
+        proposal = torch.stack(
+            [
+                prior.log_prob(theta) + math.log(half),
+                fitted.log_prob(theta) + math.log(thetas - half),
+            ]
+        ).logsumexp(0)
+        log_evidence = torch.cat([runs.log_evidence, more.log_evidence])
+        log_w = prior.log_prob(theta) + log_evidence - (proposal - math.log(thetas))
+        log_z = log_w.logsumexp(0) - math.log(thetas)
+        norm = log_w - log_w.logsumexp(0)
+        pick = systematic_resample(norm[None], n, generator)[0]
+        u = torch.cat([runs.u, more.u])[pick]  # (n, particles, d)
+        which = systematic_resample(torch.cat([runs.log_weight, more.log_weight])[pick], 1,
+                                    generator)[:, 0]  # fmt: skip
+        u = u[torch.arange(n), which]
+        shape = self.emulator.x_shape
+        mean = self.emulator.x_mean.cpu().double().reshape(shape)
+        std = self.emulator.x_std.cpu().double().reshape(shape)
+        x = (mean + std * u.reshape(n, *shape)).float()
+        diagnostics = {"ess": float(torch.exp(-torch.logsumexp(2 * norm, 0))),
+                       "log_evidence": float(log_z), "thetas": thetas, "particles": particles}  # fmt: skip
+        log_prob = prior.log_prob(theta[pick]) + log_evidence[pick] - log_z
+        return FieldSamples(x[None], "smc", diagnostics, theta[pick], log_prob)
+
+    def _runs(
+        self, y: Any, theta: Tensor, particles: int, steps: int, chunk: int,
+        generator: torch.Generator, bar: Any,
+    ) -> Any:  # fmt: skip
+        """:meth:`_smc` over the rows of ``theta`` ``chunk`` at a time, joined."""
+        parts = [self._smc(y, rows, particles, steps, generator, lambda: bar.advance(1))
+                 for rows in theta.split(chunk)]  # fmt: skip
+        return FieldSMC(*(torch.cat([getattr(p, k) for p in parts]) for k in
+                          ("u", "log_weight", "log_evidence", "ess", "min_ess")))  # fmt: skip
+
+    def _linear(self, y: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """The measurement in the model's coordinates: ``a (n_y, d)`` over the seen values,
+        ``y - A(mu)`` there and the noise variances (float64; ``A`` linear)."""
+        shape, d = self.emulator.x_shape, math.prod(self.emulator.x_shape)
+        mean = self.emulator.x_mean.cpu().double().reshape(shape)
+        std = self.emulator.x_std.cpu().double().reshape(-1)
+        seen = self.measurement.seen.reshape(-1)
+        columns = self.measurement(torch.eye(d, dtype=torch.float64).reshape(d, *shape))
+        a = columns.reshape(d, d).T[seen] * std
+        r = (self.measurement.check(y) - self.measurement(mean)).reshape(-1)[seen]
+        return a, r, torch.full((len(r),), self.measurement.noise**2, dtype=torch.float64)
+
+    def _gain(self, theta: Tensor, generator: torch.Generator, probes: int = 2) -> Any:
+        """The model's denoiser linearised at :math:`u_t = 0` (a vector-Jacobian product with
+        white probes), as a gain per Fourier mode
+        averaged over rings of equal :math:`|k|` (the guess of the SMC's twist,
+        :mod:`simgen.inference.field_smc`), for each row of ``theta (m, d_theta)``."""
+        h, w = self.emulator.x_shape
+        epsilon = self._noise_predictor(theta, probes)
+        k = torch.fft.fftfreq(h)[:, None].square() + torch.fft.fftfreq(w).square()
+        rings = torch.unique(k.round(decimals=8), return_inverse=True)[1]
+        count = torch.zeros(int(rings.max()) + 1).index_add_(
+            0, rings.reshape(-1), torch.ones(h * w)
+        )
+        schedule = self.emulator.model.schedule
+
+        def gain(t: Tensor) -> Tensor:
+            e = torch.randn(len(theta) * probes, h * w, generator=generator)
+            with torch.enable_grad():  # J^T e: the same gains where J is circulant
+                zero = torch.zeros_like(e, requires_grad=True)
+                (tangent,) = torch.autograd.grad((epsilon(zero, t.float()) * e).sum(), zero)
+            alpha, sigma = (v.double() for v in schedule(t))
+            jx = (e.double() - sigma * tangent.double()) / alpha  # d u0_hat / du applied to e
+            fe = torch.fft.fft2(e.double().reshape(-1, probes, h, w))
+            fj = torch.fft.fft2(jx.reshape(-1, probes, h, w))
+            ratio = ((fj * fe.conj()).real.sum(1) / fe.abs().square().sum(1)).reshape(-1, h * w)
+            ring = torch.zeros(len(ratio), len(count), dtype=torch.float64)
+            ring.index_add_(1, rings.reshape(-1), ratio)
+            return (ring / count.double())[:, rings]
+
+        return gain
+
+    def _smc(
+        self, y: Any, theta: Tensor, particles: int, steps: int, generator: torch.Generator,
+        advance: Any,
+    ) -> Any:  # fmt: skip
+        """:func:`~simgen.inference.field_smc.smc` at each row of ``theta (m, d_theta)``."""
+        if self.emulator.model.config.network != "unet" or len(self.emulator.x_shape) != 2:
+            raise UsageError("method 'smc' needs a diffusion emulator of square periodic maps")
+        a, r, noise_var = self._linear(y)
+        device = self.emulator.theta_mean.device
+        epsilon = self._noise_predictor(theta.to(device), particles)
+        gain = self._gain(theta.to(device), generator)
+        t_min = self.emulator.model.config.t_min
+        return smc(epsilon, self.emulator.model.schedule, a, r, noise_var, gain, len(theta),
+                   particles, steps, t_min, generator, advance)  # fmt: skip
