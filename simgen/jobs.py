@@ -332,10 +332,10 @@ def sample_file(
             raise UsageError(f"--theta '{theta}' should be numbers separated by commas") from None
     chosen = [v for v in (theta, theta_file, from_prior) if v is not None]
     if observed is not None and {"mask", "beam", "noise"} & set(kwargs):
-        if len(chosen) != 1 or from_prior is not None:
-            raise UsageError("maps given a measurement are conditioned on parameters: give "
-                             "--theta or --theta-file")  # fmt: skip
-        return field_file(emulator, observed, out, chosen[0], n, **kwargs)
+        if len(chosen) > 1 or from_prior is not None:
+            raise UsageError("maps given a measurement: give --theta or --theta-file (maps at "
+                             "those parameters), or neither (parameters and maps)")  # fmt: skip
+        return field_file(emulator, observed, out, chosen[0] if chosen else None, n, **kwargs)
     if observed is not None:
         if chosen or kwargs.pop("metropolis", False):
             raise UsageError(

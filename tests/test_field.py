@@ -214,6 +214,13 @@ def test_sample_command_draws_maps_given_a_measurement(fitted, cli, tmp_path):
         assert f["x"].shape == (1, 4, 8, 8) and f.attrs["kind"] == "field_posterior"
     assert out.with_suffix(".png").stat().st_size > 0
     out.unlink()
+    joint = [a for a in args if a not in ("--theta", "0.3,0.8")]  # the parameters too
+    done = cli(*joint, "--mask", str(tmp_path / "mask.npy"), "--noise", "0.2")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(out) as f:
+        assert f["theta"].shape == (4, 2) and f["log_prob"].shape == (4,)
+        assert f["x"].shape == (1, 4, 8, 8)
+    out.unlink()
     for extra, says in (
         (["--mask", str(tmp_path / "small.npy"), "--noise", "0.2"], "the mask has shape (4, 4)"),
         (["--mask", str(tmp_path / "mask.npy"), "--noise", "-1"], "noise must be a positive"),

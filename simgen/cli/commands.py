@@ -177,7 +177,7 @@ def sample_command(
     Both write the log density of every sample. --metropolis corrects emulated samples by
     Metropolis-Hastings with the simulator's unnormalised density (flow models of simulators
     that have one, e.g. molecular). With --mask or --beam and --noise, --observed is a map seen
-    so: maps given it and --theta, by a diffusion model (--sampler auto/gibbs, smc or dps)."""
+    so: maps given it (--theta: by --sampler auto/gibbs, smc or dps; none: theta too, by SMC)."""
     from simgen.jobs import sample_file
 
     given = {"theta": theta, "theta_file": theta_file, "from_prior": from_prior}
