@@ -164,7 +164,10 @@ def run(cfg: dict) -> list[dict]:
     measurement, y = observation(sim, size)
     exact = sim.wiener(y, measurement, THETA)
     theta = torch.as_tensor(THETA, dtype=torch.float32)
-    records = [record(BENCH, TASK, "simgen diffusion", "train_seconds", fit_s, "s", n)]
+    records = [
+        record(BENCH, TASK, "simgen diffusion", "train_seconds", fit_s, "s", n),
+        record(BENCH, TASK, "simgen diffusion", "train_epochs", cfg["epochs"], "epochs", n),
+    ]
     samplers = {
         "simgen diffusion (gibbs)": (FieldPosterior(emulator, measurement), "gibbs"),
         "simgen diffusion (dps)": (FieldPosterior(emulator, measurement), "dps"),
