@@ -75,8 +75,11 @@ def noise_time(schedule: Schedule, rho: float, t_min: float) -> float:
     """The time :math:`\\tau` at which :math:`\\sigma_\\tau / \\alpha_\\tau = \\rho` (bisection;
     the ratio grows with t); a :class:`UsageError` where ``rho`` is below the ratio at
     ``t_min``, the finest noise the model resolves."""
-    ratio = lambda t: float(schedule(torch.tensor(t, dtype=torch.float64))[1].div(
-        schedule(torch.tensor(t, dtype=torch.float64))[0]))  # fmt: skip
+
+    def ratio(t: float) -> float:
+        alpha, sigma = schedule(torch.tensor(t, dtype=torch.float64))
+        return float(sigma / alpha)
+
     if rho <= ratio(t_min):
         raise UsageError(
             f"the measurement's noise ({rho:.2g} of the model's pixel scale) is below the finest "
