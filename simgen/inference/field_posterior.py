@@ -271,6 +271,13 @@ class FieldPosterior:
         x = (mean + std * u.reshape(n, *shape)).float()
         diagnostics = {"ess": float(torch.exp(-torch.logsumexp(2 * norm, 0))),
                        "log_evidence": float(log_z), "thetas": thetas, "particles": particles}  # fmt: skip
+        if diagnostics["ess"] < thetas / 10:
+            warnings.warn(
+                f"the parameters' importance weights rest on few values (ESS "
+                f"{diagnostics['ess']:.1f} of {thetas}): the evidence estimates are too noisy "
+                f"to compare parameters; raise particles",
+                stacklevel=3,  # the caller, past torch.no_grad
+            )
         log_prob = prior.log_prob(theta[pick]) + log_evidence[pick] - log_z
         return FieldSamples(x[None], "smc", diagnostics, theta[pick], log_prob)
 
