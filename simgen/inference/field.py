@@ -143,6 +143,7 @@ class FieldGibbs:
     tau: float
 
 
+@torch.no_grad()
 def gibbs(
     epsilon: NoisePredictor,
     schedule: Schedule,

@@ -304,8 +304,8 @@ class FieldPosterior:
         return a, r, torch.full((len(r),), self.measurement.noise**2, dtype=torch.float64)
 
     def _gain(self, theta: Tensor, generator: torch.Generator, probes: int = 2) -> Any:
-        """The model's denoiser linearised at :math:`u_t = 0` (a vector-Jacobian product with
-        white probes), as a gain per Fourier mode
+        """The model's denoiser linearised at white-noise states :math:`u_t` (typical of the
+        standardised maps at every t; a vector-Jacobian product with white probes), as a gain per Fourier mode
         averaged over rings of equal :math:`|k|` (the guess of the SMC's twist,
         :mod:`simgen.inference.field_smc`), for each row of ``theta (m, d_theta)``."""
         h, w = self.emulator.x_shape
@@ -320,8 +320,8 @@ class FieldPosterior:
         def gain(t: Tensor) -> Tensor:
             e = torch.randn(len(theta) * probes, h * w, generator=generator)
             with torch.enable_grad():  # J^T e: the same gains where J is circulant
-                zero = torch.zeros_like(e, requires_grad=True)
-                (tangent,) = torch.autograd.grad((epsilon(zero, t.float()) * e).sum(), zero)
+                at = torch.randn(e.shape, generator=generator).requires_grad_(True)
+                (tangent,) = torch.autograd.grad((epsilon(at, t.float()) * e).sum(), at)
             alpha, sigma = (v.double() for v in schedule(t))
             jx = (e.double() - sigma * tangent.double()) / alpha  # d u0_hat / du applied to e
             fe = torch.fft.fft2(e.double().reshape(-1, probes, h, w))

@@ -26,7 +26,7 @@ likelihood :math:`N(y; B_0 u, V)`, so the weighted particles target
 the guess (twisted SMC, Wu et al. 2023; the filtering view of Dou & Song 2024 and Cardoso et
 al. 2023), with systematic resampling when the effective sample size falls below half. Where
 the model is the guessed Gaussian the weights are constant: one particle gives the evidence.
-The guess is the model's own linearisation at :math:`u_t = 0`
+The guess is the model's own linearisation at white-noise states
 (:func:`simgen.inference.field_posterior.FieldPosterior`), so the weights correct only how far
 the model is from a Gaussian field.
 """
@@ -95,6 +95,7 @@ def _ess(log_weight: Tensor) -> Tensor:
     return torch.exp(-torch.logsumexp(2 * log_weight, -1))
 
 
+@torch.no_grad()
 def smc(
     epsilon: NoisePredictor,
     schedule: Schedule,
