@@ -146,8 +146,8 @@ class FieldPosterior:
         std = self.emulator.x_std.cpu().double().reshape(shape)
         model, generator = self.emulator.model, torch.Generator().manual_seed(seed)
         t_min = model.config.t_min
-        per_group = {"gibbs": chains, "smc": n, "dps": n}[method]
-        total = {"gibbs": sweeps, "smc": steps or 50, "dps": steps or 50}[method]
+        total = sweeps if method == "gibbs" else steps or 50
+        per_group = chains if method == "gibbs" else n  # SMC builds its own (with its guess)
         epsilon = self._noise_predictor(theta.to(self.emulator.theta_mean.device), per_group)
         diagnostics: dict[str, Any] = {}
         unit = "sweeps" if method == "gibbs" else "steps"

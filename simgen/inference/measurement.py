@@ -17,6 +17,7 @@ Pixels a mask hides carry no information: their values in ``y`` are ignored (NaN
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ def _pixels(c: Tensor) -> Tensor:
     return torch.fft.ifft2(c, norm="ortho").real
 
 
-class Measurement:
+class Measurement(ABC):
     """A measurement :math:`y = A(x) + s\\, n` of maps of shape ``x_shape``.
 
     Args:
@@ -81,9 +82,9 @@ class Measurement:
             )
         self.x_shape, self.noise = tuple(x_shape), float(noise)
 
+    @abstractmethod
     def __call__(self, x: Tensor) -> Tensor:
         """:math:`A(x)`, ``(..., *x_shape)`` -> the same shape, differentiable."""
-        raise NotImplementedError
 
     @property
     def seen(self) -> Tensor:
