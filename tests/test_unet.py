@@ -9,7 +9,9 @@ import torch
 import simgen
 from simgen.errors import UsageError
 from simgen.models.diffusion import Diffusion, DiffusionConfig
+from simgen.models.registry import defaults_for
 from simgen.models.unet import UNet
+from simgen.models.vp import SpectralDenoiser
 
 
 def test_circular_unet_commutes_with_periodic_shifts():
@@ -55,6 +57,37 @@ def test_tiny_unet_diffusion_fits_and_samples_maps(maps, tmp_path):
     assert x.shape == (4, 8, 8) and torch.isfinite(x).all()
     again = simgen.load(tmp_path / "m.pt")
     assert again.model.config.network == "unet"
+    assert again.model.config.spectral  # the periodic maps' default: a Gaussian field added
+    assert not defaults_for("diffusion", (8, 8), {"circular": False})["spectral"]
+
+
+def test_spectral_denoiser_is_the_exact_gaussian_denoiser():
+    """:class:`SpectralDenoiser`'s prediction for a stationary Gaussian of the spectrum (and
+    mean) it holds equals the dense linear algebra of that Gaussian, :math:`x_0 \\sim N(m, C)`,
+    :math:`C = H \\mathrm{diag}(v) H`: :math:`E[\\epsilon \\mid x_t] = \\sigma (\\alpha^2 C +
+    \\sigma^2 I)^{-1} (x_t - \\alpha m)`, and so for the other parameterisations."""
+    torch.manual_seed(0)
+    side, d = 6, 36
+    module = SpectralDenoiser(side, 2, (16,))
+    for p in module.parameters():  # away from the zero start: a spectrum that varies with theta
+        torch.nn.init.normal_(p, std=0.3)
+    theta, x_t = torch.randn(3, 2), torch.randn(3, d)
+    alpha, sigma = torch.tensor([[0.6]]), torch.tensor([[0.8]])
+    h = module.hartley(torch.eye(d)).double()  # symmetric, its own inverse
+    mean, variance = (v.double() for v in module.spectrum(theta))
+    for i in range(3):
+        cov = h @ torch.diag(variance[i]) @ h
+        m = h @ mean[i]
+        v_t = alpha.double() ** 2 * cov + sigma.double() ** 2 * torch.eye(d, dtype=torch.float64)
+        r = torch.linalg.solve(v_t, x_t[i].double() - alpha.double()[0] * m)
+        exact = {
+            "eps": sigma.double()[0] * r,
+            "x0": m + alpha.double()[0] * cov @ r,
+            "score": -r,
+        }
+        for name, want in exact.items():
+            got = module(x_t[i : i + 1], alpha, sigma, theta[i : i + 1], name)[0].double()
+            assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max())), name
 
 
 def test_conv_vae_fits_maps_and_refuses_other_shapes(maps, tmp_path):

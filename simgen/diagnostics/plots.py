@@ -98,9 +98,11 @@ def plot_corner(
     path: str | os.PathLike,
     reference: np.ndarray | None = None,
     bins: int = 40,
+    truth: np.ndarray | None = None,
 ) -> None:
     """Corner plot of posterior samples ``(n, d)``: histograms on the diagonal, 2-D
-    histograms below it; ``reference`` samples (e.g. a true posterior) drawn as contours.
+    histograms below it; ``reference`` samples (e.g. a true posterior) drawn as contours,
+    ``truth`` ``(d,)`` (the parameters that made the data) as red lines.
 
     Args:
         samples: ``(n, d)`` draws.
@@ -108,6 +110,7 @@ def plot_corner(
         path: Where to write the PNG.
         reference: Optional ``(m, d)`` draws to compare with.
         bins: Histogram bins per axis.
+        truth: Optional ``(d,)`` true parameters.
     """
     samples = np.asarray(samples)
     d = samples.shape[1]
@@ -144,6 +147,10 @@ def plot_corner(
                         colors="black",
                         linewidths=0.7,
                     )
+            if truth is not None:
+                ax.axvline(truth[j], color="tab:red", linewidth=0.8)
+                if i != j:
+                    ax.axhline(truth[i], color="tab:red", linewidth=0.8)
             if i == d - 1:
                 ax.set_xlabel(names[j])
             if j == 0 and i > 0:
@@ -256,10 +263,11 @@ def plot_field_posterior(
     path: str | os.PathLike,
     exact: tuple[np.ndarray, np.ndarray] | None = None,
     show: int = 3,
+    truth: np.ndarray | None = None,
 ) -> None:
     """A map's posterior given a measurement as a PNG: the observation (unseen pixels blank),
     the posterior mean and standard deviation, ``show`` draws, and, given ``exact`` (mean, std),
-    the exact ones beside them.
+    the exact ones beside them; given ``truth``, the map that was measured.
 
     Args:
         observed: ``(N, N)`` the observation.
@@ -268,12 +276,15 @@ def plot_field_posterior(
         path: Where to write the PNG.
         exact: The exact posterior mean and standard deviation, ``(N, N)`` each.
         show: Draws shown.
+        truth: ``(N, N)`` the true map.
     """
     mean, std = draws.mean(0), draws.std(0)
     panels = [("observed", np.where(seen, observed, np.nan), "magma"),
               ("posterior mean", mean, "magma"), ("posterior std", std, "viridis")]  # fmt: skip
     if exact is not None:
         panels += [("exact mean", exact[0], "magma"), ("exact std", exact[1], "viridis")]
+    if truth is not None:
+        panels.append(("true map", truth, "magma"))
     panels += [(f"draw {i + 1}", draws[i], "magma") for i in range(min(show, len(draws)))]
     cols = 3 if exact is None else 5
     rows = -(-len(panels) // cols)

@@ -29,6 +29,8 @@ __all__ = ["METHODS", "RHAT_WARN", "FieldPosterior", "FieldSamples"]
 
 METHODS = ("gibbs", "smc", "dps")
 RHAT_WARN = 1.1  # worst split R-hat of the Gibbs chains before a warning
+# times where the denoiser is probed: noise 0.7, 1.6 and 3.4 times the standardised scale
+PROBE_TIMES = torch.tensor([0.2, 0.35, 0.5], dtype=torch.float64)
 
 
 @dataclass
@@ -303,35 +305,54 @@ class FieldPosterior:
         r = (self.measurement.check(y) - self.measurement(mean)).reshape(-1)[seen]
         return a, r, torch.full((len(r),), self.measurement.noise**2, dtype=torch.float64)
 
-    def _gain(self, theta: Tensor, generator: torch.Generator, probes: int = 2) -> Any:
-        """The model's denoiser linearised at white-noise states :math:`u_t` (typical of the
-        standardised maps at every t; a vector-Jacobian product with white probes), as a gain per Fourier mode
-        averaged over rings of equal :math:`|k|` (the guess of the SMC's twist,
-        :mod:`simgen.inference.field_smc`), for each row of ``theta (m, d_theta)``."""
+    def _gain(self, theta: Tensor, generator: torch.Generator, probes: int = 8) -> Any:
+        """The Gaussian guess of the SMC's twist for each row of ``theta (m, d_theta)``: a
+        stationary spectrum :math:`\\lambda(k)` in the model's coordinates, and the map from t to
+        its gains :math:`\\kappa_t = \\alpha_t \\lambda / (\\alpha_t^2 \\lambda + \\sigma_t^2)`
+        ``(m, h, w)``. The model's own where it has one (``spectral``, symmetrised in k);
+        else read off its denoiser, whose gain per Fourier mode at t is
+        :math:`\\alpha_t \\kappa_t = 1 - \\sigma_t \\partial \\hat\\epsilon / \\partial u`
+        (vector-Jacobian products with white probes at white-noise states) at a few times of
+        moderate noise, inverted for :math:`\\lambda`, averaged in log over the times weighted by
+        how well each pins it down and over rings of equal :math:`|k|`."""
+        h, w = self.emulator.x_shape
+        model, schedule = self.emulator.model, self.emulator.model.schedule
+        v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
+        if getattr(model, "spectral", None) is not None:
+            variance = model.spectral.spectrum(v)[1].double().cpu().reshape(-1, h, w)
+            lam = 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
+        else:
+            lam = self._probed_spectrum(theta, generator, probes)
+
+        def gain(t: Tensor) -> Tensor:
+            alpha, sigma = schedule(t)
+            return alpha * lam / (alpha**2 * lam + sigma**2)
+
+        return gain
+
+    def _probed_spectrum(self, theta: Tensor, generator: torch.Generator, probes: int) -> Tensor:
+        """:meth:`_gain`'s spectrum read off the denoiser: ``(m, h, w)``."""
         h, w = self.emulator.x_shape
         epsilon = self._noise_predictor(theta, probes)
         k = torch.fft.fftfreq(h)[:, None].square() + torch.fft.fftfreq(w).square()
-        rings = torch.unique(k.round(decimals=8), return_inverse=True)[1]
-        count = torch.zeros(int(rings.max()) + 1).index_add_(
-            0, rings.reshape(-1), torch.ones(h * w)
-        )
-        schedule = self.emulator.model.schedule
-
-        def gain(t: Tensor) -> Tensor:
+        rings = torch.unique(k.round(decimals=8), return_inverse=True)[1].reshape(-1)
+        count = torch.zeros(int(rings.max()) + 1).index_add_(0, rings, torch.ones(h * w))
+        total = weight = torch.zeros(len(theta), len(count), dtype=torch.float64)
+        for t in PROBE_TIMES:
             e = torch.randn(len(theta) * probes, h * w, generator=generator)
             with torch.enable_grad():  # J^T e: the same gains where J is circulant
                 at = torch.randn(e.shape, generator=generator).requires_grad_(True)
                 (tangent,) = torch.autograd.grad((epsilon(at, t.float()) * e).sum(), at)
-            alpha, sigma = (v.double() for v in schedule(t))
-            jx = (e.double() - sigma * tangent.double()) / alpha  # d u0_hat / du applied to e
+            alpha, sigma = self.emulator.model.schedule(t)
             fe = torch.fft.fft2(e.double().reshape(-1, probes, h, w))
-            fj = torch.fft.fft2(jx.reshape(-1, probes, h, w))
+            fj = torch.fft.fft2((e.double() - sigma * tangent.double()).reshape(-1, probes, h, w))
             ratio = ((fj * fe.conj()).real.sum(1) / fe.abs().square().sum(1)).reshape(-1, h * w)
-            ring = torch.zeros(len(ratio), len(count), dtype=torch.float64)
-            ring.index_add_(1, rings.reshape(-1), ratio)
-            return (ring / count.double())[:, rings]
-
-        return gain
+            r = torch.zeros(len(theta), len(count), dtype=torch.float64)
+            r = (r.index_add_(1, rings, ratio) / count).clamp(1e-3, 1 - 1e-3)  # SNR / (1 + SNR)
+            pinned = (r * (1 - r)).square()  # d log lambda = dr / (r (1 - r))
+            total = total + pinned * torch.log((sigma / alpha) ** 2 * r / (1 - r))
+            weight = weight + pinned
+        return (total / weight).exp()[:, rings].reshape(-1, h, w)
 
     def _smc(
         self, y: Any, theta: Tensor, particles: int, steps: int, generator: torch.Generator,

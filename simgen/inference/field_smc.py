@@ -5,30 +5,35 @@ the evidence :math:`p(y)`, which is what the parameters' posterior needs.
 
 The measurement is :math:`y = B_0 u + e`, :math:`e \sim N(0, V)` (``a``: the matrix over the seen
 values in the model's coordinates, ``V`` diagonal). Each particle is twisted at time :math:`t`
-by the exact :math:`p(y \mid u_t)` of a Gaussian *guess* of the prior, stationary with
-the denoiser's gain :math:`\kappa_t(k)` per Fourier mode (:math:`\hat u_0 = K_t u_t`,
-:math:`K_t = F^{-1} \mathrm{diag}(\kappa_t) F`; for a prior of spectrum :math:`\lambda`,
-:math:`\kappa_t = \alpha_t \lambda / (\alpha_t^2 \lambda + \sigma_t^2)` and
-:math:`\mathrm{Var}(u_0 \mid u_t) = R_t = (\sigma_t^2 / \alpha_t) K_t`):
+by a Gaussian guess of :math:`p(y \mid u_t)`. Its spread is that of a stationary Gaussian prior
+of spectrum :math:`\lambda(k)` (the model's own, :class:`~simgen.models.vp.SpectralDenoiser`,
+or read off its denoiser: :class:`~simgen.inference.field_posterior.FieldPosterior`), whose
+denoiser is :math:`K_t u_t`, :math:`K_t = F^{-1} \mathrm{diag}(\kappa_t) F`,
+:math:`\kappa_t = \alpha_t \lambda / (\alpha_t^2 \lambda + \sigma_t^2)`, with
+:math:`\mathrm{Var}(u_0 \mid u_t) = R_t = (\sigma_t^2 / \alpha_t) K_t`. Its centre moves
+from that to the model's denoiser :math:`\hat u_0(u_t)` as the signal grows, as
+:math:`\alpha_t^2` (the network's :math:`\hat u_0` carries its noise error times
+:math:`\sigma_t / \alpha_t`, 150 at t = 1):
 
 .. math::
-    \tilde p_t(y \mid u_t) = N\big(y;\; B_0 K_t u_t,\; S_t\big), \qquad
-    S_t = B_0 R_t B_0^\top + V .
+    \tilde p_t(y \mid u_t) = N\big(y;\; B_0 \mu_t(u_t),\; S_t\big), \quad
+    \mu_t = K_t u_t + \alpha_t^2 (\hat u_0(u_t) - K_t u_t), \quad S_t = B_0 R_t B_0^\top + V .
 
-Linear-Gaussian in :math:`u_t`, so the locally optimal proposal
-:math:`q(u_s \mid u_t) \propto N(u_s; m, \beta I)\, \tilde p_s(y \mid u_s)` (the chain's step
-times the twist) is Gaussian, drawn by Matheron's rule with :math:`B = B_0 K_s`,
-:math:`M = S_s + \beta B B^\top`: :math:`u' \sim N(m, \beta I)`, :math:`e' \sim N(0, S_s)`,
-:math:`u_s = u' + \beta B^\top M^{-1} (y - B u' - e')`; and the incremental weight is
-:math:`N(y; B m, M) / \tilde p_t(y \mid u_t)`. At :math:`t_{min}` the twist is swapped for the
-likelihood :math:`N(y; B_0 u, V)`, so the weighted particles target
-:math:`p_{model}(u_{t_{min}})\, p(y \mid u_{t_{min}})` exactly as the particles grow, whatever
-the guess (twisted SMC, Wu et al. 2023; the filtering view of Dou & Song 2024 and Cardoso et
-al. 2023), with systematic resampling when the effective sample size falls below half. Where
-the model is the guessed Gaussian the weights are constant: one particle gives the evidence.
-The guess is the model's own linearisation at white-noise states
-(:func:`simgen.inference.field_posterior.FieldPosterior`), so the weights correct only how far
-the model is from a Gaussian field.
+The step from :math:`t` to :math:`s` draws from the chain's kernel :math:`N(u_s; m, \beta I)`
+times the twist at :math:`s` with :math:`\mu_s(u_s)` linearised about the kernel's mean, its
+non-Gaussian part held, :math:`B_0 \mu_s(u_s) \approx B_0 K_s u_s + \alpha_s^2 B_0 (\hat u_0(u_t)
+- K_t u_t)` (exact for the guessed Gaussian), a Gaussian: Matheron's rule with
+:math:`B = B_0 K_s`, :math:`M = S_s + \beta B B^\top`, :math:`u' \sim N(m, \beta I)`,
+:math:`e' \sim N(0, S_s)`, :math:`u_s = u' + \beta B^\top M^{-1} (c - B u' - e')` (``c``: y less
+the held part). The weight of the step is the target's ratio over the proposal's,
+:math:`N(c; B m, M)\, \tilde p_s(y \mid u_s) / (N(c; B u_s, S_s)\, \tilde p_t(y \mid u_t))`,
+its numerator's twist computed with the network's call at :math:`s`. At :math:`t_{min}` the
+twist is the likelihood :math:`N(y; B_0 u, V)` itself (linear: no linearisation), so the
+weighted particles target :math:`p_{model}(u_{t_{min}})\, p(y \mid u_{t_{min}})` exactly as the
+particles grow, whatever the guess (twisted SMC, Wu et al. 2023; the filtering view of Dou &
+Song 2024 and Cardoso et al. 2023), with systematic resampling when the effective sample size
+falls below half. Where the model is the guessed Gaussian the weights are constant: one
+particle gives the evidence.
 """
 
 from __future__ import annotations
@@ -131,38 +136,36 @@ def smc(
             return a @ circulant(g) @ a.T if both else a @ circulant(g)
 
     noise = torch.diag(noise_var)
+    likelihood = (a.expand(m, -1, -1), (a @ a.T).expand(m, -1, -1),
+                  torch.linalg.cholesky(noise).expand(m, -1, -1))  # fmt: skip
 
-    def twist(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``B (m, n_y, d)``, ``B B^T`` and the Cholesky factor of ``S`` at time ``t``."""
+    def twist(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The gains ``kappa (m, h, w)``, ``B (m, n_y, d)``, ``B B^T`` and the Cholesky factor
+        of ``S`` at time ``t``."""
         alpha, sigma = schedule(t)
         kappa = gain(t).double().clamp(0, 1 / float(alpha))
-        b = select(kappa, False)
         s = select(kappa * sigma**2 / alpha, True) + noise
-        return b, select(kappa.square(), True), torch.linalg.cholesky(s)
+        return kappa, select(kappa, False), select(kappa.square(), True), torch.linalg.cholesky(s)
 
-    def log_twist(u: Tensor, b: Tensor, chol: Tensor) -> Tensor:  # (m, N)
-        return _log_normal(y - u @ b.transpose(-1, -2), chol)
+    def denoise(kappa: Tensor, v: Tensor) -> Tensor:  # K v for v (m, N, d)
+        f = torch.fft.fft2(v.reshape(m, n, *kappa.shape[-2:])) * kappa[:, None]
+        return torch.fft.ifft2(f).real.reshape(m, n, d)
 
     times = time_grid(steps, t_min)
     u = torch.randn(m, n, d, generator=generator, dtype=torch.float64)
-    b, _, chol = twist(times[0])
-    current = log_twist(u, b, chol)  # log p~_t(y | u_t) of each particle
-    log_z = torch.logsumexp(current, -1) - math.log(n)  # u_1 ~ N(0, I), weighed by the twist
-    log_w = current - torch.logsumexp(current, -1, keepdim=True)
-    min_ess = _ess(log_w)
+    kappa, _, _, chol = twist(times[0])
+    log_z = torch.zeros(m, dtype=u.dtype)
+    log_w = torch.full((m, n), -math.log(n), dtype=u.dtype)
+    pending = torch.zeros(m, n, dtype=u.dtype)  # the step's log weight, less its last twist
+    min_ess = torch.full((m,), float(n), dtype=u.dtype)
     for t, s in itertools.pairwise(times):
         eps = epsilon(u.reshape(m * n, d).float(), t.float()).double().reshape(m, n, d)
-        mean, var = ancestral_step(u, eps, t, s, schedule)
-        b, bbt, chol = twist(s)
-        big = torch.linalg.cholesky(chol @ chol.transpose(-1, -2) + var * bbt)  # of M
-        increment = _log_normal(y - mean @ b.transpose(-1, -2), big) - current
-        prior = mean + var.sqrt() * torch.randn(u.shape, generator=generator, dtype=u.dtype)
-        e = torch.randn(m, n, len(y), generator=generator, dtype=u.dtype)
-        misfit = y - prior @ b.transpose(-1, -2) - e @ chol.transpose(-1, -2)
-        u = prior + var * torch.cholesky_solve(misfit.transpose(-1, -2), big).transpose(-1, -2) @ b
-        current = log_twist(u, b, chol)
-        log_z = log_z + torch.logsumexp(log_w + increment, -1)
-        log_w = log_w + increment
+        alpha, sigma = schedule(t)
+        linear = denoise(kappa, u)
+        held = (u - sigma * eps) / alpha - linear  # the model's denoiser less the guess's
+        current = _log_normal(y - (linear + alpha**2 * held) @ a.T, chol)  # log p~_t(y | u_t)
+        log_w = log_w + pending + current
+        log_z = log_z + torch.logsumexp(log_w, -1)
         log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
         ess = _ess(log_w)
         min_ess = torch.minimum(min_ess, ess)
@@ -170,14 +173,27 @@ def smc(
         if low.any():
             idx = systematic_resample(log_w, n, generator)
             idx = torch.where(low[:, None], idx, torch.arange(n))
-            u = torch.gather(u, 1, idx[..., None].expand_as(u))
+            u, eps, held = (
+                torch.gather(v, 1, idx[..., None].expand_as(v)) for v in (u, eps, held)
+            )
             current = torch.gather(current, 1, idx)
             log_w = torch.where(low[:, None], -math.log(n), log_w)
+        mean, var = ancestral_step(u, eps, t, s, schedule)
+        if s > t_min:
+            kappa, b, bbt, chol = twist(s)
+            c = y - (denoise(kappa, mean) + schedule(s)[0] ** 2 * held) @ a.T  # y - B0 mu_s(m)
+        else:
+            (b, bbt, chol), c = likelihood, y - mean @ a.T
+        big = torch.linalg.cholesky(chol @ chol.transpose(-1, -2) + var * bbt)  # of M
+        prior = mean + var.sqrt() * torch.randn(u.shape, generator=generator, dtype=u.dtype)
+        e = torch.randn(m, n, len(y), generator=generator, dtype=u.dtype)
+        misfit = c - (prior - mean) @ b.transpose(-1, -2) - e @ chol.transpose(-1, -2)
+        u = prior + var * torch.cholesky_solve(misfit.transpose(-1, -2), big).transpose(-1, -2) @ b
+        proposal = _log_normal(c - (u - mean) @ b.transpose(-1, -2), chol)
+        pending = _log_normal(c, big) - proposal - current
         if progress is not None:
             progress()
-    exact = torch.linalg.cholesky(noise).expand(m, -1, -1)
-    final = _log_normal(y - u @ a.T, exact) - current
-    log_z = log_z + torch.logsumexp(log_w + final, -1)
-    log_w = log_w + final
+    log_w = log_w + pending + proposal  # at t_min the twist is the likelihood, as proposed
+    log_z = log_z + torch.logsumexp(log_w, -1)
     log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
     return FieldSMC(u, log_w, log_z, _ess(log_w), torch.minimum(min_ess, _ess(log_w)))

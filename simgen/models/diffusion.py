@@ -50,11 +50,12 @@ from simgen.models.family import Family
 from simgen.models.flow import ConditionalAffine
 from simgen.models.nn import MLP, TimeEmbedding
 from simgen.models.unet import UNet
-from simgen.models.vp import GaussianDenoiser, vp_alpha_sigma, vp_beta
+from simgen.models.vp import GaussianDenoiser, SpectralDenoiser, vp_alpha_sigma, vp_beta
 
 __all__ = ["Diffusion", "DiffusionConfig"]
 
 PARAMETERIZATIONS = ("eps", "x0", "score")
+SPECTRAL_HIDDEN = (64, 64)  # the spectrum's MLPs (``spectral``)
 
 
 @dataclass
@@ -88,6 +89,12 @@ class DiffusionConfig:
             (:class:`GaussianDenoiser`: least-squares start, then trained with the network,
             whose last layer starts at zero), so the network learns only how the data differ
             from that Gaussian (``process = "vp"``); False here for files that predate it.
+        spectral: Add the exact prediction for stationary Gaussian maps instead
+            (:class:`~simgen.models.vp.SpectralDenoiser`: a spectrum smooth in k and theta,
+            started at a batch's and trained with the U-Net, whose last layer starts at zero),
+            so the U-Net learns only how the maps differ from a Gaussian field (``unet`` with
+            ``circular`` padding, ``process = "vp"``; the default for such fits); False here
+            for files that predate it.
         process: ``"vp"`` (the variance-preserving SDE above) or ``"edm"`` (x standardised
             given theta, then EDM; the default for new fits with the MLP denoiser:
             :func:`simgen.models.registry.defaults_for`; ``"vp"`` here for files that predate
@@ -124,6 +131,7 @@ class DiffusionConfig:
     rtol: float = 1e-5
     exact_divergence_max: int = 64
     gaussian: bool = False
+    spectral: bool = False
     process: str = "vp"
     sigma_min: float = 1e-3
     sigma_max: float = 80.0
@@ -148,6 +156,15 @@ class DiffusionConfig:
             raise ValueError("process must be 'vp' or 'edm'")
         if self.process == "edm" and (self.network, self.time) != ("mlp", "continuous"):
             raise ValueError("process 'edm' needs network 'mlp' and time 'continuous'")
+        if self.spectral and (self.network, self.circular, self.process, self.gaussian) != (
+            "unet",
+            True,
+            "vp",
+            False,
+        ):
+            raise ValueError(
+                "spectral needs network 'unet', circular, process 'vp', gaussian false"
+            )
         if self.process == "edm" and self.gaussian:
             raise ValueError("process 'edm' standardises x given theta itself: gaussian false")
         if self.process == "edm" and not 0 < self.sigma_min < self.sigma_max:
@@ -193,6 +210,11 @@ class Diffusion(Family):
                 zero_last=config.gaussian or config.process == "edm",
             )
         self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
+        self.spectral = (
+            SpectralDenoiser(math.isqrt(d_x), d_theta, SPECTRAL_HIDDEN)
+            if config.spectral
+            else None
+        )
         if config.process == "edm":
             self.affine = ConditionalAffine(
                 d_x, d_theta, (), config.correlated, config.scale_bound, False,
@@ -221,11 +243,14 @@ class Diffusion(Family):
         agree: Callable[[bool], bool] | None = None,
     ) -> None:
         """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
-        least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``), or the
+        least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``), the spectrum of
+        :class:`~simgen.models.vp.SpectralDenoiser` (``spectral``), or the
         standardisation of ``process = "edm"`` (whose settled ``fixed_gaussian`` and
         ``scale_bound`` the configuration then holds); else nothing."""
         if self.gaussian is not None:
             self.gaussian.fit(theta, x.flatten(1))
+        if self.spectral is not None:
+            self.spectral.fit(theta, x.flatten(1))
         if self.config.process == "edm":
             self.affine.fit_linear(theta, x.flatten(1), origin, agree)
             self.affine.requires_grad_(False)
@@ -257,6 +282,9 @@ class Diffusion(Family):
         if self.gaussian is not None:
             alpha, sigma = (s[..., None] for s in self.schedule(t))
             out = out + self.gaussian(x_t, alpha, sigma, theta, self.config.parameterization)
+        if self.spectral is not None:
+            alpha, sigma = (s[..., None] for s in self.schedule(t))
+            out = out + self.spectral(x_t, alpha, sigma, theta, self.config.parameterization)
         return out
 
     def epsilon(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:

@@ -53,7 +53,8 @@ def defaults_for(
 ) -> dict[str, Any]:
     """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
     spectral flow (:mod:`simgen.models.spectral`, no coupling transforms), a convolutional U-Net
-    denoiser for diffusion (side divisible by 2) and a convolutional encoder and decoder for
+    denoiser for diffusion (side divisible by 2; with periodic padding it adds the exact
+    denoiser of a stationary Gaussian field, ``spectral``) and a convolutional encoder and decoder for
     the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
     theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
     ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part
@@ -79,9 +80,10 @@ def defaults_for(
             **({"correlated": True} if d_x <= CORRELATED_MAX else {}),
             **({"passes": 2} if d_x > AUTOREGRESSIVE_MAX else {}),
         }
-    if family == "diffusion" and side and side % 2 == 0:
-        return {"network": "unet"}
     user = user or {}
+    if family == "diffusion" and side and side % 2 == 0:
+        periodic = user.get("circular", True) and user.get("process", "vp") == "vp"
+        return {"network": "unet", "spectral": bool(periodic) and not user.get("gaussian")}
     vp = set(user) & VP_SETTINGS or user.get("network", "mlp") != "mlp"
     if family == "diffusion" and (vp or user.get("process") == "vp"):
         return {} if user.get("process") == "edm" else {"gaussian": True}

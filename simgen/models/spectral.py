@@ -212,6 +212,16 @@ class ModeScale(LazyTransform):
         log_scale, shift = self._raw(c).unbind(-2)
         return DependentTransform(Affine(shift, log_scale), 1)
 
+    def normal(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The Gaussian of the modes that the whitening sends to the standard normal,
+        :math:`y_k \\sim N(-b_k e^{-a_k}, e^{-2 a_k})`: ``(mean, std)``, each ``(*, d)``
+        (:math:`a_k` soft-clipped as :class:`~zuko.transforms.MonotonicAffineTransform`
+        does)."""
+        raw, shift = self._raw(c).unbind(-2)
+        limit = -math.log(SLOPE)
+        std = torch.exp(-raw / (1 + raw.abs() / limit))
+        return -shift * std, std
+
     @torch.no_grad()
     def initialize(self, c: Tensor, y: Tensor) -> None:
         r"""Data-dependent start (like Glow's actnorm, Kingma & Dhariwal 2018): set

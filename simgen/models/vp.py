@@ -1,15 +1,29 @@
 r"""The variance-preserving process of :mod:`simgen.models.diffusion` (``process = "vp"``):
-its noise schedule and the exact denoiser of data Gaussian given theta.
+its noise schedule and the exact denoisers of data Gaussian given theta, with independent
+values (:class:`GaussianDenoiser`) or stationary on a periodic grid
+(:class:`SpectralDenoiser`).
+
+For data :math:`x_0 \mid \theta \sim N(\mu, \mathrm{diag}(s^2))`,
+:math:`x_t \mid \theta \sim N(\alpha_t \mu, v_t)`, :math:`v_t = \alpha_t^2 s^2 + \sigma_t^2`,
+so with :math:`r = x_t - \alpha_t \mu`,
+
+.. math::
+    \mathbb{E}[\epsilon \mid x_t] = \sigma_t r / v_t, \quad
+    \mathbb{E}[x_0 \mid x_t] = \mu + \alpha_t s^2 r / v_t, \quad
+    \nabla \log q(x_t) = -r / v_t .
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from simgen.models.nn import full_precision, linear_gaussian_fit
+from simgen.models.spectral import Hartley, ModeScale
 
-__all__ = ["GaussianDenoiser", "vp_alpha_sigma", "vp_beta"]
+__all__ = ["GaussianDenoiser", "SpectralDenoiser", "vp_alpha_sigma", "vp_beta"]
 
 
 def vp_beta(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
@@ -25,16 +39,8 @@ def vp_alpha_sigma(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor,
 
 
 class GaussianDenoiser(nn.Module):
-    r"""The exact denoiser of the VP process for data
-    :math:`x_0 \mid \theta \sim N(\mu, \mathrm{diag}(s^2))`, :math:`\mu = W \theta + b`:
-    :math:`x_t \mid \theta \sim N(\alpha_t \mu, v_t)`, :math:`v_t = \alpha_t^2 s^2 + \sigma_t^2`,
-    so with :math:`r = x_t - \alpha_t \mu`,
-
-    .. math::
-        \mathbb{E}[\epsilon \mid x_t] = \sigma_t r / v_t, \quad
-        \mathbb{E}[x_0 \mid x_t] = \mu + \alpha_t s^2 r / v_t, \quad
-        \nabla \log q(x_t) = -r / v_t .
-
+    r"""The exact denoiser of the VP process (the module docstring) for data
+    :math:`x_0 \mid \theta \sim N(\mu, \mathrm{diag}(s^2))`, :math:`\mu = W \theta + b`.
     ``W, b, log s`` start at zero (the standard normal) or, by :meth:`fit`, at the least-squares
     regression of x on theta and the spread of its residuals.
     """
@@ -59,12 +65,59 @@ class GaussianDenoiser(nn.Module):
     ) -> Tensor:
         """The exact prediction, in ``parameterization``'s terms; ``x_t (*, d_x)``, ``alpha``
         and ``sigma`` ``(*, 1)``, ``theta (*, d_theta)``."""
-        mu = self.mean(theta)
-        s2 = (2 * self.log_scale).exp()
-        r = x_t - alpha * mu
-        v = alpha**2 * s2 + sigma**2
-        if parameterization == "eps":
-            return sigma * r / v
-        if parameterization == "x0":
-            return mu + alpha * s2 * r / v
-        return -r / v
+        return _gaussian_prediction(
+            x_t, self.mean(theta), (2 * self.log_scale).exp(), alpha, sigma, parameterization
+        )
+
+
+class SpectralDenoiser(nn.Module):
+    r"""The exact denoiser of the VP process for stationary Gaussian maps on a periodic
+    ``side x side`` grid: the orthonormal Hartley modes :math:`h = H x_0` of such a map are
+    independent, :math:`h_k \mid \theta \sim N(\mu_k(\theta), s_k(\theta)^2)` (the mode
+    Gaussian of :class:`~simgen.models.spectral.ModeScale`, smooth in :math:`k` and
+    :math:`\theta`), so the module docstring's prediction applies mode by mode and
+    :math:`H` (its own inverse) brings it back: for :math:`\epsilon`,
+    :math:`H[\sigma_t (H x_t - \alpha_t \mu) / (\alpha_t^2 s^2 + \sigma_t^2)]`. Started by
+    :meth:`fit` at the spectrum of a batch, the same for every theta; trained with the network.
+    """
+
+    def __init__(self, side: int, d_theta: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.hartley = Hartley(side)
+        self.modes = ModeScale(side, d_theta, hidden)
+
+    @torch.no_grad()
+    def fit(self, theta: Tensor, x: Tensor) -> None:
+        """Start at the mean and spread of each mode over a batch ``x (b, side * side)``."""
+        self.modes.initialize(theta, self.hartley(x))
+
+    def spectrum(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, variance)`` of the Hartley modes given ``theta (*, d_theta)``, each
+        ``(*, side * side)``."""
+        mean, std = self.modes.normal(theta)
+        return mean, std.square()
+
+    def forward(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, theta: Tensor, parameterization: str
+    ) -> Tensor:
+        """The exact prediction, in ``parameterization``'s terms; ``x_t (*, side * side)``,
+        ``alpha`` and ``sigma`` ``(*, 1)``, ``theta (*, d_theta)``."""
+        mean, variance = self.spectrum(theta)
+        h = self.hartley(x_t)
+        out = _gaussian_prediction(h, mean, variance, alpha, sigma, parameterization)
+        return self.hartley(out).to(x_t.dtype)
+
+
+def _gaussian_prediction(
+    x_t: Tensor, mu: Tensor, s2: Tensor, alpha: Tensor, sigma: Tensor, parameterization: str
+) -> Tensor:
+    """The module docstring's exact prediction of ``parameterization`` (``"eps"``, ``"x0"``
+    or ``"score"``) for independent values of mean ``mu`` and variance ``s2``, all
+    broadcasting against ``x_t``."""
+    r = x_t - alpha * mu
+    v = alpha**2 * s2 + sigma**2
+    if parameterization == "eps":
+        return sigma * r / v
+    if parameterization == "x0":
+        return mu + alpha * s2 * r / v
+    return -r / v
