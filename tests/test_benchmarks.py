@@ -207,10 +207,18 @@ def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
 def test_field_prior_benchmark_quick(tmp_path):
     records, _ = run_quick("field_prior", tmp_path, timeout=300)
     found = {(r["method"], r["metric"]) for r in records}
-    for method in ("simgen diffusion (gibbs)", "simgen diffusion (dps)", "exact score (gibbs)"):
+    samplers = ("gibbs", "smc", "dps")
+    for method in [f"simgen diffusion ({s})" for s in samplers] + ["exact score (gibbs)"]:
         for metric in ("field_posterior_mean_z", "field_posterior_std_ratio"):
             assert (method, metric) in found
     assert ("simgen diffusion (gibbs)", "sampler_rhat") in found
     assert (tmp_path / "field_prior-gibbs.png").stat().st_size > 0
-    assert ("simgen diffusion (smc)", "theta_posterior_c2st") in found
+    assert ("simgen diffusion (joint)", "theta_posterior_c2st") in found
+    for metric in ("sampler_rhat", "true_map_within_2std"):  # the log-normal maps
+        assert ("simgen diffusion (gibbs)", metric) in {
+            (r["method"], r["metric"])
+            for r in records
+            if r["task"] == "cosmology_lognormal_masked"
+        }
+    assert (tmp_path / "field_prior-lognormal-theta.png").stat().st_size > 0
     assert_records(records)
