@@ -32,7 +32,7 @@ def main() -> None:
     sim = simgen.get_simulator("cosmology", size=size, lognormal=False)
     store = simgen.simulate(sim, 300 if args.quick else 20_000, out / "maps.h5", workers=1)
     emulator = simgen.fit(store, "diffusion", out / "maps.pt",
-                          train={"epochs": 2 if args.quick else 15})  # fmt: skip
+                          train={"epochs": 2 if args.quick else 6})  # fmt: skip
 
     theta = np.array([0.3, 0.8])
     x = sim.simulate(theta[None], np.random.default_rng(1))[0]

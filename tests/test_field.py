@@ -3,6 +3,7 @@ with the exact score of a Gaussian field in place of the network."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -208,6 +209,29 @@ def test_field_posterior_draws_parameters_and_maps(emulator):
     assert out.theta.shape == (10, 2) and out.x.shape == (1, 10, 8, 8)
     assert torch.isfinite(out.log_prob).all() and 1 <= out.diagnostics["ess"] <= 8
     assert emulator.prior().support.check(out.theta).all()
+
+
+def test_the_twists_guess_is_the_models_spectrum(emulator):
+    """The SMC's Gaussian guess is the model's own spectrum (``spectral``); read off the
+    denoiser instead (models without one), it is the same where the model is its Gaussian part
+    (the U-Net's last layer zeroed): within 10% of the model's per ring of |k| (geometric mean),
+    the probes mixing k and -k of a spectrum fitted per mode on 200 maps (10% apart)."""
+    gaussian = copy.deepcopy(emulator)
+    for p in gaussian.model.net.head[-1].parameters():
+        torch.nn.init.zeros_(p)
+    posterior = FieldPosterior(gaussian, Mask(torch.ones(8, 8, dtype=torch.bool), 0.2))
+    theta = torch.tensor([[0.3, 0.8], [0.4, 0.9]])
+    generator = torch.Generator().manual_seed(0)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    alpha, sigma = gaussian.model.schedule(t)
+    kappa = posterior._gain(theta, generator)(t)
+    own = (sigma**2 * kappa / (alpha * (1 - alpha * kappa))).log().reshape(2, -1)
+    k = torch.fft.fftfreq(8)[:, None].square() + torch.fft.fftfreq(8).square()
+    rings = torch.unique(k.round(decimals=8), return_inverse=True)[1].reshape(-1)
+    per_ring = torch.zeros(2, int(rings.max()) + 1, dtype=torch.float64).index_add_(1, rings, own)
+    per_ring = (per_ring / torch.bincount(rings))[:, rings].reshape(2, 8, 8)
+    probed = posterior._probed_spectrum(theta, generator, probes=8).log()
+    assert (probed - per_ring).abs().max() < 0.1
 
 
 def test_field_posterior_refuses_what_it_cannot_use(emulator):

@@ -319,7 +319,7 @@ class FieldPosterior:
         model, schedule = self.emulator.model, self.emulator.model.schedule
         v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
         if getattr(model, "spectral", None) is not None:
-            variance = model.spectral.spectrum(v)[1].double().cpu().reshape(-1, h, w)
+            variance = model.spectral.spectrum(v)[1].detach().double().cpu().reshape(-1, h, w)
             lam = 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
         else:
             lam = self._probed_spectrum(theta, generator, probes)
