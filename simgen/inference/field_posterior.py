@@ -213,11 +213,12 @@ class FieldPosterior:
         on :math:`\\theta`: importance sampling of the parameters, each weighed by the unbiased
         evidence :math:`\\hat p(y \\mid \\theta)` of a sequential Monte Carlo run of
         ``particles`` particles (:mod:`simgen.inference.field_smc`; consistent as ``thetas``
-        grows, the estimates entering the weights as they are). Half the ``thetas`` come from
-        the prior; the other half from a Gaussian fitted to their weights in the prior's
-        unconstrained coordinates (covariance doubled), and all are weighed against the mixture
-        of both proposals. Each pair's map is one of its parameters' particles, drawn by their
-        weights.
+        grows, the estimates entering the weights as they are). In three stages (a quarter, a
+        quarter, a half of ``thetas``): from the prior, then twice from a Gaussian fitted to the
+        weights so far in the prior's unconstrained coordinates (covariance doubled, plus the
+        prior draws' over the importance ESS, which keeps it wide while few weigh); all are
+        weighed against the mixture of the three proposals. Each pair's map is one of its
+        parameters' particles, drawn by their weights.
 
         Args:
             y: The observation (``x_shape``).
@@ -234,37 +235,28 @@ class FieldPosterior:
         generator = torch.Generator().manual_seed(seed)
         prior = self.emulator.prior()
         to_theta = torch.distributions.biject_to(prior.support)
-        half = thetas // 2
-        total = (math.ceil(half / chunk) + math.ceil((thetas - half) / chunk)) * steps
+        sizes = (thetas // 4, thetas // 4, thetas - 2 * (thetas // 4))
+        total = sum(math.ceil(k / chunk) for k in sizes) * steps
+        proposals: list[torch.distributions.Distribution] = [prior]
+        drawn: list[Tensor] = []
+        runs: list[FieldSMC] = []
         with torch.random.fork_rng(), progress_bar(
             total, "field posterior (theta)", "steps", progress
         ) as bar:  # fmt: skip
             torch.manual_seed(seed)
-            first = prior.sample((half,))
-            runs = self._runs(y, first, particles, steps, chunk, generator, bar)
-            z = to_theta.inv(first)
-            w = (runs.log_evidence - runs.log_evidence.logsumexp(0)).exp()
-            centre = (w[:, None] * z).sum(0)
-            cov = ((w[:, None] * (z - centre)).T @ (z - centre)) + 1e-6 * torch.eye(z.shape[1])
-            fitted = torch.distributions.TransformedDistribution(
-                torch.distributions.MultivariateNormal(centre, 2 * cov), [to_theta]
-            )
-            second = fitted.sample((thetas - half,))
-            more = self._runs(y, second, particles, steps, chunk, generator, bar)
-        theta = torch.cat([first, second])
-        proposal = torch.stack(
-            [
-                prior.log_prob(theta) + math.log(half),
-                fitted.log_prob(theta) + math.log(thetas - half),
-            ]
-        ).logsumexp(0)
-        log_evidence = torch.cat([runs.log_evidence, more.log_evidence])
-        log_w = prior.log_prob(theta) + log_evidence - (proposal - math.log(thetas))
+            for size in sizes:
+                drawn.append(proposals[-1].sample((size,)))
+                runs.append(self._runs(y, drawn[-1], particles, steps, chunk, generator, bar))
+                theta = torch.cat(drawn)
+                log_evidence = torch.cat([r.log_evidence for r in runs])
+                log_w = self._mixture_weights(theta, log_evidence, proposals, sizes, prior)
+                if len(proposals) < len(sizes):
+                    proposals.append(self._fitted(to_theta, to_theta.inv(drawn[0]), theta, log_w))
         log_z = log_w.logsumexp(0) - math.log(thetas)
         norm = log_w - log_w.logsumexp(0)
         pick = systematic_resample(norm[None], n, generator)[0]
-        u = torch.cat([runs.u, more.u])[pick]  # (n, particles, d)
-        which = systematic_resample(torch.cat([runs.log_weight, more.log_weight])[pick], 1,
+        u = torch.cat([r.u for r in runs])[pick]  # (n, particles, d)
+        which = systematic_resample(torch.cat([r.log_weight for r in runs])[pick], 1,
                                     generator)[:, 0]  # fmt: skip
         u = u[torch.arange(n), which]
         shape = self.emulator.x_shape
@@ -277,11 +269,40 @@ class FieldPosterior:
             warnings.warn(
                 f"the parameters' importance weights rest on few values (ESS "
                 f"{diagnostics['ess']:.1f} of {thetas}): the evidence estimates are too noisy "
-                f"to compare parameters; raise particles",
+                f"to compare parameters, or the parameters too few: raise particles or thetas",
                 stacklevel=3,  # the caller, past torch.no_grad
             )
         log_prob = prior.log_prob(theta[pick]) + log_evidence[pick] - log_z
         return FieldSamples(x[None], "smc", diagnostics, theta[pick], log_prob)
+
+    @staticmethod
+    def _mixture_weights(
+        theta: Tensor, log_evidence: Tensor, proposals: list[Any], sizes: tuple[int, ...],
+        prior: Any,
+    ) -> Tensor:  # fmt: skip
+        """Log importance weights :math:`p(\\theta) \\hat p(y \\mid \\theta) / q(\\theta)` of the
+        parameters drawn so far, :math:`q` the mixture of the proposals used, each by its
+        share of the draws (deterministic-mixture weights)."""
+        counts = sizes[: len(proposals)]
+        mixture = torch.stack(
+            [q.log_prob(theta) + math.log(c) for q, c in zip(proposals, counts, strict=True)]
+        ).logsumexp(0) - math.log(sum(counts))
+        return prior.log_prob(theta) + log_evidence - mixture
+
+    @staticmethod
+    def _fitted(to_theta: Any, z_prior: Tensor, theta: Tensor, log_w: Tensor) -> Any:
+        """A Gaussian in the prior's unconstrained coordinates fitted to the weighted
+        ``theta``: the weighted covariance doubled plus that of the prior draws ``z_prior``
+        over the importance ESS, mapped back to the prior's support."""
+        z = to_theta.inv(theta)
+        w = (log_w - log_w.logsumexp(0)).exp()
+        ess = 1 / w.square().sum()
+        centre = (w[:, None] * z).sum(0)
+        cov = (w[:, None] * (z - centre)).T @ (z - centre)
+        cov = 2 * cov + torch.cov(z_prior.T).reshape(len(centre), -1) / ess
+        cov = cov + 1e-6 * torch.eye(len(centre), dtype=cov.dtype)  # a few draws: still full rank
+        normal = torch.distributions.MultivariateNormal(centre, cov)
+        return torch.distributions.TransformedDistribution(normal, [to_theta])
 
     def _runs(
         self, y: Any, theta: Tensor, particles: int, steps: int, chunk: int,
