@@ -127,8 +127,9 @@ class FieldPosterior:
             y: The observation.
             theta: The parameters the prior is conditioned on.
             n: Draws per row.
-            method: ``"gibbs"`` (exact as the sweeps grow), ``"smc"`` (exact as ``n`` grows;
-                weights degenerate with many values seen) or ``"dps"`` (approximate).
+            method: ``"gibbs"`` (exact as the sweeps grow), ``"smc"`` (exact as ``n`` grows,
+                ``n`` particles; the effective sample size of their weights and the evidence
+                in ``diagnostics``) or ``"dps"`` (approximate).
             steps: Ancestral steps: per sweep from :math:`\\tau` (Gibbs, default 5), or from
                 t = 1 (SMC, DPS; default 50).
             sweeps: Gibbs sweeps (the first half dropped).
