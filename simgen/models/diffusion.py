@@ -156,15 +156,9 @@ class DiffusionConfig:
             raise ValueError("process must be 'vp' or 'edm'")
         if self.process == "edm" and (self.network, self.time) != ("mlp", "continuous"):
             raise ValueError("process 'edm' needs network 'mlp' and time 'continuous'")
-        if self.spectral and (self.network, self.circular, self.process, self.gaussian) != (
-            "unet",
-            True,
-            "vp",
-            False,
-        ):
-            raise ValueError(
-                "spectral needs network 'unet', circular, process 'vp', gaussian false"
-            )
+        periodic_vp = (self.network, self.circular, self.process, self.gaussian)
+        if self.spectral and periodic_vp != ("unet", True, "vp", False):
+            raise ValueError("spectral needs network 'unet', circular, process 'vp', not gaussian")
         if self.process == "edm" and self.gaussian:
             raise ValueError("process 'edm' standardises x given theta itself: gaussian false")
         if self.process == "edm" and not 0 < self.sigma_min < self.sigma_max:
@@ -210,10 +204,9 @@ class Diffusion(Family):
                 zero_last=config.gaussian or config.process == "edm",
             )
         self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
+        side = math.isqrt(d_x)
         self.spectral = (
-            SpectralDenoiser(math.isqrt(d_x), d_theta, SPECTRAL_HIDDEN)
-            if config.spectral
-            else None
+            SpectralDenoiser(side, d_theta, SPECTRAL_HIDDEN) if config.spectral else None
         )
         if config.process == "edm":
             self.affine = ConditionalAffine(
@@ -279,12 +272,10 @@ class Diffusion(Family):
             out = flat.reshape(x_t.shape)
         else:
             out = self.net(torch.cat([x_t, self.embed(t), theta], dim=-1))
-        if self.gaussian is not None:
+        exact = self.gaussian if self.gaussian is not None else self.spectral
+        if exact is not None:  # the network learns how the data differ from this Gaussian
             alpha, sigma = (s[..., None] for s in self.schedule(t))
-            out = out + self.gaussian(x_t, alpha, sigma, theta, self.config.parameterization)
-        if self.spectral is not None:
-            alpha, sigma = (s[..., None] for s in self.schedule(t))
-            out = out + self.spectral(x_t, alpha, sigma, theta, self.config.parameterization)
+            out = out + exact(x_t, alpha, sigma, theta, self.config.parameterization)
         return out
 
     def epsilon(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
