@@ -27,11 +27,11 @@ parameters' posterior mean and spread.
 Figures (``field_prior-METHOD.png``): the observation, the exact and learned posterior means and
 standard deviations, and draws; ``field_prior-theta.png``: the parameters' corner plot with the
 exact posterior's contours; ``field_prior-lognormal.png`` and ``field_prior-lognormal-theta.png``
-the same for the log-normal maps, with the true map and parameters. DPS draws 200 maps (a backward pass through the network per step),
-the others ``--draws``.
+the same for the log-normal maps, with the true map and parameters. DPS draws 200 maps (a
+backward pass through the network per step), the others ``--draws``.
 
 Run: ``python -m benchmarks.field_prior [--quick] [--n N] [--epochs E]``; writes
-``benchmarks/results/field_prior.json``. The fitted emulator is kept in ``benchmarks/.data``
+``benchmarks/results/field_prior.json``. The fitted emulators are kept in ``benchmarks/.data``
 and reused by reruns with the same ``n`` and ``epochs``.
 """
 
@@ -234,7 +234,7 @@ def lognormal(cfg: dict) -> list[dict]:
     """Task ``cosmology_lognormal_masked``, the same measurement of a log-normal map (no exact
     reference): the Gibbs chains' diagnostics and the parameters' posterior (mean, spread,
     importance ESS), with figures ``field_prior-lognormal.png`` (the true map beside the
-    posterior) and ``field_prior-lognormal-theta.png`` (the true parameters in the title)."""
+    posterior) and ``field_prior-lognormal-theta.png`` (the true parameters as red lines)."""
     size, n = cfg["size"], cfg["n"]
     sim = simgen.get_simulator("cosmology", size=size, lognormal=True)
     emulator, fit_s = fitted_prior(size, n, cfg["epochs"], cfg["cache"], lognormal=True)

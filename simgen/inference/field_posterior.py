@@ -30,7 +30,7 @@ __all__ = ["METHODS", "RHAT_WARN", "FieldPosterior", "FieldSamples"]
 METHODS = ("gibbs", "smc", "dps")
 RHAT_WARN = 1.1  # worst split R-hat of the Gibbs chains before a warning
 # times where the denoiser is probed: noise 0.7, 1.6 and 3.4 times the standardised scale
-PROBE_TIMES = torch.tensor([0.2, 0.35, 0.5], dtype=torch.float64)
+PROBE_TIMES = (0.2, 0.35, 0.5)
 
 
 @dataclass
@@ -339,8 +339,8 @@ class FieldPosterior:
         how well each pins it down and over rings of equal :math:`|k|`."""
         h, w = self.emulator.x_shape
         model, schedule = self.emulator.model, self.emulator.model.schedule
-        v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
         if getattr(model, "spectral", None) is not None:
+            v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
             variance = model.spectral.spectrum(v)[1].detach().double().cpu().reshape(-1, h, w)
             lam = 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
         else:
@@ -355,17 +355,17 @@ class FieldPosterior:
     def _probed_spectrum(self, theta: Tensor, generator: torch.Generator, probes: int) -> Tensor:
         """:meth:`_gain`'s spectrum read off the denoiser: ``(m, h, w)``."""
         h, w = self.emulator.x_shape
-        epsilon = self._noise_predictor(theta, probes)
+        epsilon, schedule = self._noise_predictor(theta, probes), self.emulator.model.schedule
         k = torch.fft.fftfreq(h)[:, None].square() + torch.fft.fftfreq(w).square()
         rings = torch.unique(k.round(decimals=8), return_inverse=True)[1].reshape(-1)
         count = torch.zeros(int(rings.max()) + 1).index_add_(0, rings, torch.ones(h * w))
         total = weight = torch.zeros(len(theta), len(count), dtype=torch.float64)
-        for t in PROBE_TIMES:
+        for t in torch.tensor(PROBE_TIMES, dtype=torch.float64):
             e = torch.randn(len(theta) * probes, h * w, generator=generator)
             with torch.enable_grad():  # J^T e: the same gains where J is circulant
                 at = torch.randn(e.shape, generator=generator).requires_grad_(True)
                 (tangent,) = torch.autograd.grad((epsilon(at, t.float()) * e).sum(), at)
-            alpha, sigma = self.emulator.model.schedule(t)
+            alpha, sigma = schedule(t)
             fe = torch.fft.fft2(e.double().reshape(-1, probes, h, w))
             fj = torch.fft.fft2((e.double() - sigma * tangent.double()).reshape(-1, probes, h, w))
             ratio = ((fj * fe.conj()).real.sum(1) / fe.abs().square().sum(1)).reshape(-1, h * w)

@@ -204,10 +204,9 @@ class Diffusion(Family):
                 zero_last=config.gaussian or config.process == "edm",
             )
         self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
-        side = math.isqrt(d_x)
-        self.spectral = (
-            SpectralDenoiser(side, d_theta, SPECTRAL_HIDDEN) if config.spectral else None
-        )
+        self.spectral = None
+        if config.spectral:
+            self.spectral = SpectralDenoiser(math.isqrt(d_x), d_theta, SPECTRAL_HIDDEN)
         if config.process == "edm":
             self.affine = ConditionalAffine(
                 d_x, d_theta, (), config.correlated, config.scale_bound, False,

@@ -54,20 +54,20 @@ def defaults_for(
     """Family settings that suit this kind of x, under the user's own: on square 2-D maps the
     spectral flow (:mod:`simgen.models.spectral`, no coupling transforms), a convolutional U-Net
     denoiser for diffusion (side divisible by 2; with periodic padding it adds the exact
-    denoiser of a stationary Gaussian field, ``spectral``) and a convolutional encoder and decoder for
-    the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x given
-    theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
-    ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part
-    held fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling
-    transforms for x of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive
-    sampling takes one pass per feature: 500x slower on 32x32 maps), and for diffusion an MLP
-    with EDM on x standardised given theta as the flow's (``process = "edm"``, 18 Heun steps
-    per sample), for the VAE on vectors the same held standardisation, a two-transform spline
-    flow as its decoder (a diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX`
-    values) and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
-    variance-preserving process with the exact denoiser of a Gaussian
-    linear in theta (``gaussian``) where the ``user``'s settings ask for it
-    (``process = "vp"``) or name one of :data:`VP_SETTINGS` or ``network = "unet"``."""
+    denoiser of a stationary Gaussian field, ``spectral``) and a convolutional encoder and
+    decoder for the VAE (side divisible by 8); otherwise MLPs, a flow that first standardises x
+    given theta (``affine``; and decorrelates x of at most :data:`CORRELATED_MAX` values:
+    ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part held
+    fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling transforms for x
+    of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass
+    per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x standardised
+    given theta as the flow's (``process = "edm"``, 18 Heun steps per sample), for the VAE on
+    vectors the same held standardisation, a two-transform spline flow as its decoder (a
+    diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from
+    32 importance samples (:mod:`simgen.models.vae`), or the variance-preserving process with
+    the exact denoiser of a Gaussian linear in theta (``gaussian``) where the ``user``'s
+    settings ask for it (``process = "vp"``) or name one of :data:`VP_SETTINGS` or
+    ``network = "unet"``."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
         return {"network": "spectral", "transforms": 0}

@@ -215,11 +215,9 @@ class ModeScale(LazyTransform):
     def normal(self, c: Tensor) -> tuple[Tensor, Tensor]:
         """The Gaussian of the modes that the whitening sends to the standard normal,
         :math:`y_k \\sim N(-b_k e^{-a_k}, e^{-2 a_k})`: ``(mean, std)``, each ``(*, d)``
-        (:math:`a_k` soft-clipped as :class:`~zuko.transforms.MonotonicAffineTransform`
-        does)."""
-        raw, shift = self._raw(c).unbind(-2)
-        limit = -math.log(SLOPE)
-        std = torch.exp(-raw / (1 + raw.abs() / limit))
+        (:math:`a_k` as :meth:`forward`'s affine map bounds it)."""
+        log_scale, shift = self._raw(c).unbind(-2)
+        std = torch.exp(-Affine(shift, log_scale).log_scale)
         return -shift * std, std
 
     @torch.no_grad()
