@@ -20,6 +20,12 @@ from torch import Tensor
 
 from simgen.errors import UsageError
 from simgen.inference.field import dps, gibbs
+from simgen.inference.field_joint import (
+    fitted_proposal,
+    kernel_draws,
+    kernel_estimate,
+    mixture_weights,
+)
 from simgen.inference.field_smc import FieldSMC, smc
 from simgen.inference.importance import systematic_resample
 from simgen.inference.measurement import Measurement
@@ -46,7 +52,8 @@ class FieldSamples:
             model's coordinates), per row; for the parameters too, ``ess`` of the parameters'
             importance weights, ``log_evidence`` of :math:`p(y)`, ``thetas``, ``particles``.
         theta: ``(n, d)`` the parameters drawn with the maps (:meth:`FieldPosterior.sample_joint`).
-        log_prob: ``(n,)`` their estimated normalised :math:`\\log p(\\theta \\mid y)`.
+        log_prob: ``(n,)`` their estimated normalised :math:`\\log p(\\theta \\mid y)` (the
+            log density of the kernel-smoothed weighted parameters).
     """
 
     x: Tensor
@@ -218,12 +225,15 @@ class FieldPosterior:
         quarter, a half of ``thetas``): from the prior, then twice from a Gaussian fitted to the
         weights so far in the prior's unconstrained coordinates (covariance doubled, plus the
         prior draws' over the importance ESS, which keeps it wide while few weigh); all are
-        weighed against the mixture of the three proposals. Each pair's map is one of its
-        parameters' particles, drawn by their weights.
+        weighed against the mixture of the three proposals
+        (:mod:`simgen.inference.field_joint`). The parameters drawn are the weighted values
+        smoothed by a kernel that keeps their mean and covariance (Liu & West 2001), each
+        paired with a map from its parent value's particles, drawn by their weights; their
+        ``log_prob`` is the smoothed estimate's log density.
 
         Args:
             y: The observation (``x_shape``).
-            n: Pairs drawn (resampled systematically from the weighted parameters).
+            n: Pairs drawn.
             thetas: Parameters weighed.
             particles: Particles of each evidence estimate.
             steps: Steps of the prior's chain.
@@ -250,12 +260,14 @@ class FieldPosterior:
                 runs.append(self._runs(y, drawn[-1], particles, steps, chunk, generator, bar))
                 theta = torch.cat(drawn)
                 log_evidence = torch.cat([r.log_evidence for r in runs])
-                log_w = self._mixture_weights(theta, log_evidence, proposals, sizes, prior)
+                log_w = mixture_weights(theta, log_evidence, proposals, sizes, prior)
                 if len(proposals) < len(sizes):
-                    proposals.append(self._fitted(to_theta, to_theta.inv(drawn[0]), theta, log_w))
+                    z_prior = to_theta.inv(drawn[0])
+                    proposals.append(fitted_proposal(to_theta, z_prior, theta, log_w))
         log_z = log_w.logsumexp(0) - math.log(thetas)
         norm = log_w - log_w.logsumexp(0)
-        pick = systematic_resample(norm[None], n, generator)[0]
+        estimate = kernel_estimate(to_theta, theta, log_w)
+        drawn_theta, pick, log_prob = kernel_draws(estimate, n, generator)
         u = torch.cat([r.u for r in runs])[pick]  # (n, particles, d)
         which = systematic_resample(torch.cat([r.log_weight for r in runs])[pick], 1,
                                     generator)[:, 0]  # fmt: skip
@@ -273,37 +285,7 @@ class FieldPosterior:
                 f"to compare parameters, or the parameters too few: raise particles or thetas",
                 stacklevel=3,  # the caller, past torch.no_grad
             )
-        log_prob = prior.log_prob(theta[pick]) + log_evidence[pick] - log_z
-        return FieldSamples(x[None], "smc", diagnostics, theta[pick], log_prob)
-
-    @staticmethod
-    def _mixture_weights(
-        theta: Tensor, log_evidence: Tensor, proposals: list[Any], sizes: tuple[int, ...],
-        prior: Any,
-    ) -> Tensor:  # fmt: skip
-        """Log importance weights :math:`p(\\theta) \\hat p(y \\mid \\theta) / q(\\theta)` of the
-        parameters drawn so far, :math:`q` the mixture of the proposals used, each by its
-        share of the draws (deterministic-mixture weights)."""
-        counts = sizes[: len(proposals)]
-        mixture = torch.stack(
-            [q.log_prob(theta) + math.log(c) for q, c in zip(proposals, counts, strict=True)]
-        ).logsumexp(0) - math.log(sum(counts))
-        return prior.log_prob(theta) + log_evidence - mixture
-
-    @staticmethod
-    def _fitted(to_theta: Any, z_prior: Tensor, theta: Tensor, log_w: Tensor) -> Any:
-        """A Gaussian in the prior's unconstrained coordinates fitted to the weighted
-        ``theta``: the weighted covariance doubled plus that of the prior draws ``z_prior``
-        over the importance ESS, mapped back to the prior's support."""
-        z = to_theta.inv(theta)
-        w = (log_w - log_w.logsumexp(0)).exp()
-        ess = 1 / w.square().sum()
-        centre = (w[:, None] * z).sum(0)
-        cov = (w[:, None] * (z - centre)).T @ (z - centre)
-        cov = 2 * cov + torch.cov(z_prior.T).reshape(len(centre), -1) / ess
-        cov = cov + 1e-6 * torch.eye(len(centre), dtype=cov.dtype)  # a few draws: still full rank
-        normal = torch.distributions.MultivariateNormal(centre, cov)
-        return torch.distributions.TransformedDistribution(normal, [to_theta])
+        return FieldSamples(x[None], "smc", diagnostics, drawn_theta.float(), log_prob.float())
 
     def _runs(
         self, y: Any, theta: Tensor, particles: int, steps: int, chunk: int,

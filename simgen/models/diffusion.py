@@ -91,7 +91,8 @@ class DiffusionConfig:
             from that Gaussian (``process = "vp"``); False here for files that predate it.
         spectral: Add the exact prediction for stationary Gaussian maps instead
             (:class:`~simgen.models.vp.SpectralDenoiser`: a spectrum smooth in k and theta,
-            started at a batch's and trained with the U-Net, whose last layer starts at zero),
+            the maximum-likelihood one of the first rows, held; the U-Net's last layer starts
+            at zero),
             so the U-Net learns only how the maps differ from a Gaussian field (``unet`` with
             ``circular`` padding, ``process = "vp"``; the default for such fits); False here
             for files that predate it.

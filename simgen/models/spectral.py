@@ -57,6 +57,7 @@ __all__ = [
 RANK = 16  # rank of the theta x wave-vector product that sets the mode shifts and scales
 SLOPE = 1e-3  # zuko's default minimum slope of its monotone transforms
 TIE = 1e-3  # nats per pixel: a shape must beat the earlier ones by this much to be chosen
+FIT_STEPS = 1000  # Adam steps of :meth:`ModeScale.fit` (22 s on 16,384 32x32 maps, 2 cores)
 GAPS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # asinh anchors beyond the data, in units of e^-b
 
 
@@ -232,6 +233,27 @@ class ModeScale(LazyTransform):
         log_scale = (-std.log()).clamp(-0.9 * limit, 0.9 * limit)
         raw = torch.stack([log_scale / (1 - log_scale.abs() / limit), -mean / std])
         self.offset += raw - self._raw(c[:1])[0]
+
+    def fit(self, c: Tensor, y: Tensor, steps: int = FIT_STEPS, batch: int = 1024) -> None:
+        r"""Maximum likelihood of the modes ``y`` ``(b, d)`` given ``c`` ``(b, d_theta)`` under
+        :meth:`normal`, :math:`\max \sum_k \log N(y_k; \mu_k(c), s_k(c)^2)`: from
+        :meth:`initialize`, ``steps`` Adam steps on random ``batch`` rows (a cosine-decayed
+        rate, seeded: the same rows give the same fit). The best stationary Gaussian of the
+        maps given theta; for Gaussian maps their exact law as the rows grow."""
+        self.initialize(c, y)
+        generator = torch.Generator().manual_seed(0)
+        optimizer = torch.optim.Adam(self.parameters(), lr=3e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        with torch.enable_grad():
+            for _ in range(steps):
+                rows = torch.randint(len(y), (min(batch, len(y)),), generator=generator)
+                rows = rows.to(y.device)
+                mean, std = self.normal(c[rows])
+                loss = (std.log() + 0.5 * ((y[rows] - mean) / std).square()).sum(-1).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
 
 
 class _Fixed(LazyTransform):

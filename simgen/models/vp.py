@@ -77,19 +77,23 @@ class SpectralDenoiser(nn.Module):
     Gaussian of :class:`~simgen.models.spectral.ModeScale`, smooth in :math:`k` and
     :math:`\theta`), so the module docstring's prediction applies mode by mode and
     :math:`H` (its own inverse) brings it back: for :math:`\epsilon`,
-    :math:`H[\sigma_t (H x_t - \alpha_t \mu) / (\alpha_t^2 s^2 + \sigma_t^2)]`. Started by
-    :meth:`fit` at the spectrum of a batch, the same for every theta; trained with the network.
+    :math:`H[\sigma_t (H x_t - \alpha_t \mu) / (\alpha_t^2 s^2 + \sigma_t^2)]`. Set by
+    :meth:`fit` to the maximum-likelihood spectrum of a batch given theta and held there, so the
+    network beside it learns only what a stationary Gaussian does not capture.
     """
 
     def __init__(self, side: int, d_theta: int, hidden: Sequence[int]) -> None:
         super().__init__()
         self.hartley = Hartley(side)
         self.modes = ModeScale(side, d_theta, hidden)
+        self.requires_grad_(False)  # set by :meth:`fit` alone
 
-    @torch.no_grad()
     def fit(self, theta: Tensor, x: Tensor) -> None:
-        """Start at the mean and spread of each mode over a batch ``x (b, side * side)``."""
-        self.modes.initialize(theta, self.hartley(x))
+        """The maximum-likelihood mode Gaussian of a batch ``x (b, side * side)`` given
+        ``theta (b, d_theta)`` (:meth:`~simgen.models.spectral.ModeScale.fit`), then frozen."""
+        self.modes.requires_grad_(True)
+        self.modes.fit(theta, self.hartley(x).detach())
+        self.requires_grad_(False)
 
     def spectrum(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean, variance)`` of the Hartley modes given ``theta (*, d_theta)``, each
