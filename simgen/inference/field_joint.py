@@ -11,9 +11,8 @@ All three work in the prior's unconstrained coordinates :math:`z = T^{-1}(\theta
   lower in variance than each value weighed by its own proposal.
 * :func:`fitted_proposal`: the next proposal, a Gaussian fitted to the weighted values.
 * :func:`kernel_estimate`, :func:`kernel_draws`: the kernel-smoothed estimate of Liu & West
-  (2001), drawn from as a value picked by its
-  weight, shrunk towards the weighted mean and jittered,
-  :math:`z' = a z_i + (1 - a) \bar z + h L \epsilon`, :math:`a = \sqrt{1 - h^2}`,
+  (2001), drawn as a value picked by its weight, shrunk towards the weighted mean and
+  jittered, :math:`z' = a z_i + (1 - a) \bar z + h L \epsilon`, :math:`a = \sqrt{1 - h^2}`,
   :math:`L L^\top` the weighted covariance, which keeps the weighted mean and covariance
   exactly while every draw is distinct (resampling a few hundred weighted values alone repeats
   each many times); :math:`h^2` is Silverman's rule for a Gaussian kernel at the weights'
@@ -82,9 +81,8 @@ def kernel_estimate(to_theta: Any, theta: Tensor, log_w: Tensor) -> Distribution
     d = z.shape[1]
     h2 = (4 / (d + 2)) ** (2 / (d + 4)) * float(ess) ** (-2 / (d + 4))
     shrink = math.sqrt(1 - h2)
-    cov = cov + 1e-9 * cov.diagonal().mean() * torch.eye(
-        d, dtype=cov.dtype
-    )  # one value: full rank
+    # full rank even when a single value carries the weight
+    cov = cov + 1e-9 * cov.diagonal().mean() * torch.eye(d, dtype=cov.dtype)
     kernels = MultivariateNormal(shrink * z + (1 - shrink) * centre, h2 * cov)
     return TransformedDistribution(MixtureSameFamily(Categorical(w), kernels), [to_theta])
 
