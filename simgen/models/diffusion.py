@@ -69,7 +69,8 @@ class DiffusionConfig:
             network (``unet``).
         channels: Channels of the U-Net at each resolution, finest first.
         circular: Periodic padding in the U-Net (for periodic maps).
-        embedding: Size of the time embedding.
+        embedding: Size of the time embedding (16 for new EDM fits with the MLP denoiser:
+            :func:`simgen.models.registry.defaults_for`).
         time: ``"continuous"`` (the SDE: trained at any t, sampled by ODE/SDE solvers, density
             by the probability-flow ODE) or ``"discrete"`` (the DDPM chain of
             ``discrete_steps`` steps: trained at its steps, ancestral sampling, density = its

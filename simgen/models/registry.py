@@ -61,8 +61,9 @@ def defaults_for(
     fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling transforms for x
     of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass
     per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x standardised
-    given theta as the flow's (``process = "edm"``, 18 Heun steps per sample), for the VAE on
-    vectors the same held standardisation, a two-transform spline flow as its decoder (a
+    given theta as the flow's (``process = "edm"``, 18 Heun steps per sample, a 16-feature
+    time embedding: with 64 the MLP's training stalls at the Gaussian's loss on multimodal x),
+    for the VAE on vectors the same held standardisation, a two-transform spline flow as its decoder (a
     diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from
     32 importance samples (:mod:`simgen.models.vae`), or the variance-preserving process with
     the exact denoiser of a Gaussian linear in theta (``gaussian``) where the ``user``'s
@@ -92,6 +93,7 @@ def defaults_for(
         return {
             "process": "edm",
             "steps": 18,
+            "embedding": 16,
             "correlated": d_x <= CORRELATED_MAX,
             "fixed_gaussian": "auto" if d_x <= FIXED_GAUSSIAN_MAX else False,
         }
