@@ -71,45 +71,59 @@ def test_gibbs_reproduces_the_wiener_filter(observed):
     assert ((v - exact_v).abs() / (exact_v * (2 / ess).sqrt())).max() < 4
 
 
-def chain_spectrum(steps: int) -> torch.Tensor:
-    """The per-mode variance of the prior's chain of ``steps`` steps with the exact score of
-    the standardised Gaussian map: each step is linear per Fourier mode."""
-    lam = torch.as_tensor(SIM.eigenvalues(THETA[None])[0]) / SCALE**2
-    var = torch.ones_like(lam)
+LAM = torch.as_tensor(SIM.eigenvalues(THETA[None])[0]) / SCALE**2  # the u's spectrum
+
+
+def chain_spectrum(steps: int, guess: torch.Tensor) -> torch.Tensor:
+    """The per-mode variance at t_min of the SMC's chain of ``steps`` steps with the exact
+    score of the standardised Gaussian map and a ``guess`` of its spectrum: the chain starts
+    from the guess's law at t = 1 and each step is linear per Fourier mode."""
+    alpha, sigma = schedule(torch.tensor(1.0, dtype=torch.float64))
+    var = alpha**2 * guess + sigma**2
     for t, s in itertools.pairwise(time_grid(steps, T_MIN)):
         alpha, sigma = schedule(t)
-        eps = sigma / (alpha**2 * lam + sigma**2)  # the noise prediction per unit of u
-        factor, step = ancestral_step(torch.ones_like(lam), eps, t, s, schedule)
+        eps = sigma / (alpha**2 * LAM + sigma**2)  # the noise prediction per unit of u
+        factor, step = ancestral_step(torch.ones_like(LAM), eps, t, s, schedule, guess)
         var = factor.square() * var + step
     return var
 
 
-def test_smc_reproduces_the_wiener_filter_and_the_evidence(observed):
-    """With the exact score and its exact gain the twist is exact, so the weights stay even
-    (ESS above 90% of the particles); the evidence matches the exact one of the prior's
-    chain (a Gaussian, mode by mode) within 4 standard errors of 4 runs, and the draws' mean
-    and spread match the Wiener filter (mean within 4 standard errors per pixel; spread ratio
-    within 4 standard errors) those of the chain's own Gaussian, itself within 0.15 standard deviations
-    and 5% of the continuous model's Wiener filter)."""
-    measurement, y, _, mean, std = observed
+def masked_in_u(observed):
+    """The measurement in u coordinates: ``a``, the seen values and their noise variances."""
+    measurement, y, *_ = observed
     seen = measurement.seen.reshape(-1)
-    a = torch.eye(SIDE * SIDE, dtype=torch.float64)[seen] * SCALE  # the mask in u coordinates
+    a = torch.eye(SIDE * SIDE, dtype=torch.float64)[seen] * SCALE
     r = measurement.check(y).reshape(-1)[seen]
-    noise_var = torch.full((len(r),), measurement.noise**2, dtype=torch.float64)
-    lam = torch.as_tensor(SIM.eigenvalues(THETA[None])[0]) / SCALE**2
+    return a, r, torch.full((len(r),), measurement.noise**2, dtype=torch.float64)
 
-    def gain(t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = schedule(t)
-        return (alpha * lam / (alpha**2 * lam + sigma**2)).expand(4, SIDE, SIDE)
 
-    runs = smc(exact_epsilon, schedule, a, r, noise_var, gain, 4, 500, 50, T_MIN,
-               torch.Generator().manual_seed(1))  # fmt: skip
+def test_the_chain_with_the_exact_guess_is_the_models_law_at_any_step_count():
+    """With the model's own spectrum as the guess, the SMC's chain (start and kernel) is the
+    model's law at t_min, per Fourier mode to rounding, with 3 steps as with 50."""
+    alpha, sigma = schedule(torch.tensor(T_MIN, dtype=torch.float64))
+    law = alpha**2 * LAM + sigma**2
+    for steps in (3, 50):
+        torch.testing.assert_close(chain_spectrum(steps, LAM), law, rtol=1e-9, atol=0)
+    assert (chain_spectrum(50, 1.5 * LAM) / law - 1).abs().max() > 1e-3  # a guess matters
+
+
+def test_smc_reproduces_the_wiener_filter_and_the_evidence(observed):
+    """With the exact score and its exact spectrum the twist and the chain are exact, so the
+    weights stay even (ESS above 90% of the particles); the evidence matches the model's exact
+    one at t_min within 4 standard errors of 4 runs, and the draws' mean and spread match that
+    law's Wiener filter (mean within 4 standard errors per pixel; spread ratio within 4
+    standard errors), itself within 0.15 standard deviations and 5% of the data's (t = 0)."""
+    _, _, _, mean, std = observed
+    a, r, noise_var = masked_in_u(observed)
+    runs = smc(exact_epsilon, schedule, a, r, noise_var, LAM.expand(4, SIDE, SIDE), 4, 500, 50,
+               T_MIN, torch.Generator().manual_seed(1))  # fmt: skip
     assert (runs.min_ess > 450).all()
-    prior = circulant(chain_spectrum(50))  # the chain's own Gaussian, u coordinates
+    alpha, sigma = schedule(torch.tensor(T_MIN, dtype=torch.float64))
+    prior = circulant(alpha**2 * LAM + sigma**2)  # the model's law at t_min, u coordinates
     cov = a @ prior @ a.T + torch.diag(noise_var)
     exact = torch.distributions.MultivariateNormal(torch.zeros(len(r)), cov).log_prob(r)
     assert (runs.log_evidence.mean() - exact).abs() < 4 * runs.log_evidence.std() / 2
-    gain_matrix = prior @ a.T @ torch.linalg.inv(cov)  # the chain's Wiener filter
+    gain_matrix = prior @ a.T @ torch.linalg.inv(cov)  # the Wiener filter at t_min
     chain_mean = gain_matrix @ r
     chain_std = (prior - gain_matrix @ a @ prior).diagonal().sqrt()
     w = runs.log_weight.exp()[..., None]
@@ -118,29 +132,20 @@ def test_smc_reproduces_the_wiener_filter_and_the_evidence(observed):
     se = chain_std / runs.ess.sum().sqrt()
     assert ((means.mean(0) - chain_mean).abs() / se).max() < 4
     assert ((spread / chain_std) - 1).abs().max() < 4 * math.sqrt(1 / (2 * runs.ess.sum()))
-    # and the chain of 50 steps is close to the continuous model's Wiener filter
     assert ((chain_mean - mean.reshape(-1)) / std.reshape(-1)).abs().max() < 0.15
     assert ((chain_std / std.reshape(-1)) - 1).abs().max() < 0.05
 
 
 def test_smc_with_a_wrong_guess_keeps_the_evidence(observed):
-    """A guess whose every mode's power is 1.5 times the model's moves the twist's spread; its
-    centre follows the model's own denoiser as the signal grows. The weights then correct the
-    guess: the evidence stays within 4 standard errors of 4 runs of the chain's exact one."""
-    measurement, y, *_ = observed
-    seen = measurement.seen.reshape(-1)
-    a = torch.eye(SIDE * SIDE, dtype=torch.float64)[seen] * SCALE
-    r = measurement.check(y).reshape(-1)[seen]
-    noise_var = torch.full((len(r),), measurement.noise**2, dtype=torch.float64)
-    lam = 1.5 * torch.as_tensor(SIM.eigenvalues(THETA[None])[0]) / SCALE**2
-
-    def gain(t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = schedule(t)
-        return (alpha * lam / (alpha**2 * lam + sigma**2)).expand(4, SIDE, SIDE)
-
-    runs = smc(exact_epsilon, schedule, a, r, noise_var, gain, 4, 500, 50, T_MIN,
-               torch.Generator().manual_seed(2))  # fmt: skip
-    prior = circulant(chain_spectrum(50))
+    """A guess whose every mode's power is 1.5 times the model's moves the twist's spread and
+    the chain's kernel; the twist's centre follows the model's own denoiser as the signal
+    grows. The weights then correct the guess: the evidence stays within 4 standard errors of
+    4 runs of the chain's exact one."""
+    a, r, noise_var = masked_in_u(observed)
+    guess = 1.5 * LAM
+    runs = smc(exact_epsilon, schedule, a, r, noise_var, guess.expand(4, SIDE, SIDE), 4, 500,
+               50, T_MIN, torch.Generator().manual_seed(2))  # fmt: skip
+    prior = circulant(chain_spectrum(50, guess))
     cov = a @ prior @ a.T + torch.diag(noise_var)
     exact = torch.distributions.MultivariateNormal(torch.zeros(len(r)), cov).log_prob(r)
     assert (runs.log_evidence.mean() - exact).abs() < 4 * runs.log_evidence.std() / 2
@@ -255,10 +260,7 @@ def test_the_twists_guess_is_the_models_spectrum(emulator):
     posterior = FieldPosterior(gaussian, Mask(torch.ones(8, 8, dtype=torch.bool), 0.2))
     theta = torch.tensor([[0.3, 0.8], [0.4, 0.9]])
     generator = torch.Generator().manual_seed(0)
-    t = torch.tensor(0.5, dtype=torch.float64)
-    alpha, sigma = gaussian.model.schedule(t)
-    kappa = posterior._gain(theta, generator)(t)
-    own = (sigma**2 * kappa / (alpha * (1 - alpha * kappa))).log().reshape(2, -1)
+    own = posterior._spectrum(theta, generator).log().reshape(2, -1)
     k = torch.fft.fftfreq(8)[:, None].square() + torch.fft.fftfreq(8).square()
     rings = torch.unique(k.round(decimals=8), return_inverse=True)[1].reshape(-1)
     per_ring = torch.zeros(2, int(rings.max()) + 1, dtype=torch.float64).index_add_(1, rings, own)

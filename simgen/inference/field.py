@@ -17,7 +17,9 @@ r"""Sampling a map given a measurement, with a diffusion model as its prior:
 the last term the spread of :math:`\hat u_0` (Bao et al. 2022, Analytic-DPM) with
 :math:`\rho_t = \lambda \sigma_t^2 / (\alpha_t^2 \lambda + \sigma_t^2)`, the
 :math:`\mathrm{Var}(u_0 \mid u_t)` of a prior of variance :math:`\lambda` (1: the standardised
-map); exact for such a Gaussian at any step size. The chain converges to the model's
+map), or per Fourier mode :math:`\rho_t(k)` for a stationary prior of spectrum
+:math:`\lambda(k)` (the covariance is then circulant); exact for such a Gaussian at any step
+size. The chain converges to the model's
 distribution as the steps grow, with or without it.
 
 **Gibbs sampling by data augmentation** (:func:`gibbs`, the default; for measurements diagonal
@@ -93,10 +95,13 @@ def noise_time(schedule: Schedule, rho: float, t_min: float) -> float:
 
 
 def ancestral_step(
-    u: Tensor, eps: Tensor, t: Tensor, s: Tensor, schedule: Schedule, prior_var: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """``(mean (n, d), variance ())`` of :math:`p(u_s \\mid u_t)` (module docstring) from
-    ``u (n, d)`` at ``t`` and its predicted noise ``eps``."""
+    u: Tensor, eps: Tensor, t: Tensor, s: Tensor, schedule: Schedule,
+    prior_var: float | Tensor = 1.0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(mean (n, d), variance)`` of :math:`p(u_s \\mid u_t)` (module docstring) from
+    ``u (n, d)`` at ``t`` and its predicted noise ``eps``; the variance is ``()`` for a scalar
+    ``prior_var`` :math:`\\lambda`, or per Fourier mode for a spectrum ``(..., h, w)`` (the
+    step's covariance is then circulant)."""
     (a_t, s_t), (a_s, s_s) = schedule(t), schedule(s)
     u0 = (u - s_t * eps) / a_t
     a_ts = a_t / a_s

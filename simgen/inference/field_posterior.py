@@ -309,33 +309,24 @@ class FieldPosterior:
         r = (self.measurement.check(y) - self.measurement(mean)).reshape(-1)[seen]
         return a, r, torch.full((len(r),), self.measurement.noise**2, dtype=torch.float64)
 
-    def _gain(self, theta: Tensor, generator: torch.Generator, probes: int = 8) -> Any:
-        """The Gaussian guess of the SMC's twist for each row of ``theta (m, d_theta)``: a
-        stationary spectrum :math:`\\lambda(k)` in the model's coordinates, and the map from t to
-        its gains :math:`\\kappa_t = \\alpha_t \\lambda / (\\alpha_t^2 \\lambda + \\sigma_t^2)`
-        ``(m, h, w)``. The model's own where it has one (``spectral``, symmetrised in k);
-        else read off its denoiser, whose gain per Fourier mode at t is
-        :math:`\\alpha_t \\kappa_t = 1 - \\sigma_t \\partial \\hat\\epsilon / \\partial u`
-        (vector-Jacobian products with white probes at white-noise states) at a few times of
-        moderate noise, inverted for :math:`\\lambda`, averaged in log over the times weighted by
-        how well each pins it down and over rings of equal :math:`|k|`."""
+    def _spectrum(self, theta: Tensor, generator: torch.Generator, probes: int = 8) -> Tensor:
+        """The SMC's Gaussian guess for each row of ``theta (m, d_theta)``: a stationary spectrum
+        :math:`\\lambda(k)` in the model's coordinates, ``(m, h, w)``. The model's own where it
+        has one (``spectral``, symmetrised in k); else read off its denoiser, whose gain per
+        Fourier mode at t is :math:`\\alpha_t \\kappa_t = 1 - \\sigma_t \\partial \\hat\\epsilon /
+        \\partial u` (vector-Jacobian products with white probes at white-noise states) at a
+        few times of moderate noise, inverted for :math:`\\lambda`, averaged in log over the
+        times weighted by how well each pins it down and over rings of equal :math:`|k|`."""
         h, w = self.emulator.x_shape
-        model, schedule = self.emulator.model, self.emulator.model.schedule
-        if getattr(model, "spectral", None) is not None:
-            v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
-            variance = model.spectral.spectrum(v)[1].detach().double().cpu().reshape(-1, h, w)
-            lam = 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
-        else:
-            lam = self._probed_spectrum(theta, generator, probes)
-
-        def gain(t: Tensor) -> Tensor:
-            alpha, sigma = schedule(t)
-            return alpha * lam / (alpha**2 * lam + sigma**2)
-
-        return gain
+        model = self.emulator.model
+        if getattr(model, "spectral", None) is None:
+            return self._probed_spectrum(theta, generator, probes)
+        v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
+        variance = model.spectral.spectrum(v)[1].detach().double().cpu().reshape(-1, h, w)
+        return 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
 
     def _probed_spectrum(self, theta: Tensor, generator: torch.Generator, probes: int) -> Tensor:
-        """:meth:`_gain`'s spectrum read off the denoiser: ``(m, h, w)``."""
+        """:meth:`_spectrum` read off the denoiser: ``(m, h, w)``."""
         h, w = self.emulator.x_shape
         epsilon, schedule = self._noise_predictor(theta, probes), self.emulator.model.schedule
         k = torch.fft.fftfreq(h)[:, None].square() + torch.fft.fftfreq(w).square()
@@ -368,7 +359,7 @@ class FieldPosterior:
         a, r, noise_var = self._linear(y)
         device = self.emulator.theta_mean.device
         epsilon = self._noise_predictor(theta.to(device), particles)
-        gain = self._gain(theta.to(device), generator)
+        spectrum = self._spectrum(theta.to(device), generator)
         t_min = self.emulator.model.config.t_min
-        return smc(epsilon, self.emulator.model.schedule, a, r, noise_var, gain, len(theta),
+        return smc(epsilon, self.emulator.model.schedule, a, r, noise_var, spectrum, len(theta),
                    particles, steps, t_min, generator, advance)  # fmt: skip

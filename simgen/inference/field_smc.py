@@ -4,36 +4,46 @@ of :math:`p_{model}(u)\, p(y \mid u)` for ``m`` conditions at once, and an unbia
 the evidence :math:`p(y)`, which is what the parameters' posterior needs.
 
 The measurement is :math:`y = B_0 u + e`, :math:`e \sim N(0, V)` (``a``: the matrix over the seen
-values in the model's coordinates, ``V`` diagonal). Each particle is twisted at time :math:`t`
-by a Gaussian guess of :math:`p(y \mid u_t)`. Its spread is that of a stationary Gaussian prior
+values in the model's coordinates, ``V`` diagonal). A Gaussian guess of the model, stationary
 of spectrum :math:`\lambda(k)` (the model's own, :class:`~simgen.models.vp.SpectralDenoiser`,
-or read off its denoiser: :class:`~simgen.inference.field_posterior.FieldPosterior`), whose
-denoiser is :math:`K_t u_t`, :math:`K_t = F^{-1} \mathrm{diag}(\kappa_t) F`,
+or read off its denoiser: :class:`~simgen.inference.field_posterior.FieldPosterior`), serves
+twice. Its denoiser is :math:`K_t u_t`, :math:`K_t = F^{-1} \mathrm{diag}(\kappa_t) F`,
 :math:`\kappa_t = \alpha_t \lambda / (\alpha_t^2 \lambda + \sigma_t^2)`, with
-:math:`\mathrm{Var}(u_0 \mid u_t) = R_t = (\sigma_t^2 / \alpha_t) K_t`. Its centre moves
-from that to the model's denoiser :math:`\hat u_0(u_t)` as the signal grows, as
-:math:`\alpha_t^2` (the network's :math:`\hat u_0` carries its noise error times
-:math:`\sigma_t / \alpha_t`, 150 at t = 1):
+:math:`\mathrm{Var}(u_0 \mid u_t) = R_t = (\sigma_t^2 / \alpha_t) K_t`.
+
+*The chain.* It starts from the guess's law at :math:`t = 1`,
+:math:`N(0, F^{-1} \mathrm{diag}(\alpha_1^2 \lambda + \sigma_1^2) F)`, and its steps are the
+ancestral kernel :math:`N(u_s; m, \Sigma)` with the guess's :math:`R_t` as the spread of
+:math:`\hat u_0` (:func:`~simgen.inference.field.ancestral_step` with the spectrum; a circulant
+:math:`\Sigma`), so where the model is the guessed Gaussian the chain's law at every step is
+the model's, whatever the number of steps, and the evidence carries no discretisation error
+from the model's Gaussian part.
+
+*The twist.* Each particle is twisted at time :math:`t` by a Gaussian guess of
+:math:`p(y \mid u_t)`, of the guess's spread, centred where the model's denoiser
+:math:`\hat u_0(u_t)` takes over as the signal grows, as :math:`\alpha_t^2` (the network's
+:math:`\hat u_0` carries its noise error times :math:`\sigma_t / \alpha_t`, 150 at t = 1):
 
 .. math::
     \tilde p_t(y \mid u_t) = N\big(y;\; B_0 \mu_t(u_t),\; S_t\big), \quad
     \mu_t = K_t u_t + \alpha_t^2 (\hat u_0(u_t) - K_t u_t), \quad S_t = B_0 R_t B_0^\top + V .
 
-The step from :math:`t` to :math:`s` draws from the chain's kernel :math:`N(u_s; m, \beta I)`
-times the twist at :math:`s` with :math:`\mu_s(u_s)` linearised about the kernel's mean, its
-non-Gaussian part held, :math:`B_0 \mu_s(u_s) \approx B_0 K_s u_s + \alpha_s^2 B_0 (\hat u_0(u_t)
-- K_t u_t)` (exact for the guessed Gaussian), a Gaussian: Matheron's rule with
-:math:`B = B_0 K_s`, :math:`M = S_s + \beta B B^\top`, :math:`u' \sim N(m, \beta I)`,
-:math:`e' \sim N(0, S_s)`, :math:`u_s = u' + \beta B^\top M^{-1} (c - B u' - e')` (``c``: y less
-the held part). The weight of the step is the target's ratio over the proposal's,
+The step from :math:`t` to :math:`s` draws from the kernel times the twist at :math:`s` with
+:math:`\mu_s(u_s)` linearised about the kernel's mean, its non-Gaussian part held,
+:math:`B_0 \mu_s(u_s) \approx B_0 K_s u_s + \alpha_s^2 B_0 (\hat u_0(u_t) - K_t u_t)` (exact for
+the guessed Gaussian), a Gaussian: Matheron's rule with :math:`B = B_0 K_s`,
+:math:`M = S_s + B \Sigma B^\top`, :math:`u' \sim N(m, \Sigma)`, :math:`e' \sim N(0, S_s)`,
+:math:`u_s = u' + \Sigma B^\top M^{-1} (c - B u' - e')` (``c``: y less the held part; every
+product with :math:`\Sigma` and :math:`K_s` by FFT). The weight of the step is the target's
+ratio over the proposal's,
 :math:`N(c; B m, M)\, \tilde p_s(y \mid u_s) / (N(c; B u_s, S_s)\, \tilde p_t(y \mid u_t))`,
 its numerator's twist computed with the network's call at :math:`s`. At :math:`t_{min}` the
-twist is the likelihood :math:`N(y; B_0 u, V)` itself (linear: no linearisation), so the
-weighted particles target :math:`p_{model}(u_{t_{min}})\, p(y \mid u_{t_{min}})` exactly as the
-particles grow, whatever the guess (twisted SMC, Wu et al. 2023; the filtering view of Dou &
-Song 2024 and Cardoso et al. 2023), with systematic resampling when the effective sample size
-falls below half. Where the model is the guessed Gaussian the weights are constant: one
-particle gives the evidence.
+twist is the likelihood :math:`N(y; B_0 u, V)` itself (linear: no linearisation,
+:math:`B = B_0`), so the weighted particles target
+:math:`p_{model}(u_{t_{min}})\, p(y \mid u_{t_{min}})` exactly as the particles grow, whatever
+the guess (twisted SMC, Wu et al. 2023; the filtering view of Dou & Song 2024 and Cardoso et
+al. 2023), with systematic resampling when the effective sample size falls below half. Where
+the model is the guessed Gaussian the weights are constant: one particle gives the evidence.
 """
 
 from __future__ import annotations
@@ -50,9 +60,6 @@ from simgen.inference.field import NoisePredictor, Schedule, ancestral_step, tim
 from simgen.inference.importance import systematic_resample
 
 __all__ = ["FieldSMC", "circulant", "smc"]
-
-# t () -> kappa (m, *shape): the guessed denoiser's gain per Fourier mode of each group
-Gain = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -107,7 +114,7 @@ def smc(
     a: Tensor,
     y: Tensor,
     noise_var: Tensor,
-    gain: Gain,
+    spectrum: Tensor,
     groups: int,
     particles: int,
     steps: int,
@@ -117,7 +124,8 @@ def smc(
 ) -> FieldSMC:
     """Sequential Monte Carlo (the module docstring) for ``groups`` conditions of ``particles``
     particles; ``a (n, d)``, ``y (n,)``, ``noise_var (n,)`` the measurement in the model's
-    coordinates (float64), ``gain`` the guess per group. ``epsilon`` sees the particles
+    coordinates (float64), ``spectrum (m, h, w)`` the guess's :math:`\\lambda(k)` per group,
+    symmetric in k. ``epsilon`` sees the particles
     flattened, ``(groups * particles, d)``, group by group; ``progress`` is called after each
     of the ``steps`` steps."""
     m, n, d = groups, particles, a.shape[-1]
@@ -136,24 +144,26 @@ def smc(
             return a @ circulant(g) @ a.T if both else a @ circulant(g)
 
     noise = torch.diag(noise_var)
-    likelihood = (a.expand(m, -1, -1), (a @ a.T).expand(m, -1, -1),
-                  torch.linalg.cholesky(noise).expand(m, -1, -1))  # fmt: skip
+    lam = spectrum.double()
+    likelihood = (a.expand(m, -1, -1), torch.linalg.cholesky(noise).expand(m, -1, -1))
 
-    def twist(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The gains ``kappa (m, h, w)``, ``B (m, n_y, d)``, ``B B^T`` and the Cholesky factor
-        of ``S`` at time ``t``."""
+    def twist(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The gains ``kappa (m, h, w)``, ``B (m, n_y, d)`` and the Cholesky factor of ``S`` at
+        time ``t``."""
         alpha, sigma = schedule(t)
-        kappa = gain(t).double().clamp(0, 1 / float(alpha))
+        kappa = alpha * lam / (alpha**2 * lam + sigma**2)
         s = select(kappa * sigma**2 / alpha, True) + noise
-        return kappa, select(kappa, False), select(kappa.square(), True), torch.linalg.cholesky(s)
+        return kappa, select(kappa, False), torch.linalg.cholesky(s)
 
-    def denoise(kappa: Tensor, v: Tensor) -> Tensor:  # K v for v (m, N, d)
-        f = torch.fft.fft2(v.reshape(m, n, *kappa.shape[-2:])) * kappa[:, None]
-        return torch.fft.ifft2(f).real.reshape(m, n, d)
+    def filtered(g: Tensor, v: Tensor) -> Tensor:  # F^-1 diag(g) F v for v (m, N, d)
+        f = torch.fft.fft2(v.reshape(m, -1, *g.shape[-2:])) * g[:, None]
+        return torch.fft.ifft2(f).real.reshape(v.shape)
 
     times = time_grid(steps, t_min)
-    u = torch.randn(m, n, d, generator=generator, dtype=torch.float64)
-    kappa, _, _, chol = twist(times[0])
+    alpha, sigma = schedule(times[0])
+    white = torch.randn(m, n, d, generator=generator, dtype=torch.float64)
+    u = filtered((alpha**2 * lam + sigma**2).sqrt(), white)  # the guess's law at t = 1
+    kappa, _, chol = twist(times[0])
     log_z = torch.zeros(m, dtype=u.dtype)
     log_w = torch.full((m, n), -math.log(n), dtype=u.dtype)
     pending = torch.zeros(m, n, dtype=u.dtype)  # the step's log weight, less its last twist
@@ -161,7 +171,7 @@ def smc(
     for t, s in itertools.pairwise(times):
         eps = epsilon(u.reshape(m * n, d).float(), t.float()).double().reshape(m, n, d)
         alpha, sigma = schedule(t)
-        linear = denoise(kappa, u)
+        linear = filtered(kappa, u)
         held = (u - sigma * eps) / alpha - linear  # the model's denoiser less the guess's
         current = _log_normal(y - (linear + alpha**2 * held) @ a.T, chol)  # log p~_t(y | u_t)
         log_w = log_w + pending + current
@@ -178,17 +188,20 @@ def smc(
             )
             current = torch.gather(current, 1, idx)
             log_w = torch.where(low[:, None], -math.log(n), log_w)
-        mean, var = ancestral_step(u, eps, t, s, schedule)
+        mean, var = ancestral_step(u, eps, t, s, schedule, lam)  # var (m, h, w): Sigma's
         if s > t_min:
-            kappa, b, bbt, chol = twist(s)
-            c = y - (denoise(kappa, mean) + schedule(s)[0] ** 2 * held) @ a.T  # y - B0 mu_s(m)
+            kappa, b, chol = twist(s)
+            c = y - (filtered(kappa, mean) + schedule(s)[0] ** 2 * held) @ a.T  # y - B0 mu_s(m)
+            g = kappa
         else:
-            (b, bbt, chol), c = likelihood, y - mean @ a.T
-        big = torch.linalg.cholesky(chol @ chol.transpose(-1, -2) + var * bbt)  # of M
-        prior = mean + var.sqrt() * torch.randn(u.shape, generator=generator, dtype=u.dtype)
+            (b, chol), c, g = likelihood, y - mean @ a.T, torch.ones_like(var)
+        big = torch.linalg.cholesky(chol @ chol.transpose(-1, -2) + select(g.square() * var, True))
+        noise_u = torch.randn(u.shape, generator=generator, dtype=u.dtype)
+        prior = mean + filtered(var.sqrt(), noise_u)
         e = torch.randn(m, n, len(y), generator=generator, dtype=u.dtype)
         misfit = c - (prior - mean) @ b.transpose(-1, -2) - e @ chol.transpose(-1, -2)
-        u = prior + var * torch.cholesky_solve(misfit.transpose(-1, -2), big).transpose(-1, -2) @ b
+        solved = torch.cholesky_solve(misfit.transpose(-1, -2), big).transpose(-1, -2)
+        u = prior + solved @ select(g * var, False)  # Sigma B^T M^-1 misfit, as rows
         proposal = _log_normal(c - (u - mean) @ b.transpose(-1, -2), chol)
         pending = _log_normal(c, big) - proposal - current
         if progress is not None:
