@@ -125,9 +125,8 @@ def smc(
     """Sequential Monte Carlo (the module docstring) for ``groups`` conditions of ``particles``
     particles; ``a (n, d)``, ``y (n,)``, ``noise_var (n,)`` the measurement in the model's
     coordinates (float64), ``spectrum (m, h, w)`` the guess's :math:`\\lambda(k)` per group,
-    symmetric in k. ``epsilon`` sees the particles
-    flattened, ``(groups * particles, d)``, group by group; ``progress`` is called after each
-    of the ``steps`` steps."""
+    symmetric in k. ``epsilon`` sees the particles flattened, ``(groups * particles, d)``,
+    group by group; ``progress`` is called after each of the ``steps`` steps."""
     m, n, d = groups, particles, a.shape[-1]
     nonzero = (a != 0).sum(-1)
     if (nonzero == 1).all():  # a scaled selection of values (a mask): no products with a
@@ -196,8 +195,8 @@ def smc(
         else:
             (b, chol), c, g = likelihood, y - mean @ a.T, torch.ones_like(var)
         big = torch.linalg.cholesky(chol @ chol.transpose(-1, -2) + select(g.square() * var, True))
-        noise_u = torch.randn(u.shape, generator=generator, dtype=u.dtype)
-        prior = mean + filtered(var.sqrt(), noise_u)
+        white = torch.randn(u.shape, generator=generator, dtype=u.dtype)
+        prior = mean + filtered(var.sqrt(), white)
         e = torch.randn(m, n, len(y), generator=generator, dtype=u.dtype)
         misfit = c - (prior - mean) @ b.transpose(-1, -2) - e @ chol.transpose(-1, -2)
         solved = torch.cholesky_solve(misfit.transpose(-1, -2), big).transpose(-1, -2)
