@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +158,24 @@ def test_edm_loss_has_a_unit_variance_target_for_the_gaussian():
     z = torch.randn(50_000, 3)
     loss = edm_loss(lambda y, s: torch.zeros_like(y), z, NoiseSchedule())
     assert abs(float(loss.mean()) - 1) < 4 * float(loss.std()) / math.sqrt(len(loss))
+
+
+def test_the_default_network_learns_a_scale_mixture(tmp_path):
+    """gaussian_mixture's x given theta is a mixture of two scales, which the standardisation's
+    Gaussian misses by 1.6 nats per point. Fitted with the defaults on 10,000 simulations
+    (where a 64-feature noise embedding stayed at the Gaussian's loss), the network removes
+    more than half of that error on 500 held-out pairs."""
+    store = simgen.simulate("gaussian_mixture", 10_000, tmp_path / "gm.h5", workers=1,
+                            progress=False)  # fmt: skip
+    torch.manual_seed(0)
+    emulator = fit(store, "diffusion", None, progress=False, proposal=False)
+    sim = simgen.get_simulator("gaussian_mixture")
+    theta = sim.prior().sample((500,))
+    x = torch.as_tensor(sim.simulate(theta.double().numpy(), np.random.default_rng(1)))
+    exact = torch.as_tensor(sim.log_likelihood(x.numpy(), theta.double().numpy()))
+    with torch.no_grad():
+        learned = emulator.log_prob(x.float(), theta)
+        for p in emulator.model.net[-1].parameters():
+            torch.nn.init.zeros_(p)  # F = 0: the standardisation's Gaussian alone
+        gaussian = emulator.log_prob(x.float(), theta)
+    assert (learned - exact).abs().mean() < 0.5 * (gaussian - exact).abs().mean()
