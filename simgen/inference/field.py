@@ -19,8 +19,7 @@ the last term the spread of :math:`\hat u_0` (Bao et al. 2022, Analytic-DPM) wit
 :math:`\mathrm{Var}(u_0 \mid u_t)` of a prior of variance :math:`\lambda` (1: the standardised
 map), or per Fourier mode :math:`\rho_t(k)` for a stationary prior of spectrum
 :math:`\lambda(k)` (the covariance is then circulant); exact for such a Gaussian at any step
-size. The chain converges to the model's
-distribution as the steps grow, with or without it.
+size. The chain converges to the model's distribution as the steps grow, with or without it.
 
 **Gibbs sampling by data augmentation** (:func:`gibbs`, the default; for measurements diagonal
 in an orthonormal basis, :class:`~simgen.inference.measurement.DiagonalForm`:

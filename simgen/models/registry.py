@@ -62,13 +62,13 @@ def defaults_for(
     of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass
     per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x standardised
     given theta as the flow's (``process = "edm"``, 18 Heun steps per sample, a 16-feature
-    time embedding: with 64 the MLP's training stalls at the Gaussian's loss on multimodal x),
-    for the VAE on vectors the same held standardisation, a two-transform spline flow as its decoder (a
-    diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from
-    32 importance samples (:mod:`simgen.models.vae`), or the variance-preserving process with
-    the exact denoiser of a Gaussian linear in theta (``gaussian``) where the ``user``'s
-    settings ask for it (``process = "vp"``) or name one of :data:`VP_SETTINGS` or
-    ``network = "unet"``."""
+    time embedding: with 64 the MLP's training stays at the Gaussian's loss on gaussian_mixture's
+    scale mixture), for the VAE on vectors the same held standardisation, a two-transform spline
+    flow as its decoder (a diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX`
+    values) and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
+    variance-preserving process with the exact denoiser of a Gaussian linear in theta
+    (``gaussian``) where the ``user``'s settings ask for it (``process = "vp"``) or name one of
+    :data:`VP_SETTINGS` or ``network = "unet"``."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
         return {"network": "spectral", "transforms": 0}
