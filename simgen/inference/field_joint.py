@@ -100,5 +100,7 @@ def kernel_draws(
     kernels = mixture.component_distribution
     parent = torch.multinomial(mixture.mixture_distribution.probs, n, True, generator=generator)
     noise = torch.randn(n, kernels.loc.shape[-1], generator=generator, dtype=torch.float64)
-    theta = estimate.transforms[0](kernels.loc[parent] + noise @ kernels.scale_tril[0].T)
-    return theta, parent, estimate.log_prob(theta)
+    z = kernels.loc[parent] + noise @ kernels.scale_tril[0].T  # the kernels share a covariance
+    to_theta = estimate.transforms[0]
+    theta = to_theta(z)
+    return theta, parent, mixture.log_prob(z) - to_theta.log_abs_det_jacobian(z, theta)

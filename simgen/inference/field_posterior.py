@@ -317,10 +317,10 @@ class FieldPosterior:
         \\partial u` (vector-Jacobian products with white probes at white-noise states) at a
         few times of moderate noise, inverted for :math:`\\lambda`, averaged in log over the
         times weighted by how well each pins it down and over rings of equal :math:`|k|`."""
-        h, w = self.emulator.x_shape
         model = self.emulator.model
         if getattr(model, "spectral", None) is None:
             return self._probed_spectrum(theta, generator, probes)
+        h, w = self.emulator.x_shape
         v = ((theta - self.emulator.theta_mean) / self.emulator.theta_std).float()
         variance = model.spectral.spectrum(v)[1].detach().double().cpu().reshape(-1, h, w)
         return 0.5 * (variance + variance.flip(-2, -1).roll((1, 1), (-2, -1)))
