@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TINY = {
     "flow": {"transforms": 2, "hidden": [16, 16], "correlated": True},
     "vae": {"latent": 2, "hidden": [16, 16], "iw_samples": 64},
-    "diffusion": {"hidden": [32, 32], "embedding": 8, "steps": 8},
+    "diffusion": {"hidden": [32, 32], "embedding": 8, "steps": 8, "affine_steps": 50},
 }
 
 

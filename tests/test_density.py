@@ -148,7 +148,7 @@ def line_data(tmp_path_factory):
     "family, config, epochs, tolerance",
     [
         ("flow", {"transforms": 2, "hidden": [16, 16]}, 3, 2e-3),
-        ("diffusion", {"hidden": [32, 32], "embedding": 8}, 30, 1e-2),
+        ("diffusion", {"hidden": [32, 32], "embedding": 8, "affine_steps": 200}, 30, 1e-2),
         ("vae", {"latent": 1, "hidden": [32, 32], "iw_samples": 256}, 3, 5e-2),
     ],
 )

@@ -20,9 +20,10 @@ With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.mod
 its steps, sampled ancestrally, its density bounded below by the ELBO.
 
 With ``process = "edm"`` (the default for new fits of vectors) x is first standardised given
-theta by a fixed conditional affine map :math:`z = T_\theta(x)` (the flow's
-:class:`~simgen.models.flow.ConditionalAffine`: the maximum-likelihood heteroscedastic Gaussian
-of x given theta, decorrelated; fitted on the first batch and then held), and the diffusion runs
+theta by a conditional affine map :math:`z = T_\theta(x)` (the flow's
+:class:`~simgen.models.flow.ConditionalAffine`: the maximum-likelihood Gaussian of x given theta,
+decorrelated, its mean and scales smooth in theta; fitted before training and then held:
+:mod:`simgen.models.standardize`), and the diffusion runs
 on z with EDM's preconditioning, training and fixed-grid Heun solvers (:mod:`simgen.models.edm`):
 :math:`\log p(x \mid \theta) = \log p_{\sigma_{min}}(T_\theta(x) \mid \theta)
 + \log |\det \partial T_\theta / \partial x|`. Noise of any size in x (slcp's reaches 2e-4 of
@@ -32,7 +33,6 @@ its spread) is then unit-sized in z, so the small-noise end of the path costs no
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,13 +44,14 @@ from zuko.distributions import NormalizingFlow
 from zuko.transforms import FreeFormJacobianTransform
 
 from simgen.errors import UsageError
+from simgen.models import vp
 from simgen.models.ddpm import DDPMDistribution, ancestral_sample
 from simgen.models.edm import EDMDistribution, NoiseSchedule, edm_loss
 from simgen.models.family import Family
 from simgen.models.flow import ConditionalAffine
 from simgen.models.nn import MLP, TimeEmbedding
+from simgen.models.standardize import fit_standardization
 from simgen.models.unet import UNet
-from simgen.models.vp import GaussianDenoiser, SpectralDenoiser, vp_alpha_sigma, vp_beta
 
 __all__ = ["Diffusion", "DiffusionConfig"]
 
@@ -114,6 +115,9 @@ class DiffusionConfig:
         fixed_gaussian: EDM: the standardisation's Gaussian, as the flow's (``"auto"``
             settles on the first batch: :func:`simgen.models.flow.needs_fixed_gaussian`).
         scale_bound: EDM: the bound of the standardisation's log-scale, as the flow's.
+        affine_hidden: EDM: hidden sizes of the standardisation's MLP in theta.
+        affine_steps: EDM: maximum-likelihood steps of that MLP before training, then held
+            (:func:`simgen.models.standardize.fit_standardization`; 0: the linear fit alone).
     """
 
     network: str = "mlp"
@@ -144,6 +148,8 @@ class DiffusionConfig:
     correlated: bool = True
     fixed_gaussian: bool | str = "auto"
     scale_bound: str = "tanh"
+    affine_hidden: tuple[int, ...] = ()
+    affine_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -205,16 +211,16 @@ class Diffusion(Family):
                 tuple(config.hidden),
                 zero_last=config.gaussian or config.process == "edm",
             )
-        self.gaussian = GaussianDenoiser(d_x, d_theta) if config.gaussian else None
+        self.gaussian = vp.GaussianDenoiser(d_x, d_theta) if config.gaussian else None
         self.spectral = None
         if config.spectral:
-            self.spectral = SpectralDenoiser(math.isqrt(d_x), d_theta, SPECTRAL_HIDDEN)
+            self.spectral = vp.SpectralDenoiser(math.isqrt(d_x), d_theta, SPECTRAL_HIDDEN)
         if config.process == "edm":
             self.affine = ConditionalAffine(
-                d_x, d_theta, (), config.correlated, config.scale_bound, False,
-                config.fixed_gaussian,
+                d_x, d_theta, tuple(config.affine_hidden), config.correlated,
+                config.scale_bound, False, config.fixed_gaussian,
             )  # fmt: skip
-            self.affine.requires_grad_(False)  # fitted on the first batch, then held
+            self.affine.requires_grad_(False)  # fitted before training, then held
             self.noise = NoiseSchedule(
                 config.sigma_min, config.sigma_max, config.rho, config.p_mean, config.p_std
             )
@@ -227,7 +233,7 @@ class Diffusion(Family):
 
     def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)`."""
-        return vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
+        return vp.vp_alpha_sigma(t, self.config.beta_min, self.config.beta_max)
 
     def initialize(
         self,
@@ -239,14 +245,17 @@ class Diffusion(Family):
         """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
         least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``), the spectrum of
         :class:`~simgen.models.vp.SpectralDenoiser` (``spectral``), or the
-        standardisation of ``process = "edm"`` (whose settled ``fixed_gaussian`` and
-        ``scale_bound`` the configuration then holds); else nothing."""
+        standardisation of ``process = "edm"``: linear, then ``affine_steps`` of maximum
+        likelihood (its settled ``fixed_gaussian`` and ``scale_bound`` the configuration then
+        holds); else nothing."""
         if self.gaussian is not None:
             self.gaussian.fit(theta, x.flatten(1))
         if self.spectral is not None:
             self.spectral.fit(theta, x.flatten(1))
         if self.config.process == "edm":
             self.affine.fit_linear(theta, x.flatten(1), origin, agree)
+            if self.config.affine_steps:
+                fit_standardization(self.affine, theta, x.flatten(1), self.config.affine_steps)
             self.affine.requires_grad_(False)
             self.config = dataclasses.replace(
                 self.config,
@@ -318,7 +327,7 @@ class Diffusion(Family):
     def drift(self, x: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         """Probability-flow ODE :math:`\\dot x = -\\frac12 \\beta(t)(x - \\hat\\epsilon/\\sigma_t)`
         (the score is :math:`-\\hat\\epsilon / \\sigma_t`)."""
-        beta = vp_beta(t, self.config.beta_min, self.config.beta_max)
+        beta = vp.vp_beta(t, self.config.beta_min, self.config.beta_max)
         _, sigma = self.schedule(t)
         return -0.5 * beta * (x - self.epsilon(x, t, theta) / sigma)
 
@@ -360,22 +369,12 @@ class Diffusion(Family):
             return ancestral_sample(self, theta, steps)
         if self.config.process == "edm":
             return self._edm_dist(theta, True, steps, sampler=sampler).sample()
-        sampler = sampler or self.config.sampler
-        ts = torch.linspace(1.0, self.config.t_min, steps + 1, device=theta.device)
-        x = torch.randn(*theta.shape[:-1], self.d_x, device=theta.device)
-        for t, t_next in itertools.pairwise(ts):
-            h = t_next - t  # negative
-            if sampler == "ode":  # Heun
-                d1 = self.drift(x, t, theta)
-                x_euler = x + h * d1
-                x = x + h * 0.5 * (d1 + self.drift(x_euler, t_next, theta))
-            else:  # Euler-Maruyama on the reverse SDE dx = [-b/2 x - b score] dt + sqrt(b) dw
-                beta = vp_beta(t, self.config.beta_min, self.config.beta_max)
-                _, sigma = self.schedule(t)
-                score = -self.epsilon(x, t, theta) / sigma
-                x = x + h * (-0.5 * beta * x - beta * score)
-                x = x + math.sqrt(-float(h)) * beta.sqrt() * torch.randn_like(x)
-        return x
+        c = self.config
+        return vp.vp_sample(
+            lambda x, t: self.drift(x, t, theta), lambda x, t: self.epsilon(x, t, theta),
+            torch.randn(*theta.shape[:-1], self.d_x, device=theta.device),
+            c.t_min, steps, sampler or c.sampler, c.beta_min, c.beta_max,
+        )  # fmt: skip
 
     def _edm_dist(
         self,

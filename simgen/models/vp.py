@@ -15,7 +15,9 @@ so with :math:`r = x_t - \alpha_t \mu`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +25,9 @@ from torch import Tensor, nn
 from simgen.models.nn import full_precision, linear_gaussian_fit
 from simgen.models.spectral import Hartley, ModeScale
 
-__all__ = ["GaussianDenoiser", "SpectralDenoiser", "vp_alpha_sigma", "vp_beta"]
+__all__ = ["GaussianDenoiser", "SpectralDenoiser", "vp_alpha_sigma", "vp_beta", "vp_sample"]
+
+Field = Callable[[Tensor, Tensor], Tensor]  # (x (*, d), t ()) -> (*, d)
 
 
 def vp_beta(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
@@ -36,6 +40,35 @@ def vp_alpha_sigma(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor,
     -\\frac14 t^2 (\\beta_1 - \\beta_0) - \\frac12 t \\beta_0`."""
     log_alpha = -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
     return log_alpha.exp(), (-torch.expm1(2 * log_alpha)).sqrt()
+
+
+def vp_sample(
+    drift: Field,
+    epsilon: Field,
+    noise: Tensor,
+    t_min: float,
+    steps: int,
+    sampler: str,
+    beta_min: float,
+    beta_max: float,
+) -> Tensor:
+    r"""Draws from ``noise (*, d)`` at t = 1 down to ``t_min`` in ``steps`` uniform steps:
+    Heun on the probability-flow ODE (``sampler = "ode"``, ``drift`` its right-hand side) or
+    Euler-Maruyama on the reverse SDE :math:`\mathrm{d}x = [-\frac12 \beta x - \beta
+    \nabla \log q]\,\mathrm{d}t + \sqrt\beta\,\mathrm{d}\bar w`, the score
+    :math:`-\hat\epsilon / \sigma_t` from ``epsilon``."""
+    x = noise
+    for t, t_next in itertools.pairwise(torch.linspace(1.0, t_min, steps + 1, device=x.device)):
+        h = t_next - t  # negative
+        if sampler == "ode":
+            d1 = drift(x, t)
+            x = x + h * 0.5 * (d1 + drift(x + h * d1, t_next))
+        else:
+            beta = vp_beta(t, beta_min, beta_max)
+            score = -epsilon(x, t) / vp_alpha_sigma(t, beta_min, beta_max)[1]
+            x = x + h * (-0.5 * beta * x - beta * score)
+            x = x + math.sqrt(-float(h)) * beta.sqrt() * torch.randn_like(x)
+    return x
 
 
 class GaussianDenoiser(nn.Module):
