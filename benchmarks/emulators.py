@@ -17,7 +17,9 @@ and keeps the rows of tasks and methods it does not rerun. ``--families`` also t
 diffusion variants of the variance-preserving process (the default is EDM on x standardised
 given theta): ``diffusion-vp`` (with the exact denoiser of a Gaussian linear in theta added,
 predicting eps), ``diffusion-x0``, ``diffusion-score`` (other parameterizations) and
-``diffusion-ddpm`` (the discrete-time chain, density = its ELBO); ``flow-gaussian``: the flow
+``diffusion-ddpm`` (the discrete-time chain, density = its ELBO); ``diffusion-fitted``: EDM with
+the standardisation's Gaussian fitted by maximum likelihood with an MLP in theta
+(``affine_steps``); ``flow-gaussian``: the flow
 without spline transforms (``transforms = 0``), i.e. its theta-conditioned affine
 standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 ``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
@@ -86,6 +88,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion-x0": ("diffusion", {"parameterization": "x0"}),
     "diffusion-score": ("diffusion", {"parameterization": "score"}),
     "diffusion-ddpm": ("diffusion", {"time": "discrete"}),
+    # the standardisation's Gaussian with a 2 x 256 MLP in theta fitted by maximum likelihood
+    "diffusion-fitted": ("diffusion", {"affine_hidden": [256, 256], "affine_steps": 8000}),
 }
 DATA = Path(__file__).parent / ".data"
 
@@ -186,7 +190,7 @@ def run_task(
     )
     for variant in variants:
         family, config = VARIANTS[variant]
-        if quick and family == "diffusion":  # a smoke test: the standardisation's fit too
+        if quick and "affine_steps" in config:  # a smoke test: the standardisation's fit too
             config = {**config, "affine_steps": 100}
         train = {} if epochs is None else {"epochs": epochs}
         fit_s, emulator = timed(

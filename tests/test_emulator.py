@@ -232,8 +232,8 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     affine["fixed_gaussian"] = "auto"
     assert defaults_for("flow", (40,)) == affine
     assert defaults_for("flow", (8,)) == {**affine, "correlated": True}
-    edm = {"process": "edm", "steps": 18, "embedding": 16, "affine_hidden": (256, 256),
-           "affine_steps": 8000, "correlated": True, "fixed_gaussian": "auto"}  # fmt: skip
+    edm = {"process": "edm", "steps": 18, "embedding": 16, "correlated": True,
+           "fixed_gaussian": "auto"}  # fmt: skip
     assert defaults_for("diffusion", (8,)) == edm
     assert defaults_for("diffusion", (40,)) == {**edm, "correlated": False}
     # a setting of the variance-preserving process asks for it: its defaults, not EDM's

@@ -61,8 +61,7 @@ def defaults_for(
     fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling transforms for x
     of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass
     per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x standardised
-    given theta as the flow's, the standardisation's 2 x 256 MLP fitted by maximum likelihood
-    for 8,000 steps and held (``process = "edm"``, 18 Heun steps per sample, a 16-feature
+    given theta as the flow's (``process = "edm"``, 18 Heun steps per sample, a 16-feature
     time embedding: with 64 the MLP's training stays at the Gaussian's loss on gaussian_mixture's
     scale mixture), for the VAE on vectors the same held standardisation, a two-transform spline
     flow as its decoder (a diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX`
@@ -95,8 +94,6 @@ def defaults_for(
             "process": "edm",
             "steps": 18,
             "embedding": 16,
-            "affine_hidden": (256, 256),
-            "affine_steps": 8000,
             "correlated": d_x <= CORRELATED_MAX,
             "fixed_gaussian": "auto" if d_x <= FIXED_GAUSSIAN_MAX else False,
         }
