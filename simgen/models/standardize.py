@@ -1,9 +1,9 @@
 r"""A held standardisation of x given theta, fitted by maximum likelihood before training.
 
-The EDM diffusion (and the VAE, ``held``) model :math:`z = T_\theta(x)` instead of x, with
-:math:`T_\theta` the flow's :class:`~simgen.models.flow.ConditionalAffine`: its linear part the
-least-squares (or heteroscedastic) Gaussian of x given theta, its MLP a correction in theta.
-:func:`fit_standardization` trains that MLP alone on
+The EDM diffusion models :math:`z = T_\theta(x)` instead of x, with :math:`T_\theta` the
+flow's :class:`~simgen.models.flow.ConditionalAffine`: its linear part the least-squares (or
+heteroscedastic) Gaussian of x given theta, its MLP a correction in theta (``affine_hidden``).
+With ``affine_steps``, :func:`fit_standardization` trains that MLP alone on
 
 .. math::
     \max \; \mathbb{E}\big[\log N(T_\theta(x); 0, I)
