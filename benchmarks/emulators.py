@@ -19,7 +19,7 @@ given theta): ``diffusion-vp`` (with the exact denoiser of a Gaussian linear in 
 predicting eps), ``diffusion-x0``, ``diffusion-score`` (other parameterizations) and
 ``diffusion-ddpm`` (the discrete-time chain, density = its ELBO); ``diffusion-fitted``: EDM with
 the standardisation's Gaussian fitted by maximum likelihood with an MLP in theta
-(``affine_steps``); ``flow-gaussian``: the flow
+(``affine_steps``) and a denoiser with three hidden layers; ``flow-gaussian``: the flow
 without spline transforms (``transforms = 0``), i.e. its theta-conditioned affine
 standardisation alone, a Gaussian given theta, with a 4 x 256 MLP;
 ``flow-gaussian-separate``: the same with an MLP each for the mean, the log-scale and the
@@ -88,8 +88,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion-x0": ("diffusion", {"parameterization": "x0"}),
     "diffusion-score": ("diffusion", {"parameterization": "score"}),
     "diffusion-ddpm": ("diffusion", {"time": "discrete"}),
-    # the standardisation's Gaussian with a 2 x 256 MLP in theta fitted by maximum likelihood
-    "diffusion-fitted": ("diffusion", {"affine_hidden": [256, 256], "affine_steps": 8000}),
+    # the standardisation's Gaussian with a 2 x 256 MLP in theta fitted by maximum likelihood,
+    # the denoiser with three hidden layers
+    "diffusion-fitted": (
+        "diffusion",
+        {"affine_hidden": [256, 256], "affine_steps": 8000, "hidden": [256, 256, 256]},
+    ),
 }
 DATA = Path(__file__).parent / ".data"
 

@@ -46,13 +46,18 @@ def test_divergence_is_the_jacobians_trace_and_hutchinson_is_unbiased():
     jacobian = torch.autograd.functional.jacobian(lambda v: net(v).sum(0), z)  # (5, 7, 5)
     torch.testing.assert_close(div, torch.einsum("ini->n", jacobian), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, net(z))
-    # the MLP's own pass: the same trace, over the first 5 of its inputs
-    mlp = MLP(8, 5, (32, 32))
+    # the MLP's own pass: the same trace, over the first 5 of its inputs, by the bilinear form
+    # (two hidden layers) and by carrying the Jacobian's columns (any other depth)
     inputs = torch.randn(7, 8)
-    out, trace = mlp.forward_and_trace(inputs, 5)
-    full = torch.autograd.functional.jacobian(lambda v: mlp(v).sum(0), inputs)  # (5, 7, 8)
-    torch.testing.assert_close(trace, torch.einsum("ini->n", full[:, :, :5]), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out, mlp(inputs))
+    for hidden in [(32, 32), (32,), (32, 24, 16)]:
+        mlp = MLP(8, 5, hidden)
+        out, trace = mlp.forward_and_trace(inputs, 5)
+        full = torch.autograd.functional.jacobian(
+            lambda v, f=mlp: f(v).sum(0), inputs
+        )  # (5, 7, 8)
+        exact = torch.einsum("ini->n", full[:, :, :5])
+        torch.testing.assert_close(trace, exact, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out, mlp(inputs))
     # Hutchinson: e^T J e over Rademacher e, mean within 4 standard errors of the trace
     k = 4000
     probes = torch.randint(0, 2, (k, *z.shape)).float() * 2 - 1

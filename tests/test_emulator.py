@@ -232,10 +232,11 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     affine["fixed_gaussian"] = "auto"
     assert defaults_for("flow", (40,)) == affine
     assert defaults_for("flow", (8,)) == {**affine, "correlated": True}
-    edm = {"process": "edm", "steps": 18, "embedding": 16, "correlated": True,
-           "fixed_gaussian": "auto"}  # fmt: skip
+    edm = {"process": "edm", "hidden": (256, 256), "steps": 18, "embedding": 16,
+           "correlated": True, "fixed_gaussian": "auto"}  # fmt: skip
     assert defaults_for("diffusion", (8,)) == edm
     assert defaults_for("diffusion", (40,)) == {**edm, "correlated": False}
+    assert defaults_for("diffusion", (2,))["hidden"] == (256, 256, 256)
     # a setting of the variance-preserving process asks for it: its defaults, not EDM's
     assert defaults_for("diffusion", (8,), {"time": "discrete"}) == {"gaussian": True}
     torch.manual_seed(0)

@@ -85,7 +85,9 @@ class DiffusionConfig:
         steps: Steps of the sampler.
         atol: Absolute tolerance of the density's adaptive ODE solver.
         rtol: Relative tolerance of the density's adaptive ODE solver.
-        exact_divergence_max: Largest x size with the exact divergence (else Hutchinson).
+        exact_divergence_max: Largest x size with the exact divergence (else Hutchinson),
+            except for ``process = "edm"`` with two hidden layers, whose exact divergence costs
+            one matrix-vector product at any size (:meth:`simgen.models.nn.MLP.forward_and_trace`).
         gaussian: Add to the network's prediction the exact one for data
             :math:`x_0 \\mid \\theta \\sim N(W \\theta + b, \\mathrm{diag}(s^2))`
             (:class:`GaussianDenoiser`: least-squares start, then trained with the network,
@@ -263,15 +265,14 @@ class Diffusion(Family):
                 scale_bound=self.affine.bound,
             )
 
-    def _f_and_trace(self, y: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`_f` and its exact divergence in ``y`` ``(n,)``, in one pass."""
-        inputs = torch.cat([y, self.embed(self.noise.time(sigma)), theta], dim=-1)
-        return self.net.forward_and_trace(inputs, self.d_x)
-
-    def _f(self, y: Tensor, sigma: Tensor, theta: Tensor) -> Tensor:
+    def _f(
+        self, y: Tensor, sigma: Tensor, theta: Tensor, trace: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """EDM's network :math:`F(y, \\sigma, \\theta)`, :math:`y = c_{in} z_\\sigma`
-        (:mod:`simgen.models.edm`), ``y (n, d_x)``, ``sigma (n,)``, ``theta (n, d_theta)``."""
-        return self.net(torch.cat([y, self.embed(self.noise.time(sigma)), theta], dim=-1))
+        (:mod:`simgen.models.edm`), ``y (n, d_x)``, ``sigma (n,)``, ``theta (n, d_theta)``;
+        ``trace``: and its exact divergence in ``y`` ``(n,)``, in one pass."""
+        inputs = torch.cat([y, self.embed(self.noise.time(sigma)), theta], dim=-1)
+        return self.net.forward_and_trace(inputs, self.d_x) if trace else self.net(inputs)
 
     def _output(self, x_t: Tensor, t: Tensor, theta: Tensor) -> Tensor:
         t = t.expand(x_t.shape[:-1])
@@ -338,11 +339,13 @@ class Diffusion(Family):
         its fixed Heun grid (``adaptive``: zuko's adaptive solver, a reference), ``"vp"`` by the
         adaptive solver; the discrete chain: its ancestral sampler and ELBO
         (:class:`DDPMDistribution`). ``exact``: the divergence exact (default for x of at
-        most ``exact_divergence_max`` values) or Hutchinson's estimate."""
+        most ``exact_divergence_max`` values, and for EDM's MLP with two hidden layers) or
+        Hutchinson's estimate."""
         if self.config.time == "discrete":
             return DDPMDistribution(self, theta)
         if exact is None:
-            exact = self.d_x <= self.config.exact_divergence_max
+            cheap = self.config.process == "edm" and self.net.bilinear_trace
+            exact = cheap or self.d_x <= self.config.exact_divergence_max
         if self.config.process == "edm":
             return self._edm_dist(theta, exact, self.config.steps, adaptive)
         transform = FreeFormJacobianTransform(
@@ -389,7 +392,7 @@ class Diffusion(Family):
         flat = theta.reshape(-1, theta.shape[-1])
         base = EDMDistribution(
             lambda y, s, rows: self._f(y, s, flat[rows]),
-            lambda y, s, rows: self._f_and_trace(y, s, flat[rows]),
+            lambda y, s, rows: self._f(y, s, flat[rows], trace=True),
             self.d_x, theta.shape[:-1], self.noise, self.config.density_steps, sample_steps,
             exact, theta.device, adaptive, sampler or self.config.sampler,
         )  # fmt: skip

@@ -81,13 +81,43 @@ class MLP(nn.Sequential):
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
 
+    @property
+    def bilinear_trace(self) -> bool:
+        """Whether :meth:`forward_and_trace` costs one matrix-vector product more than the
+        forward pass, whatever ``d`` (two hidden layers), rather than ``d`` times its cost."""
+        return sum(isinstance(layer, nn.Linear) for layer in self) == 3
+
     def forward_and_trace(self, inputs: Tensor, d: int) -> tuple[Tensor, Tensor]:
         r"""The output ``(n, out)`` for ``inputs (n, in)`` and the trace of its Jacobian with
         respect to the first ``d`` inputs, :math:`\sum_{i < d} \partial y_i / \partial x_i`
-        ``(n,)``, exactly, in one pass: the Jacobian's ``d`` columns are carried through the
-        layers (:math:`T \leftarrow T W^\top` through a linear layer, times
-        :math:`\mathrm{SiLU}'` of its input through an activation), as batched matrix products
-        rather than one forward-mode derivative per column."""
+        ``(n,)``, exactly, in one pass.
+
+        With :math:`s_l = \mathrm{SiLU}'(a_l)` at the pre-activations :math:`a_l`, the Jacobian
+        is :math:`W_{L+1} \mathrm{diag}(s_L) W_L \cdots \mathrm{diag}(s_1) W_1`. With two
+        hidden layers its trace is a bilinear form in the activations' slopes,
+
+        .. math::
+            \mathrm{tr}\, J = s_2^\top C s_1, \qquad
+            C = W_2 \circ (W_{1,:d}\, W_{3,:d})^\top ,
+
+        with :math:`C` independent of the input: one more matrix-vector product per row,
+        whatever ``d``. Otherwise the Jacobian's ``d`` columns are carried through the layers
+        (:math:`T \leftarrow T W^\top` through a linear layer, times :math:`s` through an
+        activation), as batched matrix products."""
+        if not self.bilinear_trace:
+            return self._carried_trace(inputs, d)
+        slopes = []
+        h = inputs
+        for layer in self:
+            if isinstance(layer, nn.SiLU):
+                slopes.append(_silu_slope(h))
+            h = layer(h)
+        first, middle, last = (layer.weight for layer in self if isinstance(layer, nn.Linear))
+        bilinear = middle * (first[:, :d] @ last[:d]).T  # (h2, h1)
+        return h, ((slopes[0] @ bilinear.T) * slopes[1]).sum(-1)
+
+    def _carried_trace(self, inputs: Tensor, d: int) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_and_trace` by the Jacobian's ``d`` columns carried forward."""
         h, tangent = inputs, None  # tangent: (n, d, features)
         for layer in self:
             if isinstance(layer, nn.Linear):
@@ -96,12 +126,16 @@ class MLP(nn.Sequential):
                     tangent = weight[:, :d].T.expand(len(h), d, -1)
                 else:
                     tangent = tangent @ weight.T
-                h = layer(h)
-            else:  # SiLU: x sigmoid(x), derivative s (1 + x (1 - s))
-                s = torch.sigmoid(h)
-                tangent = tangent * (s * (1 + h * (1 - s)))[:, None, :]
-                h = h * s
+            else:
+                tangent = tangent * _silu_slope(h)[:, None, :]
+            h = layer(h)
         return h, tangent.diagonal(dim1=1, dim2=2).sum(-1)
+
+
+def _silu_slope(a: Tensor) -> Tensor:
+    r""":math:`\mathrm{SiLU}'(a) = s (1 + a (1 - s))`, :math:`s = \sigma(a)`."""
+    s = torch.sigmoid(a)
+    return s * (1 + a * (1 - s))
 
 
 class TimeEmbedding(nn.Module):
