@@ -15,6 +15,7 @@ import simgen
 from simgen.diagnostics.metrics import c2st
 from simgen.inference.importance import PRIOR_SHARE, DefensiveMixture
 from simgen.inference.posterior import Posterior
+from simgen.models.proposal import AUTOREGRESSIVE_MAX, Proposal, ProposalConfig, proposal_passes
 
 
 class GaussianProposal:
@@ -157,3 +158,19 @@ def test_fit_trains_a_proposal_and_the_cli_needs_one(tmp_path, cli):
     np.save(obs, np.array([0.2, math.nan], np.float32))
     done = cli("sample", str(tmp_path / "m.pt"), "--observed", str(obs), "-o", str(out))
     assert done.returncode == 2 and "NaN" in done.stderr
+
+
+def test_proposals_over_many_parameters_couple_and_their_draws_keep_their_densities():
+    """A new proposal over more than AUTOREGRESSIVE_MAX parameters has coupling transforms (two
+    passes to draw, not one per parameter); the log densities its draws come with are those
+    ``log_prob`` gives them."""
+    assert proposal_passes(AUTOREGRESSIVE_MAX) is None
+    assert proposal_passes(AUTOREGRESSIVE_MAX + 1) == 2
+    torch.manual_seed(0)
+    for passes in (None, 2):
+        proposal = Proposal(4, 8, ProposalConfig(transforms=2, hidden=(16, 16), passes=passes))
+        u = torch.randn(3, 4)
+        with torch.no_grad():
+            z, log_q = proposal.sample(u, 50)  # (3, 50, 8), (3, 50)
+            again = proposal.log_prob(z, u[:, None])
+        torch.testing.assert_close(again, log_q, atol=1e-4, rtol=1e-4)

@@ -26,7 +26,18 @@ from torch.distributions import Transform
 
 from simgen.models.nn import MLP
 
-__all__ = ["Proposal", "ProposalConfig", "unconstrained"]
+__all__ = ["AUTOREGRESSIVE_MAX", "Proposal", "ProposalConfig", "proposal_passes", "unconstrained"]
+
+# Proposals over more parameters default to coupling transforms: drawing from an
+# autoregressive one takes a pass per parameter. On gaussian_linear (10 parameters, 1e4
+# simulations, the flow's posterior) coupling draws 2.5x faster at the same ESS (0.66 against
+# 0.67) and C2ST (0.525 against 0.523)
+AUTOREGRESSIVE_MAX = 5
+
+
+def proposal_passes(d_theta: int) -> int | None:
+    """The default ``passes`` of a new proposal over ``d_theta`` parameters."""
+    return None if d_theta <= AUTOREGRESSIVE_MAX else 2
 
 
 @dataclass
@@ -39,6 +50,9 @@ class ProposalConfig:
         bins: Spline bins.
         embedding: Features of the MLP summary of x that conditions the flow.
         epochs: Passes over the training rows (early stopping on the validation loss).
+        passes: Passes of each transform to sample (zuko's ``passes``): None autoregressive
+            (one per parameter), 2 coupling (new fits over more than
+            :data:`AUTOREGRESSIVE_MAX` parameters: :func:`proposal_passes`).
     """
 
     transforms: int = 3
@@ -46,6 +60,7 @@ class ProposalConfig:
     bins: int = 8
     embedding: int = 32
     epochs: int = 60
+    passes: int | None = None
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
@@ -71,6 +86,7 @@ class Proposal(nn.Module):
             transforms=config.transforms,
             hidden_features=config.hidden,
             bins=config.bins,
+            passes=config.passes,
         )
         self.register_buffer("z_mean", torch.zeros(d_theta))
         self.register_buffer("z_std", torch.ones(d_theta))
