@@ -85,9 +85,8 @@ class DiffusionConfig:
         steps: Steps of the sampler.
         atol: Absolute tolerance of the density's adaptive ODE solver.
         rtol: Relative tolerance of the density's adaptive ODE solver.
-        exact_divergence_max: Largest x size with the exact divergence (else Hutchinson),
-            except for ``process = "edm"`` with two hidden layers, whose exact divergence costs
-            one matrix-vector product at any size (:meth:`simgen.models.nn.MLP.forward_and_trace`).
+        exact_divergence_max: Largest x size with the exact divergence (else Hutchinson); any
+            size for ``process = "edm"`` with two hidden layers (``MLP.forward_and_trace``).
         gaussian: Add to the network's prediction the exact one for data
             :math:`x_0 \\mid \\theta \\sim N(W \\theta + b, \\mathrm{diag}(s^2))`
             (:class:`GaussianDenoiser`: least-squares start, then trained with the network,

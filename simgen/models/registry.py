@@ -71,9 +71,10 @@ def defaults_for(
     time embedding: with 64 the MLP's training stays at the Gaussian's loss on gaussian_mixture's
     scale mixture; three hidden layers of 256 for x of at most :data:`DEEP_DENOISER_MAX`
     values, two above, whose exact divergence costs one matrix-vector product more than the
-    network at any size of x: :meth:`simgen.models.nn.MLP.forward_and_trace`), for the VAE on vectors the same held standardisation, a two-transform spline
-    flow as its decoder (a diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX`
-    values) and a density from 32 importance samples (:mod:`simgen.models.vae`), or the
+    network at any size of x: :meth:`simgen.models.nn.MLP.forward_and_trace`), for the VAE on
+    vectors the same held standardisation, a two-transform spline flow as its decoder (a
+    diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from
+    32 importance samples (:mod:`simgen.models.vae`), or the
     variance-preserving process with the exact denoiser of a Gaussian linear in theta
     (``gaussian``) where the ``user``'s settings ask for it (``process = "vp"``) or name one of
     :data:`VP_SETTINGS` or ``network = "unet"``."""
