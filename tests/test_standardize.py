@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from simgen.models import standardize
 from simgen.models.flow import ConditionalAffine
 from simgen.models.standardize import fit_standardization, standardization_nll
 
@@ -60,3 +61,26 @@ def test_the_fit_is_seeded_held_and_never_worse_than_its_start():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert loss <= start
     assert not any(p.requires_grad for p in first.hyper.parameters())
+
+
+def test_the_fit_stops_when_the_held_out_loss_stops_falling(monkeypatch):
+    """300 rows overfit long before 6,000 steps: the fit stops after ``PATIENCE`` checks
+    without a lower held-out loss, so it evaluates the loss on far fewer batches than the
+    budget (each check is 300 steps), and what it keeps is still no worse than its start."""
+    theta, x, _ = nonlinear_gaussian(300, seed=3)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return standardization_nll(*args)
+
+    monkeypatch.setattr(standardize, "standardization_nll", counted)
+    torch.manual_seed(0)
+    affine = standardizer((32,))
+    affine.fit_linear(theta, x)
+    with torch.no_grad():
+        start = standardization_nll(affine, theta, x).mean()
+    fit_standardization(affine, theta, x, steps=6_000, batch=64, lr=1e-2)
+    assert len(calls) < 6_000 * (1 - 1 / standardize.CHECKS)
+    with torch.no_grad():
+        assert standardization_nll(affine, theta, x).mean() <= start

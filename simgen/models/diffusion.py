@@ -16,15 +16,15 @@ SDE or the probability-flow ODE
 The density follows the probability-flow ODE with an adaptive solver (``zuko``'s
 ``FreeFormJacobianTransform``): exact divergence for small x, Hutchinson's unbiased estimator
 for large x (then ``log_prob`` is stochastic, with spread that ``log_prob_spread`` reports).
-With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.models.ddpm`): trained at
-its steps, sampled ancestrally, its density bounded below by the ELBO.
+With ``time = "discrete"`` the model is the DDPM chain instead (:mod:`simgen.models.ddpm`):
+trained at its steps, sampled ancestrally, its density bounded below by the ELBO.
 
 With ``process = "edm"`` (the default for new fits of vectors) x is first standardised given
 theta by a conditional affine map :math:`z = T_\theta(x)` (the flow's
 :class:`~simgen.models.flow.ConditionalAffine`: the maximum-likelihood Gaussian of x given theta,
 decorrelated, its mean and scales smooth in theta; fitted before training and then held:
-:mod:`simgen.models.standardize`), and the diffusion runs
-on z with EDM's preconditioning, training and fixed-grid Heun solvers (:mod:`simgen.models.edm`):
+:mod:`simgen.models.standardize`), and the diffusion runs on z with EDM's preconditioning,
+training and fixed-grid Heun solvers (:mod:`simgen.models.edm`):
 :math:`\log p(x \mid \theta) = \log p_{\sigma_{min}}(T_\theta(x) \mid \theta)
 + \log |\det \partial T_\theta / \partial x|`. Noise of any size in x (slcp's reaches 2e-4 of
 its spread) is then unit-sized in z, so the small-noise end of the path costs nothing.
@@ -70,8 +70,7 @@ class DiffusionConfig:
             network (``unet``).
         channels: Channels of the U-Net at each resolution, finest first.
         circular: Periodic padding in the U-Net (for periodic maps).
-        embedding: Size of the time embedding (16 for new EDM fits with the MLP denoiser:
-            :func:`simgen.models.registry.defaults_for`).
+        embedding: Size of the time embedding (EDM: :func:`simgen.models.registry.defaults_for`).
         time: ``"continuous"`` (the SDE: trained at any t, sampled by ODE/SDE solvers, density
             by the probability-flow ODE) or ``"discrete"`` (the DDPM chain of
             ``discrete_steps`` steps: trained at its steps, ancestral sampling, density = its
@@ -95,10 +94,9 @@ class DiffusionConfig:
         spectral: Add the exact prediction for stationary Gaussian maps instead
             (:class:`~simgen.models.vp.SpectralDenoiser`: a spectrum smooth in k and theta,
             the maximum-likelihood one of the first rows, held; the U-Net's last layer starts
-            at zero),
-            so the U-Net learns only how the maps differ from a Gaussian field (``unet`` with
-            ``circular`` padding, ``process = "vp"``; the default for such fits); False here
-            for files that predate it.
+            at zero), so the U-Net learns only how the maps differ from a Gaussian field
+            (``unet`` with ``circular`` padding, ``process = "vp"``; the default for such
+            fits); False here for files that predate it.
         process: ``"vp"`` (the variance-preserving SDE above) or ``"edm"`` (x standardised
             given theta, then EDM; the default for new fits with the MLP denoiser:
             :func:`simgen.models.registry.defaults_for`; ``"vp"`` here for files that predate
@@ -118,7 +116,9 @@ class DiffusionConfig:
         scale_bound: EDM: the bound of the standardisation's log-scale, as the flow's.
         affine_hidden: EDM: hidden sizes of the standardisation's MLP in theta.
         affine_steps: EDM: maximum-likelihood steps of that MLP before training, then held
+            where it beats the linear Gaussian by over ``affine_gain`` nats per held-out row
             (:func:`simgen.models.standardize.fit_standardization`; 0: the linear fit alone).
+        affine_gain: EDM: as ``affine_steps`` says.
     """
 
     network: str = "mlp"
@@ -151,6 +151,7 @@ class DiffusionConfig:
     scale_bound: str = "tanh"
     affine_hidden: tuple[int, ...] = ()
     affine_steps: int = 0
+    affine_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -245,10 +246,9 @@ class Diffusion(Family):
     ) -> None:
         """Data-dependent start from a first batch ``theta (b, d_theta)``, ``x (b, d_x)``: the
         least-squares Gaussian of :class:`GaussianDenoiser` (``gaussian``), the spectrum of
-        :class:`~simgen.models.vp.SpectralDenoiser` (``spectral``), or the
-        standardisation of ``process = "edm"``: linear, then ``affine_steps`` of maximum
-        likelihood (its settled ``fixed_gaussian`` and ``scale_bound`` the configuration then
-        holds); else nothing."""
+        :class:`~simgen.models.vp.SpectralDenoiser` (``spectral``), or the standardisation of
+        ``process = "edm"``: linear, then ``affine_steps`` of maximum likelihood (its settled
+        ``fixed_gaussian`` and ``scale_bound`` the configuration then holds); else nothing."""
         if self.gaussian is not None:
             self.gaussian.fit(theta, x.flatten(1))
         if self.spectral is not None:
@@ -256,7 +256,8 @@ class Diffusion(Family):
         if self.config.process == "edm":
             self.affine.fit_linear(theta, x.flatten(1), origin, agree)
             if self.config.affine_steps:
-                fit_standardization(self.affine, theta, x.flatten(1), self.config.affine_steps)
+                steps, gain = self.config.affine_steps, self.config.affine_gain
+                fit_standardization(self.affine, theta, x.flatten(1), steps, min_gain=gain)
             self.affine.requires_grad_(False)
             self.config = dataclasses.replace(
                 self.config,
@@ -302,8 +303,9 @@ class Diffusion(Family):
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         """Denoising loss per sample, in the parameterization's own terms (Ho et al. 2020;
         Song et al. 2021): :math:`\\|\\hat\\epsilon - \\epsilon\\|^2` for ``eps``,
-        :math:`\\|\\hat x_0 - x_0\\|^2` for ``x0``, :math:`\\|\\sigma_t \\hat s + \\epsilon\\|^2` for
-        ``score`` (the score-matching loss with weight :math:`\\sigma_t^2`); means over features."""
+        :math:`\\|\\hat x_0 - x_0\\|^2` for ``x0``,
+        :math:`\\|\\sigma_t \\hat s + \\epsilon\\|^2` for ``score`` (the score-matching loss
+        with weight :math:`\\sigma_t^2`); means over features."""
         if self.config.process == "edm":  # simgen.models.edm.edm_loss on the standardised z
             z = self.affine(theta)(x)
             return edm_loss(lambda y, s: self._f(y, s, theta), z, self.noise)
@@ -386,8 +388,7 @@ class Diffusion(Family):
         adaptive: bool = False,
         sampler: str | None = None,
     ) -> Distribution:
-        """:math:`p(x \\mid \\theta)` of ``process = "edm"``: the EDM density of z carried
-        back through the standardisation."""
+        """:math:`p(x \\mid \\theta)` of ``process = "edm"``: EDM's density of z, carried back."""
         flat = theta.reshape(-1, theta.shape[-1])
         base = EDMDistribution(
             lambda y, s, rows: self._f(y, s, flat[rows]),

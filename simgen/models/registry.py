@@ -15,6 +15,8 @@ __all__ = [
     "CORRELATED_MAX",
     "FAMILIES",
     "FIXED_GAUSSIAN_MAX",
+    "STANDARDIZATION_GAIN",
+    "STANDARDIZATION_STEPS",
     "VP_SETTINGS",
     "build_family",
     "defaults_for",
@@ -32,6 +34,13 @@ FIXED_GAUSSIAN_MAX = 1024
 # density error 0.14 nats with three, 0.22-0.23 with two (256 or 512 wide); slcp's 0.29 with
 # either, its log densities 10x faster with two
 DEEP_DENOISER_MAX = 2
+# EDM diffusion standardises x given theta with a Gaussian linear in theta, and with one whose
+# mean, scales and correlations are an MLP in theta where that beats it by more than this many
+# nats per held-out row. At 1e5 simulations the diffusion learns departures of a few nats from
+# unit-scale z (two_moons 2.3 nats, slcp 3.6: 0.12 and 0.30 nats left) but not 170 (the
+# oscillator's: 4.34 left, 0.82 with the MLP); kept on two_moons the MLP leaves 0.17
+STANDARDIZATION_GAIN = 10.0
+STANDARDIZATION_STEPS = 32_000  # Adam steps of 1,024 rows at most; fewer where it overfits
 
 
 def _families() -> dict[str, tuple[type, type]]:
@@ -66,17 +75,20 @@ def defaults_for(
     ``correlated``; for at most :data:`FIXED_GAUSSIAN_MAX` values the linear-Gaussian part held
     fixed where the noise is tiny: ``fixed_gaussian = "auto"``), with coupling transforms for x
     of more than :data:`AUTOREGRESSIVE_MAX` values (fully autoregressive sampling takes one pass
-    per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x standardised
-    given theta as the flow's (``process = "edm"``, 18 Heun steps per sample, a 16-feature
-    time embedding: with 64 the MLP's training stays at the Gaussian's loss on gaussian_mixture's
-    scale mixture; three hidden layers of 256 for x of at most :data:`DEEP_DENOISER_MAX`
-    values, two above, whose exact divergence costs one matrix-vector product more than the
-    network at any size of x: :meth:`simgen.models.nn.MLP.forward_and_trace`), for the VAE on
-    vectors the same held standardisation, a two-transform spline flow as its decoder (a
-    diagonal Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from
-    32 importance samples (:mod:`simgen.models.vae`), or the
-    variance-preserving process with the exact denoiser of a Gaussian linear in theta
-    (``gaussian``) where the ``user``'s settings ask for it (``process = "vp"``) or name one of
+    per feature: 500x slower on 32x32 maps), and for diffusion an MLP with EDM on x
+    standardised given theta as the flow's and held, with an MLP in theta fitted by maximum
+    likelihood where it gains more than :data:`STANDARDIZATION_GAIN` nats per row over the
+    linear Gaussian (``affine_*``: :mod:`simgen.models.standardize`; ``process = "edm"``, 18
+    Heun steps per sample, a 16-feature time embedding: with 64 the MLP's training stays at the
+    Gaussian's loss on gaussian_mixture's scale mixture; three hidden layers of 256 for x of at
+    most :data:`DEEP_DENOISER_MAX` values, two above, whose exact divergence costs one
+    matrix-vector product more than the network at any size of x:
+    :meth:`simgen.models.nn.MLP.forward_and_trace`), for the VAE on vectors the same held
+    standardisation, linear in theta, a two-transform spline flow as its decoder (a diagonal
+    Gaussian for x of more than :data:`AUTOREGRESSIVE_MAX` values) and a density from 32
+    importance samples (:mod:`simgen.models.vae`), or the variance-preserving process with the
+    exact denoiser of a Gaussian linear in theta (``gaussian``) where the ``user``'s settings
+    ask for it (``process = "vp"``) or name one of
     :data:`VP_SETTINGS` or ``network = "unet"``."""
     side = x_shape[0] if len(x_shape) == 2 and x_shape[0] == x_shape[1] else 0
     if family == "flow" and side:
@@ -102,6 +114,9 @@ def defaults_for(
         return {
             "process": "edm",
             "hidden": (256, 256, 256) if d_x <= DEEP_DENOISER_MAX else (256, 256),
+            "affine_hidden": (256, 256),
+            "affine_steps": STANDARDIZATION_STEPS,
+            "affine_gain": STANDARDIZATION_GAIN,
             "steps": 18,
             "embedding": 16,
             "correlated": d_x <= CORRELATED_MAX,
