@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 KEYS = {
     "benchmark",
@@ -177,6 +178,7 @@ def test_gpu_benchmark_quick(tmp_path):
     assert len(batch) == 2 and all(r not in records for r in batch)
 
 
+@pytest.mark.slow  # 19 s: slice sampling of the exact likelihood
 def test_slcp_reference_agrees_with_mcmc_on_the_exact_likelihood():
     """The slcp reference posterior (a zoomed grid in log|theta_3|, log|theta_4|, theta_5)
     against simgen's slice sampler on the simulator's exact likelihood, for an observation with

@@ -125,6 +125,7 @@ def test_free_chain_bond_energy_equals_its_exact_value():
     assert abs(per_row.mean() - exact) < 4 * per_row.std() / np.sqrt(rows)
 
 
+@pytest.mark.slow  # 24 s: 200 chains for three times the default burn-in
 def test_interacting_chain_is_equilibrated_by_its_burn_in():
     # at the prior's coldest, most attractive corner (T = 0.5, eps = 1: a compact chain) the
     # default burn-in agrees with a run three times as long in radius of gyration and energy;

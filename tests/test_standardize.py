@@ -66,7 +66,8 @@ def test_the_fit_is_seeded_held_and_never_worse_than_its_start():
 def test_the_fit_stops_when_the_held_out_loss_stops_falling(monkeypatch):
     """300 rows overfit long before 6,000 steps: the fit stops after ``PATIENCE`` checks
     without a lower held-out loss, so it evaluates the loss on far fewer batches than the
-    budget (each check is 300 steps), and what it keeps is still no worse than its start."""
+    budget (a check every 20 epochs of 5 steps), and what it keeps is still no worse than its
+    start."""
     theta, x, _ = nonlinear_gaussian(300, seed=3)
     calls = []
 

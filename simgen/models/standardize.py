@@ -21,6 +21,7 @@ vary with theta where the data's shape does not, which the diffusion must undo.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from simgen.models.flow import ConditionalAffine
 __all__ = ["fit_standardization", "standardization_nll"]
 
 CHECKS = 20  # held-out evaluations over a fit
+EPOCHS_PER_CHECK = 20  # at most this many passes over the rows between two of them
 PATIENCE = 4  # checks without a lower held-out loss before the fit stops
 
 
@@ -56,8 +58,9 @@ def fit_standardization(
     it) by maximum likelihood on rows ``theta (n, d_theta)``, ``x (n, d)``: up to ``steps``
     Adam steps of ``batch`` random rows (cosine-decayed rate, seeded: the same rows give the
     same fit), the ``holdout`` share of the rows kept aside and the MLP's weights taken where
-    their loss was lowest (checked :data:`CHECKS` times; the fit stops after ``patience``
-    checks in a row without a lower one: few rows overfit long before the budget ends).
+    their loss was lowest (checked :data:`CHECKS` times, or every :data:`EPOCHS_PER_CHECK`
+    epochs where that is sooner; the fit stops after ``patience`` checks in a row without a
+    lower one: few rows overfit long before the budget ends).
     ``min_gain``: the MLP is kept only where it lowers the held-out loss of its start by more
     than this many nats per row, and the fit ends at the first check that falls short (the
     rest of the budget rarely closes the gap; the start's weights are restored, an MLP whose
@@ -82,7 +85,8 @@ def fit_standardization(
 
     best = start = held_out()
     state = initial = copy.deepcopy(affine.hyper.state_dict())
-    check, stale = max(steps // CHECKS, 1), 0
+    epoch = math.ceil(len(train) / batch)
+    check, stale = max(min(steps // CHECKS, EPOCHS_PER_CHECK * epoch), 1), 0
     with torch.enable_grad():
         for step in range(1, steps + 1):
             pick = torch.randint(len(train), (min(batch, len(train)),), generator=generator)
