@@ -233,7 +233,7 @@ def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     assert defaults_for("flow", (40,)) == affine
     assert defaults_for("flow", (8,)) == {**affine, "correlated": True}
     edm = {"process": "edm", "hidden": (256, 256), "steps": 18, "embedding": 16,
-           "correlated": True, "fixed_gaussian": "auto", "affine_hidden": (256, 256),
+           "correlated": True, "fixed_gaussian": "auto", "affine_hidden": (256, 256, 256),
            "affine_steps": 32_000, "affine_gain": 10.0}  # fmt: skip
     assert defaults_for("diffusion", (8,)) == edm
     assert defaults_for("diffusion", (40,)) == {**edm, "correlated": False}
