@@ -29,7 +29,8 @@ caps the epochs), compared at
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
-``benchmarks/results/scientific.json`` after each task (rows of tasks not rerun are kept), and
+``benchmarks/results/scientific.json`` after each task (the rows of tasks and families not
+rerun are kept), and
 ``cosmology-FAMILY.png`` (maps and power spectra at the first held-out parameters) and
 ``molecular-flow.png`` (histograms of energy, radius of gyration and bond length, simulated,
 emulated and corrected, at the first held-out parameters) beside it.
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 import simgen
-from benchmarks.records import RESULTS, load, markdown_table, record, save
+from benchmarks.records import RESULTS, load, markdown_table, record, save, still_valid
 from simgen.data.tasks import run_chunk
 from simgen.diagnostics.metrics import (
     coverage_levels,
@@ -300,12 +301,17 @@ def main() -> None:
     }
     torch.manual_seed(0)
     name = "scientific-quick" if quick else "scientific"
-    # keep the tasks not rerun now, so a run of one task updates its rows only
-    records = [r for r in load(name, args.out) if r["task"] not in args.tasks]
+    # a run of some tasks and families replaces their rows only
+    ours = {f"simgen {family}" for family in args.families} | {"simulator"}
+    if "flow" in args.families:
+        ours |= {"simgen flow + Metropolis (exact density)", "simulator, independent run"}
+    old, records, done = load(name, args.out), [], set()
     for task in args.tasks:
         run_task(task, args.families, cfg, records)
-        path = save(name, records, args.out or RESULTS)
-    print(markdown_table(records))
+        done.add(task)
+        kept = still_valid(old, done, ours, sbi=False)
+        path = save(name, kept + records, args.out or RESULTS)
+    print(markdown_table(kept + records))
     print(f"\nwritten to {path}")
 
 
