@@ -27,6 +27,8 @@ caps the epochs), compared at
   a second, independent run of the simulator (``simulator, independent run``): the distances
   that ``m`` samples alone leave.
 * ``emulator_speedup``: emulated samples/s over simulated samples/s at one parameter value.
+* ``train_seconds`` and ``train_epochs``: the fit's wall-clock time and the epochs it ran (early
+  stopping, or ``--epochs``).
 
 Run: ``python -m benchmarks.scientific [--quick] [--tasks ...] [--families ...]``; writes
 ``benchmarks/results/scientific.json`` after each task (the rows of tasks and families not
@@ -183,7 +185,11 @@ def molecule_metrics(sim: simgen.Simulator, thetas: np.ndarray, sims: list, emus
     }
 
 
-UNITS = {"emulator_speedup": "x", "field_log_prob_error_per_pixel": "nats/pixel"}
+UNITS = {
+    "emulator_speedup": "x",
+    "field_log_prob_error_per_pixel": "nats/pixel",
+    "train_epochs": "epochs",
+}
 
 
 def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
@@ -207,6 +213,7 @@ def run_task(name: str, families: list[str], cfg: dict, records: list) -> None:
             metrics = molecule_metrics(sim, thetas, sims, emus)
         metrics["emulator_speedup"] = speedup
         metrics["train_seconds"] = train_s
+        metrics["train_epochs"] = emulator.info["metrics"]["epochs_run"]
         method = f"simgen {family}"
         if "simulated_overlap_fraction" in metrics:
             value = metrics.pop("simulated_overlap_fraction")

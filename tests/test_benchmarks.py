@@ -135,6 +135,7 @@ def test_scientific_benchmark_quick(tmp_path):
         "field_log_prob_error_per_pixel",
         "coverage_max_deviation",
         "emulator_speedup",
+        "train_epochs",
     ):
         assert ("cosmology", metric) in found
     assert_records(records)
