@@ -19,12 +19,12 @@ takes them tempered, :math:`w^\beta` with the largest :math:`\beta \le 1` that r
 a few draws of one mode would otherwise make the whole fit, and the batches after it would
 miss the posterior's other modes (on slcp, the sign of :math:`\theta_4` given a narrow
 :math:`\theta_1`: half the runs found one mode with :math:`\hat k` 0.3, untempered). Any
-fit leaves the weights unbiased; tempering only decides where the next draws go. Each draw of every batch is weighed by
-:math:`p(\theta) p(x \mid \theta) / \sum_r \frac{M_r}{M} g_r(\theta)` (the balance heuristic of
-multiple importance sampling): all draws share one proposal, the mixture of the batches', so
-the Pareto :math:`\hat k` of their weights means what it says, and the evidence is its
-ordinary estimate. Only :math:`g` needs the flow; the :math:`f_r` are cheap to evaluate at
-every draw.
+fit leaves the weights unbiased; tempering only decides where the next draws go. Each draw
+of every batch is weighed by :math:`p(\theta) p(x \mid \theta) / \sum_r \frac{M_r}{M}
+g_r(\theta)` (the balance heuristic of multiple importance sampling): all draws share one
+proposal, the mixture of the batches', so the Pareto :math:`\hat k` of their weights means
+what it says, and the evidence is its ordinary estimate. Only :math:`g` needs the flow; the
+:math:`f_r` are cheap to evaluate at every draw.
 """
 
 from __future__ import annotations
