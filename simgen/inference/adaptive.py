@@ -177,6 +177,8 @@ def temper(log_weight: Tensor, ess: float, iterations: int = 40) -> Tensor:
 
     low, high = torch.zeros(len(log_weight)).double(), torch.ones(len(log_weight)).double()
     done = reaches(high)
+    if bool(done.all()):
+        return normalised(high)
     for _ in range(iterations):  # the ESS falls as beta grows
         mid = (low + high) / 2
         ok = reaches(mid)
