@@ -224,7 +224,7 @@ def test_discrete_time_diffusion_fits_samples_and_bounds(data, tmp_path):
 def test_affine_flow_starts_at_the_plain_flow_and_is_the_vector_default():
     """The theta-conditioned standardisation in front of the splines starts at the identity:
     the same weights give the same density with and without it."""
-    affine = {"affine": True, "scale_bound": "tanh", "fixed_gaussian": "auto"}
+    affine = {"affine": True, "scale_bound": "tanh", "fixed_gaussian": "auto", "transforms": 2}
     assert defaults_for("flow", (100,)) == {**affine, "passes": 2}
     assert defaults_for("flow", (1024,)) == {**affine, "passes": 2}
     del affine["fixed_gaussian"]  # the fit that decides takes 21 s on 2,048 values

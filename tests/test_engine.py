@@ -15,7 +15,9 @@ import simgen
 from simgen.diagnostics.metrics import c2st
 from simgen.inference.importance import PRIOR_SHARE, DefensiveMixture
 from simgen.inference.posterior import Posterior
-from simgen.models.proposal import AUTOREGRESSIVE_MAX, Proposal, ProposalConfig, proposal_passes
+from simgen.models.proposal import NEW_PASSES, Proposal, ProposalConfig
+from simgen.train.config import TrainConfig
+from simgen.train.proposal import proposal_config
 
 
 class GaussianProposal:
@@ -160,12 +162,12 @@ def test_fit_trains_a_proposal_and_the_cli_needs_one(tmp_path, cli):
     assert done.returncode == 2 and "NaN" in done.stderr
 
 
-def test_proposals_over_many_parameters_couple_and_their_draws_keep_their_densities():
-    """A new proposal over more than AUTOREGRESSIVE_MAX parameters has coupling transforms (two
-    passes to draw, not one per parameter); the log densities its draws come with are those
+def test_new_proposals_couple_and_their_draws_keep_their_densities():
+    """A new proposal has coupling transforms (two passes to draw, not one per parameter),
+    unless asked otherwise; the log densities its draws come with, with either, are those
     ``log_prob`` gives them."""
-    assert proposal_passes(AUTOREGRESSIVE_MAX) is None
-    assert proposal_passes(AUTOREGRESSIVE_MAX + 1) == 2
+    assert proposal_config({}, TrainConfig()).passes == NEW_PASSES == 2
+    assert proposal_config({"passes": None}, TrainConfig()).passes is None
     torch.manual_seed(0)
     for passes in (None, 2):
         proposal = Proposal(4, 8, ProposalConfig(transforms=2, hidden=(16, 16), passes=passes))

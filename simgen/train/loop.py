@@ -322,7 +322,7 @@ def _add_proposal(
     except UsageError as error:
         warnings.warn(f"no proposal was fitted: {error}", stacklevel=4)
         return
-    config = proposal_config({}, tc, len(emulator.info["parameters"]))
+    config = proposal_config({}, tc)
     train_proposal(emulator, data, prior, config, ranks, seed=tc.seed, progress=progress)
 
 

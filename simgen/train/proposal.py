@@ -27,7 +27,7 @@ from torch.distributions import Distribution, Transform, biject_to
 from simgen.data.store import Store, check_finite, check_writable, open_store
 from simgen.emulator import Emulator
 from simgen.errors import UsageError
-from simgen.models.proposal import Proposal, ProposalConfig, proposal_passes, unconstrained
+from simgen.models.proposal import NEW_PASSES, Proposal, ProposalConfig, unconstrained
 from simgen.terminal import progress_bar
 from simgen.threads import torch_threads
 from simgen.train.batches import TrainingData
@@ -46,10 +46,10 @@ def _unconstrained(emulator: Emulator, transform: Transform, v: Tensor) -> Tenso
     return unconstrained(transform, theta).to(v.device)
 
 
-def proposal_config(overrides: dict[str, Any], tc: TrainConfig, d_theta: int) -> ProposalConfig:
-    """The proposal's configuration over ``d_theta`` parameters: :class:`ProposalConfig` with
+def proposal_config(overrides: dict[str, Any], tc: TrainConfig) -> ProposalConfig:
+    """The proposal's configuration: :class:`ProposalConfig` with
     ``overrides``, its epochs at most the emulator's (``tc.epochs``) and its passes
-    :func:`~simgen.models.proposal.proposal_passes` unless given.
+    :data:`~simgen.models.proposal.NEW_PASSES` unless given.
 
     Raises:
         UsageError: an unknown setting.
@@ -61,7 +61,7 @@ def proposal_config(overrides: dict[str, Any], tc: TrainConfig, d_theta: int) ->
             f"valid: {', '.join(sorted(names))}"
         )
     epochs = min(ProposalConfig.epochs, tc.epochs)
-    return ProposalConfig(**{"epochs": epochs, "passes": proposal_passes(d_theta), **overrides})
+    return ProposalConfig(**{"epochs": epochs, "passes": NEW_PASSES, **overrides})
 
 
 def train_proposal(
@@ -176,7 +176,7 @@ def fit_proposal(
     tc = TrainConfig(**emulator.info.get("train_config", {}))
     ranks = Ranks(emulator.theta_mean.device)
     norm = {k: getattr(emulator, k).cpu() for k in ("theta_mean", "theta_std", "x_mean", "x_std")}
-    config_ = proposal_config(config or {}, tc, len(emulator.info["parameters"]))
+    config_ = proposal_config(config or {}, tc)
     with torch_threads(1):  # small MLPs: one thread is the fastest on CPU
         train_proposal(
             emulator,
