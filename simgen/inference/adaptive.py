@@ -14,8 +14,9 @@ then draws :math:`M_r` times from
 
 with the defensive mixture :math:`g` kept (its prior share still bounds the weights, by
 :math:`1 / (1 - \lambda)` times the bound under :math:`g` alone) and the covariances of
-:math:`f_r` widened by :data:`WIDEN` so the Gaussians' light tails cover the posterior's. Where the weights so far have fewer than :data:`FIT_ESS` effective draws, the fit
-takes them tempered, :math:`w^\beta` with the largest :math:`\beta \le 1` that reaches it:
+:math:`f_r` widened by :data:`WIDEN` so the Gaussians' light tails cover the posterior's.
+Where the weights so far have fewer than :data:`FIT_ESS` effective draws, the fit takes them
+tempered, :math:`w^\beta` with the largest :math:`\beta \le 1` that reaches it:
 a few draws of one mode would otherwise make the whole fit, and the batches after it would
 miss the posterior's other modes (on slcp, the sign of :math:`\theta_4` given a narrow
 :math:`\theta_1`: half the runs found one mode with :math:`\hat k` 0.3, untempered). Any
