@@ -16,7 +16,9 @@ or MCMC where it is not reliable):
   distance of a family from it is what its learned likelihood costs.
 * ``posterior_samples_per_s``: draws per second of wall-clock time, everything included (the
   proposal's draws, the likelihood's evaluations, fallbacks), the mean over the observations;
-  the same for sbi's methods, with the same number of draws.
+  the same for sbi's methods, with the same number of draws. Every method first draws 10
+  untimed (:data:`WARM_UP`), so that what a process pays once (torch's first
+  ``broadcast_shapes`` imports sympy: 0.3 s) is nobody's sampling time.
 * ``posterior_ess_fraction``: importance sampling's effective sample size per proposal,
   ``posterior_fallbacks``: the observations (of 5) on which importance sampling handed over to
   SMC or MCMC, and ``posterior_draws``: the draws per observation of the run (``--draws``;
@@ -70,6 +72,9 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
+
+
+WARM_UP = 10  # untimed draws of each method's posterior before it is timed
 
 
 def observations(sim: simgen.Simulator, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +147,9 @@ def simgen_family(
         share = emulator.info["proposal"]["seconds"]
         records.append(record(BENCH, name, label(variant), "proposal_seconds", share, "s", n))
     scores, seconds, ess, fallbacks = [], [], [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior.sample(xs[0], WARM_UP, progress=False)
     for i, (x, ref) in enumerate(zip(xs, refs, strict=True)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -207,9 +215,10 @@ def sbi_methods(
         quick_mcmc = {"mcmc_parameters": quick} if cfg["quick"] else {}
         posterior = inference.build_posterior(**(quick_mcmc if cls is NLE else {}))
         scores, seconds = [], []
+        sample = posterior.sample
+        sample((WARM_UP,), x=torch.as_tensor(xs[0], dtype=torch.float32), show_progress_bars=False)
         for obs, ref in zip(xs, refs, strict=True):
             obs_t = torch.as_tensor(obs, dtype=torch.float32)
-            sample = posterior.sample
             s, draws = timed(sample, (cfg["draws"],), x=obs_t, show_progress_bars=False)
             scores.append(c2st(draws, ref))
             seconds.append(s)

@@ -1,7 +1,8 @@
-r"""Conditional neural spline flow (Durkan et al. 2019, arXiv:1906.04032) via ``zuko.flows.NSF``:
-the baseline family. Exact density :math:`\log p(x \mid \theta)` by change of variables. On
-square maps of a stationary field, the ``"spectral"`` network (:mod:`simgen.models.spectral`): a
-point-wise spline, the Hartley transform and a whitening of each Fourier mode.
+r"""Conditional neural spline flow (Durkan et al. 2019, arXiv:1906.04032; zuko's, with the
+splines of :mod:`simgen.models.spline`): the baseline family. Exact density
+:math:`\log p(x \mid \theta)` by change of variables. On square maps of a stationary field,
+the ``"spectral"`` network (:mod:`simgen.models.spectral`): a point-wise spline, the Hartley
+transform and a whitening of each Fourier mode.
 
 All families share one interface, in standardised coordinates: ``loss(theta, x)`` per sample,
 ``dist(theta)`` a ``torch.distributions.Distribution`` over x, and ``sample(theta)``.
@@ -27,6 +28,7 @@ from simgen.models.family import Family
 from simgen.models.heteroscedastic import HeteroscedasticFit, heteroscedastic_fit, log_abs
 from simgen.models.nn import MLP, cholesky_ridge, full_precision, linear_gaussian_fit
 from simgen.models.spectral import initialize, spectral_flow
+from simgen.models.spline import NSF
 from simgen.models.transforms import (
     BOUNDS,
     LocationScale,
@@ -301,7 +303,7 @@ class Flow(Family):
                 raise UsageError(
                     f"unknown flow scale_bound '{config.scale_bound}'; use {' or '.join(BOUNDS)}"
                 )
-            self.flow = zuko.flows.NSF(
+            self.flow = NSF(
                 features=d_x,
                 context=d_theta,
                 transforms=config.transforms,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform
 
 from simgen.models.nn import MLP
+from simgen.models.spline import NSF
 
 __all__ = ["NEW_PASSES", "Proposal", "ProposalConfig", "unconstrained"]
 
@@ -76,7 +77,7 @@ class Proposal(nn.Module):
         super().__init__()
         self.config = config
         self.embed = MLP(d_x, config.embedding, hidden=(max(64, config.embedding),) * 2)
-        self.flow = zuko.flows.NSF(
+        self.flow = NSF(
             d_theta,
             context=config.embedding,
             transforms=config.transforms,
@@ -100,12 +101,35 @@ class Proposal(nn.Module):
     def sample(self, u: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """``n`` draws of z for each row of ``u`` ``(m, d_x)``, ``(m, n, d)``, with their
         :math:`\\log q(z \\mid x)` ``(m, n)`` (from the same pass through the flow)."""
-        s, log_q = self.flow(self.embed(u)).rsample_and_log_prob((n,))  # (n, m, d), (n, m)
+        flow = self.flow(self.embed(u))
+        s = flow.base.rsample((n,))  # (n, m, d)
+        log_q = flow.base.log_prob(s)  # (n, m)
+        for t in reversed(flow.transform.transforms):
+            s, ladj = _inverse_and_ladj(t, s)
+            log_q = log_q + ladj
         z = s * self.z_std + self.z_mean
         return z.transpose(0, 1), (log_q - self.z_std.log().sum()).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return f"parameters={sum(p.numel() for p in self.parameters()):,}, d={len(self.z_mean)}"
+
+
+def _inverse_and_ladj(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
+    """:math:`x = t^{-1}(y)` and :math:`\\log |\\det \\partial t / \\partial x|` at it.
+
+    An autoregressive transform inverts in passes, each conditioning the univariate
+    transforms on the previous pass's x; the last pass's transforms are those of the final x
+    (they depend only on the features the earlier passes settled), so its Jacobian is the one
+    at x, without conditioning the transforms once more (which zuko's
+    ``rsample_and_log_prob`` does)."""
+    if isinstance(t, zuko.transforms.AutoregressiveTransform):
+        x = torch.zeros_like(y)
+        for _ in range(t.passes):
+            f = t.meta(x)
+            x = f.inv(y)
+        return x, f.log_abs_det_jacobian(x, y)
+    x, ladj = t.inv.call_and_ladj(y)
+    return x, -ladj
 
 
 def unconstrained(transform: Transform, theta: Tensor) -> Tensor:

@@ -39,9 +39,10 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from zuko.distributions import DiagNormal
 from zuko.flows import LazyTransform, UnconditionalDistribution
-from zuko.transforms import ComposedTransform, DependentTransform, MonotonicRQSTransform
+from zuko.transforms import ComposedTransform, DependentTransform
 
 from simgen.models.nn import MLP
+from simgen.models.spline import NSF, Spline
 from simgen.models.transforms import Affine
 
 __all__ = [
@@ -134,7 +135,7 @@ class PixelTransform(LazyTransform):
             (1, 1, 1, 1, self.bins, self.bins, self.bins - 1), -1
         )
         asinh = ShiftedAsinh(a.squeeze(-1), b.squeeze(-1), c_.squeeze(-1), d.squeeze(-1))
-        spline = MonotonicRQSTransform(widths, heights, derivatives)
+        spline = Spline(widths, heights, derivatives)
         return DependentTransform(ComposedTransform(asinh, spline), 1)
 
     @torch.no_grad()
@@ -286,7 +287,7 @@ def spectral_flow(
     d = side * side
     couplings = []
     if transforms:
-        nsf = zuko.flows.NSF(
+        nsf = NSF(
             d, d_theta, transforms=transforms, hidden_features=tuple(hidden), bins=bins, passes=2
         )
         couplings = list(nsf.transform.transforms)
