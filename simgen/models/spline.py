@@ -3,9 +3,11 @@ with its bins normalised without ``torch.softmax``, and the neural spline flow b
 
 zuko's :class:`~zuko.transforms.MonotonicRQSTransform` normalises the bin widths and heights
 with a softmax over its last dimension, the bins. On CPUs with AVX-512, torch's softmax over a
-last dimension shorter than its vector width (16 floats) runs about 6x slower than over 16
-(measured with torch 2.13 on an AMD EPYC: 8.5 ms against 0.6 ms for 1.3 million values); with
-the default 8 bins, the splines' construction then takes most of a flow's log density.
+last dimension shorter than its vector width (16 floats) takes a slow path: over 8 values, 14
+times the time it takes over 16 and 6 times that of its AVX2 kernel (torch 2.13, AMD EPYC, 1.3
+million values: 8.5 ms, 0.6 ms, 1.4 ms); with the default 8 bins the splines' construction
+then costs more than the networks that predict them (a flow's posterior on slcp: 29% of its
+time in that softmax).
 :class:`Spline` computes the same knots with :math:`e^{w} / \sum_k e^{w_k}`: the soft bound
 that both apply first, :math:`w / (1 + 2 |w| / \log(1/s))`, keeps :math:`|w|` below
 :math:`\log(1/s) / 2` (3.5 for the minimum slope :math:`s = 10^{-3}`), so the exponentials
