@@ -30,8 +30,9 @@ __all__ = ["NSF", "Spline"]
 
 
 class Spline(MonotonicRQSTransform):
-    """:class:`zuko.transforms.MonotonicRQSTransform` (same arguments, knots and methods), its
-    bins normalised by an explicit exponential and sum instead of ``torch.softmax``.
+    """:class:`zuko.transforms.MonotonicRQSTransform` (its knots and methods, its arguments
+    but ``Transform``'s keywords), the bins normalised by an explicit exponential and sum
+    instead of ``torch.softmax``.
 
     Args:
         widths: Unconstrained bin widths ``(*, K)``.
