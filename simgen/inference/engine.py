@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from simgen.errors import UsageError
-from simgen.inference.adaptive import AdaptedMixture, Pool
+from simgen.inference.adaptive import FIT_ESS, AdaptedMixture, Pool
 from simgen.inference.chains import run_chains
 from simgen.inference.importance import (
     DefensiveMixture,
@@ -50,6 +50,11 @@ MIN_ESS_SHARE = 0.1  # of the draws asked for, below which importance sampling h
 MAX_ROUNDS = 16  # batches of at most 2 n proposals per observation, at most
 ADAPT_BELOW = 0.1  # ESS per draw below which a fitted mixture joins the proposal
 MIN_BATCH = 2048  # proposals per batch, at least
+# While the fit of every posterior that is short of draws is still tempered (fewer than FIT_ESS
+# effective draws: the mixture is searching for the posterior), batches are this many times
+# smaller. Measured on slcp (flow at 1e4, 5 observations x 3 seeds): 11% fewer proposals
+# (100.7k against 113.1k per posterior), the same C2ST (.546), both sign modes kept
+SEARCH = 4
 SMC_PARTICLES = 512  # at least
 MCMC_CHAINS = 64  # per observation, at most
 
@@ -178,7 +183,8 @@ def _importance(
     tail (Pareto k above :data:`MAX_KHAT`: the proposal misses mass somewhere), a Gaussian
     mixture fitted to them joins the proposal and the next batch is as large as the first
     (adaptive importance sampling, :mod:`simgen.inference.adaptive`: every draw is weighed
-    against the mixture of all batches' proposals); otherwise the next batch has as many draws
+    against the mixture of all batches' proposals), :data:`SEARCH` times smaller while the
+    fits are tempered; otherwise the next batch has as many draws
     as the ESS per draw says are missing (a tenth more, at least ``MIN_BATCH``, at most the
     first batch's)."""
     first = max(2 * n, MIN_BATCH)
@@ -195,7 +201,8 @@ def _importance(
             fraction = (ess / pool.theta.shape[1])[short]
             if bool((fraction < ADAPT_BELOW).any() | heavy.any()):
                 pool.adapt(smoothed, gen)
-                pool.add(first)
+                searching = bool((ess[short] < FIT_ESS).all())
+                pool.add(max(first // SEARCH, MIN_BATCH) if searching else first)
             else:
                 missing = ((n - ess[short]) / fraction.clamp_min(1e-6)).max().item()
                 pool.add(int(min(max(1.1 * missing, MIN_BATCH), first)))

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,12 @@ from simgen.train.distributed import Ranks, is_main_process
 __all__ = ["fit_proposal", "proposal_config", "train_proposal"]
 
 PATIENCE = 8  # epochs without validation improvement before the proposal stops
+# Rows per step (the emulator's batches taken together, over all ranks) and AdamW's peak
+# learning rate. Measured at 1e4 simulations against the emulator's 256 rows at 1e-3: 1.6-2x
+# faster to train (slcp 7.8 s against 15.6 s) with the same ESS per draw on slcp, two_moons and
+# gaussian_linear; at 1e-3 the larger batches left slcp's validation loss at 3.71, not 3.13
+BATCH = 1024
+LR = 3e-3
 
 
 def _unconstrained(emulator: Emulator, transform: Transform, v: Tensor) -> Tensor:
@@ -73,8 +81,9 @@ def train_proposal(
     seed: int = 0,
     progress: bool | None = None,
 ) -> Proposal:
-    """Train a proposal on ``data``'s batches (AdamW, cosine schedule, the best validation
-    epoch kept) and attach it to ``emulator`` as ``emulator.proposal``.
+    """Train a proposal on ``data``'s batches, :data:`BATCH` rows a step (AdamW, cosine
+    schedule, the best validation epoch kept) and attach it to ``emulator`` as
+    ``emulator.proposal``.
 
     Under data-parallel training the gradients are averaged over the ranks, so every rank
     holds the same proposal.
@@ -89,13 +98,14 @@ def train_proposal(
     mean = moments[0] / rows
     net.z_mean.copy_(mean.float())
     net.z_std.copy_((moments[1] / rows - mean.square()).clamp_min(1e-12).sqrt().float())
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-5)
-    total = config.epochs * data.steps_per_epoch()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-5)
+    per_step = max(1, round(BATCH / (data.batch_size * ranks.world)))
+    total = config.epochs * math.ceil(data.steps_per_epoch() / per_step)
     best, best_state, stale, step = math.inf, copy.deepcopy(net.state_dict()), 0, 0
     with progress_bar(config.epochs, "fit proposal", unit="epochs", enabled=progress) as bar:
         for epoch in range(config.epochs):
             net.train()
-            for v, u in data.epoch(seed=seed * 7_919 + epoch):
+            for v, u in _grouped(data.epoch(seed=seed * 7_919 + epoch), per_step):
                 loss = net.loss(_unconstrained(emulator, transform, v), u).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -105,7 +115,7 @@ def train_proposal(
                             p.grad.copy_(ranks.mean(p.grad.cpu()).to(dev))
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(1e-3, step / total)
+                    group["lr"] = cosine_lr(LR, step / total)
                 optimizer.step()
                 step += 1
             loss_val = _validation_loss(net, emulator, transform, data, ranks)
@@ -131,6 +141,14 @@ def train_proposal(
         "seconds": time.perf_counter() - start,
     }
     return net
+
+
+def _grouped(
+    batches: Iterator[tuple[Tensor, Tensor]], group: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(v, u)`` of ``group`` consecutive batches at a time, concatenated (fewer at the end)."""
+    while chunk := list(itertools.islice(batches, group)):
+        yield torch.cat([v for v, _ in chunk]), torch.cat([u for _, u in chunk])
 
 
 @torch.no_grad()
