@@ -181,17 +181,20 @@ def _importance(
     The first batch has ``max(2 n, MIN_BATCH)`` draws of the defensive mixture. Where fewer
     than :data:`ADAPT_BELOW` of the draws so far are effective, or their weights have a heavy
     tail (Pareto k above :data:`MAX_KHAT`: the proposal misses mass somewhere), a Gaussian
-    mixture fitted to them joins the proposal and the next batch is as large as the first
+    mixture fitted to them joins the proposal, refitted to all draws before every later batch
     (adaptive importance sampling, :mod:`simgen.inference.adaptive`: every draw is weighed
-    against the mixture of all batches' proposals), :data:`SEARCH` times smaller while the
-    fits are tempered; otherwise the next batch has as many draws
-    as the ESS per draw says are missing (a tenth more, at least ``MIN_BATCH``, at most the
-    first batch's)."""
+    against the mixture of all batches' proposals); such a batch is :data:`SEARCH` times
+    smaller than the first while the fits are tempered, as large as the first while the
+    weights' tail is heavy, and otherwise has as many draws as the last batch's gain in ESS
+    per draw says are missing. Without a fit, the next batch has as many draws as the ESS per
+    draw of all draws says are missing. Each takes a tenth more than it says, at least
+    ``MIN_BATCH`` and at most the first batch's draws."""
     first = max(2 * n, MIN_BATCH)
     pool = Pool(mixture, lambda theta: target(theta, torch.arange(len(mixture.u))))
     with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
         pool.add(first)
         bar.advance(1)
+        before, size = torch.zeros(len(mixture.u)), first
         for _ in range(rounds - 1):
             smoothed, khat, ess = psis(pool.weighted().log_weight)
             heavy = khat > MAX_KHAT
@@ -199,13 +202,19 @@ def _importance(
             if not bool(short.any()):
                 break
             fraction = (ess / pool.theta.shape[1])[short]
-            if bool((fraction < ADAPT_BELOW).any() | heavy.any()):
+            if bool((fraction < ADAPT_BELOW).any() | heavy.any()) or pool.fits:
                 pool.adapt(smoothed, gen)
-                searching = bool((ess[short] < FIT_ESS).all())
-                pool.add(max(first // SEARCH, MIN_BATCH) if searching else first)
+                if bool((ess[short] < FIT_ESS).all()):  # searching
+                    size = max(first // SEARCH, MIN_BATCH)
+                elif bool(heavy.any()):
+                    size = first
+                else:  # as many as the last batch's gain per draw says are missing
+                    rate = ((ess - before) / size)[short].clamp_min(1e-6)
+                    size = _missing(n - ess[short], rate, first)
             else:
-                missing = ((n - ess[short]) / fraction.clamp_min(1e-6)).max().item()
-                pool.add(int(min(max(1.1 * missing, MIN_BATCH), first)))
+                size = _missing(n - ess[short], fraction, first)
+            before = ess
+            pool.add(size)
             bar.advance(1)
     weighted = pool.weighted()
     if not torch.isfinite(weighted.log_weight).any(-1).all():
@@ -214,6 +223,14 @@ def _importance(
             "draws: check the observation and the prior"
         )
     return weighted, pool.proposal
+
+
+def _missing(short_by: Tensor, per_draw: Tensor, most: int) -> int:
+    """Draws for the next batch: a tenth more than the ESS each posterior is ``short_by``
+    ``(m',)`` takes at ``per_draw`` effective draws per draw ``(m',)`` (the posterior that
+    needs most), at least :data:`MIN_BATCH`, at most ``most``."""
+    missing = (short_by.clamp_min(0) / per_draw.clamp_min(1e-6)).max().item()
+    return int(min(max(1.1 * missing, MIN_BATCH), most))
 
 
 def _smc(
