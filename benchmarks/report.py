@@ -97,12 +97,14 @@ def readme_table() -> str:
     """The README's short table: the headline metrics of simgen's methods (columns that no
     results file holds yet are left out)."""
     records = []
-    for name in {h[0] for h in HEADLINE}:
+    for name in dict.fromkeys(h[0] for h in HEADLINE):  # in HEADLINE's order, every run
         path = RESULTS / f"{name}.json"
         records += json.loads(path.read_text()) if path.exists() else []
     keys = dict.fromkeys(
         (r["task"], r["method"]) for r in records if r["method"].startswith("simgen")
     )
+    tasks = list(dict.fromkeys(task for task, _ in keys))
+    keys = dict.fromkeys(sorted(keys, key=lambda k: tasks.index(k[0])))  # grouped by task
     cell = {(r["benchmark"], r["task"], r["method"], r["metric"]): r["value"] for r in records}
     rows = {k: [cell.get((b, *k, m)) for b, m, _ in HEADLINE] for k in keys}
     rows = {k: v for k, v in rows.items() if any(x is not None for x in v)}

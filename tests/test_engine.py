@@ -202,3 +202,36 @@ def test_adaptation_keeps_every_mode_of_a_narrow_posterior():
         # the mode weights are 1/2 each; with ESS >= 2,000 their estimate errs by ~0.011
         share = (result.theta[:, 0] < 0).float().mean().item()
         assert abs(share - 0.5) < 0.05, (seed, share)
+
+
+def test_mixture_components_sum_to_torchs_mixture_density():
+    """:func:`log_components`, summed over the components, is ``MixtureSameFamily``'s log
+    density (up to float64 rounding), for several mixtures at once."""
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+    from simgen.inference.adaptive import log_components
+
+    gen = torch.Generator().manual_seed(0)
+    m, k, d = 3, 4, 5
+    a = torch.randn(m, k, d, d, generator=gen, dtype=torch.float64)
+    scale_tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + 0.1 * torch.eye(d))
+    loc = torch.randn(m, k, d, generator=gen, dtype=torch.float64)
+    logits = torch.randn(m, k, generator=gen, dtype=torch.float64)
+    z = 3 * torch.randn(m, 50, d, generator=gen, dtype=torch.float64)
+    mixture = MixtureSameFamily(
+        Categorical(logits=logits), MultivariateNormal(loc, scale_tril=scale_tril)
+    )
+    expected = mixture.log_prob(z.transpose(0, 1)).transpose(0, 1)
+    got = torch.logsumexp(log_components(logits, loc, scale_tril, z), -1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+
+
+def test_proposal_steps_take_the_emulators_batches_together():
+    """The proposal trains on consecutive batches concatenated, the last step on what is left."""
+    from simgen.train.proposal import _grouped
+
+    batches = [(torch.full((2, 1), float(i)), torch.full((2, 3), float(i))) for i in range(5)]
+    steps = list(_grouped(iter(batches), 2))
+    assert [len(v) for v, _ in steps] == [4, 4, 2]
+    assert steps[1][0].flatten().tolist() == [2.0, 2.0, 3.0, 3.0]
+    assert steps[2][1].shape == (2, 3)
