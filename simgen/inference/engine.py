@@ -3,12 +3,12 @@ SMC, then MCMC, for ``m`` posteriors at once, each path taking over the observat
 answer the path before could not vouch for.
 
 1. **Importance sampling** (:mod:`simgen.inference.importance`) from the defensive mixture of
-   the amortised proposal and the prior, in batches of ``2 n`` draws until the effective sample
-   size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` batches at most), a Gaussian
-   mixture fitted to the weighted draws joining the proposal where it wastes most draws
-   (:mod:`simgen.inference.adaptive`); reliable when
-   the Pareto-smoothed :math:`\hat k \le 0.7` (Vehtari et al. 2024) and the ESS is at least
-   :data:`MIN_ESS_SHARE` of ``n``. Draws are resampled (systematic) from the smoothed weights.
+   the amortised proposal and the prior, in batches of at most ``2 n`` draws until the effective
+   sample size reaches the ``n`` draws asked for (:data:`MAX_ROUNDS` times the first batch's
+   draws at most), a Gaussian mixture fitted to the weighted draws joining the proposal where
+   it wastes most draws (:mod:`simgen.inference.adaptive`); reliable when the Pareto-smoothed
+   :math:`\hat k \le 0.7` (Vehtari et al. 2024) and the ESS is at least :data:`MIN_ESS_SHARE`
+   of ``n``. Draws are resampled (systematic) from the smoothed weights.
 2. **Tempered SMC** (:mod:`simgen.inference.smc`) from the same mixture.
 3. **MCMC** (:mod:`simgen.inference.chains`), slice sampling started from importance draws.
 
@@ -47,7 +47,7 @@ __all__ = ["MAX_KHAT", "MAX_ROUNDS", "MIN_ESS_SHARE", "SAMPLERS", "Settings", "r
 SAMPLERS = ("auto", "importance", "smc", "slice", "hmc")
 MAX_KHAT = 0.7  # Pareto k above which importance sampling is not reliable (Vehtari et al.)
 MIN_ESS_SHARE = 0.1  # of the draws asked for, below which importance sampling hands over
-MAX_ROUNDS = 16  # batches of at most 2 n proposals per observation, at most
+MAX_ROUNDS = 16  # proposals per observation, at most, in first batches' worth (2 n each)
 ADAPT_BELOW = 0.1  # ESS per draw below which a fitted mixture joins the proposal
 MIN_BATCH = 2048  # proposals per batch, at least
 # While the fit of every posterior that is short of draws is still tempered (fewer than FIT_ESS
@@ -175,8 +175,8 @@ def _importance(
     gen: torch.Generator,
 ) -> tuple[Weighted, DefensiveMixture | AdaptedMixture]:
     """Batches of weighed draws for each posterior, until every posterior's ESS reaches ``n``
-    with a Pareto k of at most :data:`MAX_KHAT`, or ``rounds`` batches are drawn; returns the
-    draws and the mixture of the last batch.
+    with a Pareto k of at most :data:`MAX_KHAT`, or ``rounds`` times the first batch's draws
+    are drawn; returns the draws and the mixture of the last batch.
 
     The first batch has ``max(2 n, MIN_BATCH)`` draws of the defensive mixture. Where fewer
     than :data:`ADAPT_BELOW` of the draws so far are effective, or their weights have a heavy
@@ -191,11 +191,12 @@ def _importance(
     ``MIN_BATCH`` and at most the first batch's draws."""
     first = max(2 * n, MIN_BATCH)
     pool = Pool(mixture, lambda theta: target(theta, torch.arange(len(mixture.u))))
-    with progress_bar(rounds, "posterior (importance)", unit="batches", enabled=progress) as bar:
+    budget = rounds * first
+    with progress_bar(budget, "posterior (importance)", unit="draws", enabled=progress) as bar:
         pool.add(first)
-        bar.advance(1)
+        bar.advance(first)
         before, size = torch.zeros(len(mixture.u)), first
-        for _ in range(rounds - 1):
+        while pool.theta.shape[1] < budget:
             smoothed, khat, ess = psis(pool.weighted().log_weight)
             heavy = khat > MAX_KHAT
             short = (ess < n) | heavy
@@ -213,9 +214,9 @@ def _importance(
                     size = _missing(n - ess[short], rate, first)
             else:
                 size = _missing(n - ess[short], fraction, first)
-            before = ess
+            before, size = ess, min(size, budget - pool.theta.shape[1])
             pool.add(size)
-            bar.advance(1)
+            bar.advance(size)
     weighted = pool.weighted()
     if not torch.isfinite(weighted.log_weight).any(-1).all():
         raise UsageError(
