@@ -206,7 +206,9 @@ def test_adaptation_keeps_every_mode_of_a_narrow_posterior():
 
 def test_mixture_components_sum_to_torchs_mixture_density():
     """:func:`log_components`, summed over the components, is ``MixtureSameFamily``'s log
-    density (up to float64 rounding), for several mixtures at once."""
+    density (up to float64 rounding), for several mixtures at once, and for a component as
+    narrow and as far from 0 as a posterior at the edge of slcp's prior (sd 0.008 at z = 5.64,
+    where the expanded quadratic form cancels terms of 1e5)."""
     from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
     from simgen.inference.adaptive import log_components
@@ -216,14 +218,47 @@ def test_mixture_components_sum_to_torchs_mixture_density():
     a = torch.randn(m, k, d, d, generator=gen, dtype=torch.float64)
     scale_tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + 0.1 * torch.eye(d))
     loc = torch.randn(m, k, d, generator=gen, dtype=torch.float64)
+    loc[0, 0], scale_tril[0, 0] = 5.64, 0.008 * torch.eye(d)
     logits = torch.randn(m, k, generator=gen, dtype=torch.float64)
     z = 3 * torch.randn(m, 50, d, generator=gen, dtype=torch.float64)
+    z[0, :25] = 5.64 + 0.016 * torch.randn(25, d, generator=gen, dtype=torch.float64)
     mixture = MixtureSameFamily(
         Categorical(logits=logits), MultivariateNormal(loc, scale_tril=scale_tril)
     )
     expected = mixture.log_prob(z.transpose(0, 1)).transpose(0, 1)
     got = torch.logsumexp(log_components(logits, loc, scale_tril, z), -1)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+
+
+def test_fits_are_evaluated_together_as_each_alone():
+    """:func:`log_fitted` of several fits in one matrix product gives each fit's density as a
+    density of theta: ``MixtureSameFamily`` over z plus the transform's log-Jacobian."""
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal, biject_to
+
+    from simgen.inference.adaptive import AdaptedMixture, log_fitted
+    from simgen.inference.importance import DefensiveMixture, log_abs_det
+
+    gen = torch.Generator().manual_seed(1)
+    prior = torch.distributions.Independent(
+        torch.distributions.Uniform(-3 * torch.ones(2), 3 * torch.ones(2)), 1
+    )
+    transform = biject_to(prior.support)
+    base = DefensiveMixture(prior, transform, None, torch.zeros(2, 1))
+    fits = []
+    for _ in range(3):
+        a = torch.randn(2, 4, 2, 2, generator=gen)
+        scale_tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + 0.1 * torch.eye(2))
+        fitted = MixtureSameFamily(
+            Categorical(logits=torch.randn(2, 4, generator=gen)),
+            MultivariateNormal(torch.randn(2, 4, 2, generator=gen), scale_tril=scale_tril),
+        )
+        fits.append(AdaptedMixture(base, fitted))
+    theta = prior.sample((2, 100))
+    z = transform.inv(theta)
+    for f, got in zip(fits, log_fitted(fits, theta), strict=True):
+        expected = f.fitted.log_prob(z.transpose(0, 1)).transpose(0, 1)
+        expected = expected - log_abs_det(transform, z, theta)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_proposal_steps_take_the_emulators_batches_together():

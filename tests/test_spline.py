@@ -9,8 +9,9 @@ from simgen.models.spline import NSF, Spline
 
 def test_spline_is_zukos_spline():
     """Knots equal zuko's for raw parameters far beyond the soft bound (the exponentials
-    without a maximum subtracted stay finite); values and log-Jacobians equal zuko's inside
-    and outside the bound, inverses are as accurate."""
+    without a maximum subtracted stay finite); values and log-Jacobians inside and outside
+    the bound are as accurate as zuko's in float32 (both against zuko's in float64: steep
+    bins amplify the knots' rounding, which the two round differently), inverses too."""
     gen = torch.Generator().manual_seed(0)
     for scale in (30.0, 3.0):
         widths, heights = scale * torch.randn(2, 500, 3, 8, generator=gen)
@@ -19,11 +20,14 @@ def test_spline_is_zukos_spline():
         zukos = MonotonicRQSTransform(widths, heights, derivatives)
         for name in ("horizontal", "vertical", "derivatives"):
             torch.testing.assert_close(getattr(ours, name), getattr(zukos, name))
+    exact = MonotonicRQSTransform(widths.double(), heights.double(), derivatives.double())
     x = 4 * torch.randn(500, 3, generator=gen)  # the bound is 5
+    y_e, ladj_e = exact.call_and_ladj(x.double())
     y, ladj = ours.call_and_ladj(x)
     y_z, ladj_z = zukos.call_and_ladj(x)
-    torch.testing.assert_close(y, y_z)
-    torch.testing.assert_close(ladj, ladj_z, atol=1e-4, rtol=1e-4)
+    for value, value_z, reference in ((y, y_z, y_e), (ladj, ladj_z, ladj_e)):
+        error = (value.double() - reference).abs().max()
+        assert error <= 2 * (value_z.double() - reference).abs().max() + 1e-6, error
     # the inverse of a steep bin loses digits in float32: ours as few as zuko's
     error, error_z = (ours.inv(y) - x).abs().max(), (zukos.inv(y_z) - x).abs().max()
     assert error <= 2 * error_z + 1e-5, (error, error_z)

@@ -121,9 +121,11 @@ def _inverse_and_ladj(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
     transforms on the previous pass's x; the last pass's transforms are those of the final x
     (they depend only on the features the earlier passes settled), so its Jacobian is the one
     at x, without conditioning the transforms once more (which zuko's
-    ``rsample_and_log_prob`` does)."""
+    ``rsample_and_log_prob`` does). The first pass starts from x = 0 for every row, so its
+    transforms depend on the context alone: computed once (``(d,)`` zeros, broadcast), not
+    once per row (a third of a coupling proposal's draws' time on slcp)."""
     if isinstance(t, zuko.transforms.AutoregressiveTransform):
-        x = torch.zeros_like(y)
+        x = y.new_zeros(y.shape[-1:])
         for _ in range(t.passes):
             f = t.meta(x)
             x = f.inv(y)
