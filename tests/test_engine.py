@@ -205,13 +205,14 @@ def test_adaptation_keeps_every_mode_of_a_narrow_posterior():
 
 
 def test_mixture_components_sum_to_torchs_mixture_density():
-    """:func:`log_components`, summed over the components, is ``MixtureSameFamily``'s log
+    """The components' log densities from :func:`quadratic_features` and
+    :func:`gaussian_coefficients`, summed over the components, are ``MixtureSameFamily``'s log
     density (up to float64 rounding), for several mixtures at once, and for a component as
     narrow and as far from 0 as a posterior at the edge of slcp's prior (sd 0.008 at z = 5.64,
     where the expanded quadratic form cancels terms of 1e5)."""
     from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-    from simgen.inference.adaptive import log_components
+    from simgen.inference.adaptive import gaussian_coefficients, quadratic_features
 
     gen = torch.Generator().manual_seed(0)
     m, k, d = 3, 4, 5
@@ -226,7 +227,8 @@ def test_mixture_components_sum_to_torchs_mixture_density():
         Categorical(logits=logits), MultivariateNormal(loc, scale_tril=scale_tril)
     )
     expected = mixture.log_prob(z.transpose(0, 1)).transpose(0, 1)
-    got = torch.logsumexp(log_components(logits, loc, scale_tril, z), -1)
+    components = quadratic_features(z) @ gaussian_coefficients(logits, loc, scale_tril)
+    got = torch.logsumexp(components, -1)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
 

@@ -48,7 +48,6 @@ __all__ = [
     "Pool",
     "fit_mixture",
     "gaussian_coefficients",
-    "log_components",
     "log_fitted",
     "quadratic_features",
     "temper",
@@ -75,7 +74,8 @@ class AdaptedMixture:
         self.base, self.fitted = base, fitted
         self.prior, self.transform, self.u = base.prior, base.transform, base.u
         c = fitted.component_distribution
-        # (m, D, K): log_components(..., z) = quadratic_features(z) @ coefficients
+        # (m, D, K): quadratic_features(z) @ coefficients is (m, M, K), each component's
+        # log pi_k + log N(z; mu_k, Sigma_k)
         self.coefficients = gaussian_coefficients(
             fitted.mixture_distribution.logits, c.loc, c.scale_tril
         )
@@ -236,13 +236,6 @@ def gaussian_coefficients(log_pi: Tensor, loc: Tensor, scale_tril: Tensor) -> Te
         - 0.5 * (loc * linear).sum(-1)
     )
     return torch.cat([quadratic, linear, constant[..., None]], -1).transpose(1, 2)
-
-
-def log_components(log_pi: Tensor, loc: Tensor, scale_tril: Tensor, z: Tensor) -> Tensor:
-    r"""``(m, M, K)`` float64 :math:`\log \pi_k + \log \mathcal N(z; \mu_k, L_k L_k^\top)`
-    of ``m`` mixtures (arguments of :func:`gaussian_coefficients`) at ``z`` ``(m, M, d)``: one
-    matrix product :math:`\phi(z)^\top [c_1 \dots c_K]` for all components."""
-    return quadratic_features(z) @ gaussian_coefficients(log_pi, loc, scale_tril)
 
 
 def log_fitted(fits: list[AdaptedMixture], theta: Tensor) -> list[Tensor]:
