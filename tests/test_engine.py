@@ -234,11 +234,12 @@ def test_mixture_components_sum_to_torchs_mixture_density():
 
 def test_fits_are_evaluated_together_as_each_alone():
     """`log_densities` of several fits in one matrix product gives each fit's density as a
-    density of theta: ``MixtureSameFamily`` over z plus the transform's log-Jacobian."""
+    density of theta: ``MixtureSameFamily`` over z plus the mixture space's log-Jacobian."""
     from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal, biject_to
 
-    from simgen.inference.adaptive import AdaptedMixture, log_densities
+    from simgen.inference.adaptive import AdaptedMixture, coordinates, log_densities
     from simgen.inference.importance import DefensiveMixture, log_abs_det
+    from simgen.inference.probit import mixture_space
 
     gen = torch.Generator().manual_seed(1)
     prior = torch.distributions.Independent(
@@ -256,10 +257,11 @@ def test_fits_are_evaluated_together_as_each_alone():
         )
         fits.append(AdaptedMixture(base, fitted))
     theta = prior.sample((2, 100))
-    z = transform.inv(theta)
-    for f, got in zip(fits, log_densities(fits, theta), strict=True):
+    space = mixture_space(prior)
+    z = space.inv(theta)
+    for f, got in zip(fits, log_densities(fits, *coordinates(space, theta)), strict=True):
         expected = f.fitted.log_prob(z.transpose(0, 1)).transpose(0, 1)
-        expected = expected - log_abs_det(transform, z, theta)
+        expected = expected - log_abs_det(space, z, theta)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
