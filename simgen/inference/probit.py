@@ -1,15 +1,15 @@
 r"""The space where the adaptive proposal's Gaussian mixtures live: a bounded coordinate
 :math:`\theta \in (a, b)` maps to :math:`z = \Phi^{-1}((\theta - a) / (b - a))`, with
-:math:`\Phi` the standard normal distribution function (probit), an unbounded one stays as
-it is.
+:math:`\Phi` the standard normal distribution function (probit); any other support keeps
+the map of :func:`torch.distributions.biject_to`.
 
 Why not the logit of :func:`torch.distributions.biject_to`: a posterior with its mass up
 against a bound of a uniform prior (slcp's :math:`\theta_5`, where :math:`\tanh \theta_5`
 saturates and the likelihood flattens towards the edge) has density :math:`\propto
 |\partial \theta / \partial z|` there, which is :math:`(b - a)\, \sigma(z) (1 - \sigma(z))
-\sim e^{-|z|}` under the logit, an exponential tail that Gaussians fit poorly (the largest
-importance weights sat in it), and :math:`(b - a)\, \varphi(z)` under the probit, a Gaussian
-tail. A posterior in the interior, narrow or broad, is as smooth in either.
+\sim e^{-|z|}` under the logit, an exponential tail that Gaussians fit poorly (where slcp's
+largest importance weights lie under the logit), and :math:`(b - a)\, \varphi(z)` under the
+probit, a Gaussian tail. A posterior in the interior, narrow or broad, is as smooth in either.
 """
 
 from __future__ import annotations
