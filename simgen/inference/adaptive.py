@@ -40,7 +40,6 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from simgen.inference.importance import DefensiveMixture, Weighted, log_abs_det
 from simgen.inference.importance import systematic_resample as resample
-from simgen.inference.probit import mixture_space
 from simgen.models.proposal import unconstrained
 
 __all__ = [
@@ -80,7 +79,7 @@ class AdaptedMixture:
     def __init__(self, base: DefensiveMixture, fitted: MixtureSameFamily) -> None:
         self.base, self.fitted = base, fitted
         self.prior, self.transform, self.u = base.prior, base.transform, base.u
-        self.space = mixture_space(base.prior)  # z of the fitted mixture -> theta
+        self.space = base.space  # z of the fitted mixture -> theta
         c = fitted.component_distribution
         # (m, D, K): quadratic_features(z) @ coefficients is (m, M, K), each component's
         # log pi_k + log N(z; mu_k, Sigma_k)
@@ -148,9 +147,8 @@ class Pool:
         self.proposal: DefensiveMixture | AdaptedMixture = base
         self.batches: list[tuple[int, int | None]] = []  # (draws, index of its fit or None)
         self.fits: list[AdaptedMixture] = []
-        self.space = mixture_space(base.prior)
         self.theta = self.log_target = self.log_base = torch.empty(0)
-        self.z = self.log_det = torch.empty(0)  # every draw's coordinates(space, theta)
+        self.z = self.log_det = torch.empty(0)  # every draw's coordinates(base.space, theta)
         self.log_fits: list[Tensor] = []  # (m, M) of each fit at every draw
 
     def adapt(self, smoothed: Tensor, gen: torch.Generator) -> None:
@@ -169,7 +167,7 @@ class Pool:
             theta, log_base = self.base.sample(size)
         fit = len(self.fits) - 1 if isinstance(self.proposal, AdaptedMixture) else None
         self.batches.append((size, fit))
-        z, log_det = coordinates(self.space, theta)
+        z, log_det = coordinates(self.base.space, theta)
         new = log_densities(self.fits, z, log_det)
         if self.theta.numel() == 0:
             self.theta, self.log_target, self.log_base = theta, self.target(theta), log_base
@@ -286,7 +284,7 @@ def fit_mixture(
     count = max(16 * COMPONENTS, min(POINTS, ROWS // m))
     picked = resample(temper(smoothed, FIT_ESS), count, gen)
     points = torch.gather(theta, 1, picked[..., None].expand(-1, -1, d))
-    points = unconstrained(mixture_space(base.prior), points).double()
+    points = unconstrained(base.space, points).double()
     centre = points.mean(1, keepdim=True)
     points = points - centre  # EM on centred points: its second moments cancel less
     spread = points.transpose(1, 2) @ points / (count - 1)  # (m, d, d)

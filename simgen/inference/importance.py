@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from arviz_stats.base import array_stats
 from torch import Tensor
 from torch.distributions import Distribution, Transform
 
+from simgen.inference.probit import mixture_space
 from simgen.models.proposal import Proposal
 
 __all__ = [
@@ -73,6 +75,12 @@ class DefensiveMixture:
         self, prior: Distribution, transform: Transform, proposal: Proposal | None, u: Tensor
     ) -> None:
         self.prior, self.transform, self.proposal, self.u = prior, transform, proposal, u
+
+    @cached_property
+    def space(self) -> Transform:
+        """The map from the adaptive proposal's mixture coordinates onto the prior's support
+        (:func:`simgen.inference.probit.mixture_space`)."""
+        return mixture_space(self.prior)
 
     def select(self, rows: Tensor) -> DefensiveMixture:
         """The mixture of the observations ``rows`` (indices into ``m``)."""

@@ -43,13 +43,6 @@ class Probit(Transform):
         self.low, self.high = low, high
         self.codomain = constraints.interval(low, high)
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Probit)
-            and torch.equal(self.low, other.low)
-            and torch.equal(self.high, other.high)
-        )
-
     def _call(self, z: Tensor) -> Tensor:
         # from the nearer bound: -|z|, differentiable on either side of 0
         inside = (self.high - self.low) * torch.special.ndtr(torch.where(z < 0, z, -z))
